@@ -1,0 +1,23 @@
+"""Daily partitions: one per UTC calendar day, the unit of backfill.
+
+A NYSE regular session (09:30-16:00 ET = 13:30/14:30-20:00/21:00 UTC) lies inside one UTC day, so
+for equities a partition is a trading day; days without a session materialise empty with a note.
+Crypto files (24/7) have rows on every day, which is why weekends are not excluded.
+``FEYNMAN_PARTITIONS_START`` sets the first day (default 2008-01-01, the oldest minute data we ship).
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+import dagster as dg
+
+from resources.paths import env_or
+
+PARTITIONS_START = env_or("FEYNMAN_PARTITIONS_START", "2008-01-01")
+
+daily_partitions = dg.DailyPartitionsDefinition(start_date=PARTITIONS_START, end_offset=1)
+
+
+def partition_day(context: dg.AssetExecutionContext) -> date:
+    return date.fromisoformat(context.partition_key)

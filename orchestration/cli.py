@@ -1,0 +1,155 @@
+"""The ``feynman`` command.
+
+Errors a user can fix (bad arguments, unreadable files, missing keys) print one line and exit 2;
+they never show a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from datetime import date
+
+
+class UsageError(ValueError):
+    """A one-line problem with what the user asked for."""
+
+
+def _symbols_arg(text: str) -> str:
+    from quant.schema import is_valid_symbol
+
+    symbols = [s.strip().upper() for s in text.split(",") if s.strip()]
+    bad = [s for s in symbols if not is_valid_symbol(s)]
+    if not symbols or bad:
+        raise argparse.ArgumentTypeError(f"invalid symbols: {', '.join(bad) or text!r}")
+    return ",".join(symbols)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+def _date_arg(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
+
+
+def _tz_arg(text: str) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(text)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise argparse.ArgumentTypeError(f"unknown time zone: {text!r}") from None
+    return text
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, like every other refusal
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="feynman", description="Feynman market-data platform")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="run the main job on the last N sessions and print a summary")
+    run.add_argument("--source", choices=["sim", "files", "alpaca"], default=None)
+    run.add_argument("--symbols", type=_symbols_arg, default=None, help="comma-separated, e.g. SPY,QQQ")
+    run.add_argument("--days", type=_positive_int, default=5, help="number of sessions (default 5)")
+    run.add_argument("--end-date", type=_date_arg, default=None, help="last day (default: yesterday UTC)")
+    run.add_argument("--path", default=None, help="file for --source files")
+    run.add_argument("--seed", type=int, default=None, help="simulator seed")
+
+    ingest = sub.add_parser("ingest", help="import a CSV/Parquet file of ticks or bars")
+    ingest.add_argument("--source", choices=["files"], default="files")
+    ingest.add_argument("--path", required=True)
+    ingest.add_argument("--kind", choices=["auto", "ticks", "bars"], default="auto")
+    ingest.add_argument("--tz", type=_tz_arg, default="UTC", help="zone of naive timestamps (default UTC)")
+    ingest.add_argument("--bar-label", choices=["start", "end"], default="start")
+    ingest.add_argument("--symbol", type=_symbols_arg, default=None, help="symbol when the file has none")
+
+    bench = sub.add_parser("bench", help="run benchmarks; prints one JSON line each")
+    bench.add_argument("name", help="all, bars, features, embeddings, vector-search, forecasts, microbatch, "
+                                    "backtest, prune, archive")
+    bench.add_argument("--quick", action="store_true", help="tiny workloads (smoke test)")
+
+    sub.add_parser("redis-stop", help="stop the embedded Redis server")
+    return parser
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    overrides = {"FEYNMAN_SOURCE": args.source, "FEYNMAN_SYMBOLS": args.symbols,
+                 "FEYNMAN_FILES_PATH": os.path.abspath(args.path) if args.path else None,
+                 "FEYNMAN_SEED": None if args.seed is None else str(args.seed)}
+    for name, value in overrides.items():
+        if value:
+            os.environ[name] = value
+    if args.source == "files" and not os.environ.get("FEYNMAN_FILES_PATH"):
+        raise UsageError("--source files needs --path")
+    from orchestration.run_main import format_summary, run_main
+
+    summary = run_main(args.days, args.end_date)
+    print(format_summary(summary))
+    return 1 if summary.failed_runs else 0
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    from orchestration.ingest import ingest_file
+    from orchestration.resources import build_resources
+
+    warehouse = build_resources()["warehouse"]
+    report = ingest_file(warehouse, args.path, kind=args.kind, tz=args.tz, bar_label=args.bar_label,
+                         symbol=args.symbol)
+    print("\n".join(report.lines()))
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from orchestration.bench import run_benchmarks
+
+    run_benchmarks(args.name, quick=args.quick)
+    return 0
+
+
+def _cmd_redis_stop(args: argparse.Namespace) -> int:
+    from orchestration.resources import build_resources
+
+    hot = build_resources()["hot_state"]
+    if hot.redis_url:
+        raise UsageError("REDIS_URL points at an external server; feynman only stops its embedded one")
+    print("stopped embedded redis" if hot.embedded().stop() else "embedded redis was not running")
+    return 0
+
+
+COMMANDS = {"run": _cmd_run, "ingest": _cmd_ingest, "bench": _cmd_bench, "redis-stop": _cmd_redis_stop}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("feynman: interrupted", file=sys.stderr)
+        return 130
+    except (UsageError, ValueError, OSError, RuntimeError) as exc:
+        if os.environ.get("FEYNMAN_DEBUG"):
+            raise
+        # every error we raise on purpose is one line; library errors are cut to their first line
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"feynman {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,57 @@
+"""Resource instances configured from environment variables, with documented defaults.
+
+| variable | default | used by |
+|---|---|---|
+| FEYNMAN_DATA_DIR | ``<repo>/data`` | every embedded store |
+| FEYNMAN_DUCKDB | ``$FEYNMAN_DATA_DIR/warehouse.duckdb`` | warehouse |
+| REDIS_URL | empty: embedded redis under ``$FEYNMAN_DATA_DIR/redis`` | hot_state |
+| FEYNMAN_LANCEDB | ``$FEYNMAN_DATA_DIR/lancedb`` | vector_store |
+| FEYNMAN_SOURCE | ``sim`` | market_data |
+| FEYNMAN_SYMBOLS | 10 large US symbols | market_data |
+| FEYNMAN_SEED | ``42`` | market_data (simulator) |
+| FEYNMAN_FILES_PATH, FEYNMAN_FILES_TZ, FEYNMAN_FILES_BAR_LABEL, FEYNMAN_FILES_SYMBOL | | market_data (files) |
+| ALPACA_API_KEY, ALPACA_SECRET_KEY | unset | market_data (alpaca), read through dg.EnvVar |
+| ALPACA_DATA_URL | Alpaca's own | market_data (alpaca) |
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import dagster as dg
+
+from resources.hot_state import HotStateResource
+from resources.market_data import DEFAULT_SYMBOLS, MarketDataResource
+from resources.paths import duckdb_path, env_or, redis_dir
+from resources.warehouse import WarehouseResource
+
+
+def _secret(name: str) -> Any:
+    # EnvVar keeps the value out of the run config shown in the UI; unset stays None so the
+    # definitions load without keys and only the alpaca source asks for them
+    return dg.EnvVar(name) if os.environ.get(name) else None
+
+
+def build_resources(**overrides: Any) -> dict[str, Any]:
+    market = dict(
+        source=env_or("FEYNMAN_SOURCE", "sim"),
+        symbols=env_or("FEYNMAN_SYMBOLS", DEFAULT_SYMBOLS),
+        seed=int(env_or("FEYNMAN_SEED", "42")),
+        files_path=env_or("FEYNMAN_FILES_PATH", ""),
+        files_tz=env_or("FEYNMAN_FILES_TZ", "UTC"),
+        files_bar_label=env_or("FEYNMAN_FILES_BAR_LABEL", "start"),
+        files_symbol=env_or("FEYNMAN_FILES_SYMBOL", ""),
+        alpaca_api_key=_secret("ALPACA_API_KEY"),
+        alpaca_secret_key=_secret("ALPACA_SECRET_KEY"),
+        alpaca_url_override=env_or("ALPACA_DATA_URL", ""),
+        alpaca_data=env_or("FEYNMAN_ALPACA_DATA", "bars"),
+    )
+    market.update(overrides.pop("market_data", {}))
+    resources: dict[str, Any] = {
+        "warehouse": WarehouseResource(database=duckdb_path()),
+        "hot_state": HotStateResource(redis_url=env_or("REDIS_URL", ""), embedded_dir=str(redis_dir())),
+        "market_data": MarketDataResource(**market),
+    }
+    resources.update(overrides)
+    return resources

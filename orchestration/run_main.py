@@ -1,0 +1,91 @@
+"""``feynman run``: materialise the main job for the last N sessions and print a summary."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import date
+
+from tqdm import tqdm
+
+
+@dataclass
+class RunSummary:
+    partitions: list[str]
+    failed_runs: list[str] = field(default_factory=list)
+    checks_passed: int = 0
+    checks_failed: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    layer_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    elapsed_s: float = 0.0
+    rows: dict[str, int] = field(default_factory=dict)
+
+
+def choose_partitions(source: str, days: int, end: date | None) -> list[str]:
+    from resources.market_data import recent_sessions
+
+    if source == "files":
+        from orchestration.definitions import defs
+
+        market = defs.resources["market_data"]
+        file_days = [d for d in market.file_days() if end is None or d <= end]
+        return [d.isoformat() for d in file_days[-days:]]
+    return [d.isoformat() for d in recent_sessions(days, end=end)]
+
+
+def run_main(days: int, end: date | None, echo=print) -> RunSummary:
+    from orchestration.definitions import defs
+    from orchestration.instance import local_instance
+
+    started = time.perf_counter()
+    instance = local_instance()
+    job = defs.get_job_def("main")
+    market = defs.resources["market_data"]
+    partitions = choose_partitions(market.source, days, end)
+    if not partitions:
+        raise SystemExit("feynman run: no days to run for this source")
+    groups = {key.to_python_identifier(): node.group_name
+              for key, node in ((k, defs.resolve_asset_graph().get(k)) for k in defs.resolve_asset_graph().get_all_asset_keys())}
+    summary = RunSummary(partitions=partitions)
+    echo(f"Running job 'main' on {market.describe()} for {len(partitions)} day(s): {partitions[0]} .. {partitions[-1]}")
+    for pk in tqdm(partitions, desc="days", unit="day"):
+        result = job.execute_in_process(instance=instance, partition_key=pk, raise_on_error=False)
+        if not result.success:
+            summary.failed_runs.append(f"{pk} (run {result.run_id})")
+        for evaluation in result.get_asset_check_evaluations():
+            if evaluation.passed:
+                summary.checks_passed += 1
+            else:
+                summary.checks_failed[evaluation.severity.value] += 1
+        for stat in instance.get_run_step_stats(result.run_id):
+            if stat.start_time and stat.end_time:
+                layer = groups.get(stat.step_key, stat.step_key)
+                summary.layer_seconds[layer] += stat.end_time - stat.start_time
+    summary.rows = defs.resources["warehouse"].count_rows()
+    summary.elapsed_s = time.perf_counter() - started
+    return summary
+
+
+def format_summary(summary: RunSummary) -> str:
+    from orchestration.definitions import defs
+
+    warehouse = defs.resources["warehouse"]
+    hot_state = defs.resources["hot_state"]
+    lines = ["", "== Feynman run summary =="]
+    lines.append(f"days: {len(summary.partitions)} ({summary.partitions[0]} .. {summary.partitions[-1]})")
+    lines.append("rows per table:")
+    lines += [f"  {name:<22} {count:>12,}" for name, count in summary.rows.items()]
+    failed = ", ".join(f"{n} {sev}" for sev, n in summary.checks_failed.items()) or "none"
+    lines.append(f"checks: {summary.checks_passed} passed, failed: {failed}")
+    lines.append("elapsed per layer (s):")
+    lines += [f"  {layer:<22} {secs:>8.2f}" for layer, secs in summary.layer_seconds.items()]
+    lines.append(f"total elapsed: {summary.elapsed_s:.1f} s")
+    lines.append("data lives in:")
+    lines.append(f"  warehouse (DuckDB)   {warehouse.database}")
+    lines.append(f"  hot state (Redis)    {hot_state.describe()}")
+    lines.append(f"  Dagster runs         {os.environ.get('DAGSTER_HOME')}")
+    if summary.failed_runs:
+        lines.append("FAILED runs: " + "; ".join(summary.failed_runs))
+    lines.append("open the UI with: make ui   (http://127.0.0.1:3000)")
+    return "\n".join(lines)

