@@ -1,12 +1,12 @@
 """``bars_1m``: one-minute bars of one day, built from ticks or taken from a bar source."""
 
-from __future__ import annotations
 
 from datetime import datetime, timezone
 
 import dagster as dg
 import polars as pl
 
+from assets.errors import source_errors_as_failures
 from assets.metadata import flatten_counts, frame_metadata
 from assets.partitions import daily_partitions, partition_day
 from assets.quality import GE_CHECK, check_results, check_specs, run_ge_suite, store_outcomes, summary_table
@@ -42,10 +42,11 @@ def bars_1m(context: dg.AssetExecutionContext, market_data: MarketDataResource,
             warehouse: WarehouseResource) -> dg.MaterializeResult:
     day = partition_day(context)
     start, end = day_bounds(day)
-    symbols = market_data.universe()
-    if market_data.delivers_bars():
-        batch = market_data.load_day(day)
-        result = validate_bars(batch.raw, source=batch.source, now=datetime.now(timezone.utc))
+    with source_errors_as_failures():
+        symbols = market_data.universe()
+        batch = market_data.load_day(day) if market_data.delivers_bars() else None
+        result = validate_bars(batch.raw, source=batch.source, now=datetime.now(timezone.utc)) if batch else None
+    if batch is not None and result is not None:
         bars, counts = result.accepted, result.counts
         store_quarantine(warehouse, result.quarantined, table_name="bars_1m", source=batch.source,
                          partition_key=context.partition_key)
@@ -63,7 +64,7 @@ def bars_1m(context: dg.AssetExecutionContext, market_data: MarketDataResource,
         stored = pl.DataFrame(schema=BAR_SCHEMA)
     outcomes = [run_ge_suite("bars_1m", stored),
                 *bar_rules(stored, market_data.sessions(day), symbols, now=datetime.now(timezone.utc))]
-    store_outcomes(warehouse, "bars_1m", context.partition_key, outcomes, context.run_id)
+    store_outcomes(warehouse, "bars_1m", context.partition_key, outcomes, context.run.run_id)
     return dg.MaterializeResult(
         metadata={
             **frame_metadata(stored),

@@ -1,12 +1,12 @@
 """``ticks``: validated trades of one day from the configured market-data source."""
 
-from __future__ import annotations
 
 from datetime import datetime, timezone
 
 import dagster as dg
 import polars as pl
 
+from assets.errors import source_errors_as_failures
 from assets.metadata import flatten_counts, frame_metadata
 from assets.partitions import daily_partitions, partition_day
 from assets.quality import GE_CHECK, check_results, check_specs, run_ge_suite, store_outcomes, summary_table
@@ -38,25 +38,26 @@ def ticks(context: dg.AssetExecutionContext, market_data: MarketDataResource,
           warehouse: WarehouseResource) -> dg.MaterializeResult:
     day = partition_day(context)
     start, end = day_bounds(day)
-    batch = market_data.load_day(day)
-    if batch.kind == "ticks":
-        result = validate_ticks(batch.raw, source=batch.source, now=datetime.now(timezone.utc))
-        accepted, quarantined, counts, note = result.accepted, result.quarantined, result.counts, batch.note
+    with source_errors_as_failures():
+        symbols = market_data.universe()
+        batch = None if market_data.delivers_bars() else market_data.load_day(day)
+        result = validate_ticks(batch.raw, source=batch.source, now=datetime.now(timezone.utc)) if batch else None
+    if batch is None or result is None:  # bars_1m fetches the bars; nothing to store here
+        note = f"source {market_data.describe()} delivers bars: no ticks"
+        counts = {"n_in": 0, "n_accepted": 0, "n_quarantined": 0}
     else:
-        accepted = pl.DataFrame(schema=TICK_SCHEMA)
-        quarantined = pl.DataFrame()
-        counts, note = {"n_in": 0, "n_accepted": 0, "n_quarantined": 0}, f"source {batch.source} delivers bars"
-    warehouse.replace_window("ticks", accepted, start=start, end=end, symbols=batch.symbols)
-    store_quarantine(warehouse, quarantined, table_name="ticks", source=batch.source,
-                     partition_key=context.partition_key)
+        counts, note = result.counts, batch.note
+        warehouse.replace_window("ticks", result.accepted, start=start, end=end, symbols=symbols)
+        store_quarantine(warehouse, result.quarantined, table_name="ticks", source=batch.source,
+                         partition_key=context.partition_key)
     context.log.info(f"{day}: {counts.get('n_in')} ticks in, {counts.get('n_accepted')} accepted, "
                      f"{counts.get('n_quarantined')} quarantined. {note}")
 
-    stored = warehouse.read_window("ticks", start, end, batch.symbols)
+    stored = warehouse.read_window("ticks", start, end, symbols)
     if not stored.height:
         stored = pl.DataFrame(schema=TICK_SCHEMA)
     outcomes = [run_ge_suite("ticks", stored), *tick_rules(stored)]
-    store_outcomes(warehouse, "ticks", context.partition_key, outcomes, context.run_id)
+    store_outcomes(warehouse, "ticks", context.partition_key, outcomes, context.run.run_id)
     return dg.MaterializeResult(
         metadata={
             **frame_metadata(stored),

@@ -160,3 +160,54 @@ def tick_rules(ticks: pl.DataFrame) -> list[RuleOutcome]:
                     "(legitimate in busy markets; reported, never removed)", passed=True),
         off_market_prints(ticks),
     ]
+
+
+def no_nan_after_warmup(frame: pl.DataFrame, columns: list[str], warmup_rows: int) -> RuleOutcome:
+    """NaN/null values past the first ``warmup_rows`` rows of each symbol, in ``columns``."""
+    present = [c for c in columns if c in frame.columns]
+    if not present or not frame.height:
+        return RuleOutcome("no_nan_after_warmup", ERROR, 0, "no rows to check")
+    warm = frame.filter(pl.int_range(pl.len()).over("symbol") >= warmup_rows)
+    bad_any = pl.any_horizontal([pl.col(c).is_null() | pl.col(c).cast(pl.Float64).is_nan() for c in present])
+    bad = warm.filter(bad_any)
+    return RuleOutcome("no_nan_after_warmup", ERROR, bad.height,
+                       f"rows with a null/NaN in {len(present)} value columns after {warmup_rows} warm-up bars per symbol",
+                       _examples(bad, ["symbol", "ts"]))
+
+
+def within_range(frame: pl.DataFrame, column: str, low: float, high: float | None = None, *,
+                 name: str | None = None, strict_low: bool = False) -> RuleOutcome:
+    """Non-null values of ``column`` outside ``[low, high]`` (``(low, high]`` when ``strict_low``)."""
+    values = pl.col(column)
+    outside = (values <= low) if strict_low else (values < low)
+    if high is not None:
+        outside = outside | (values > high)
+    bad = frame.filter(values.is_not_null() & outside) if column in frame.columns else frame.clear()
+    bounds = f"{'(' if strict_low else '['}{low:g}, {'inf' if high is None else f'{high:g}'}]"
+    return RuleOutcome(name or f"{column}_in_range", ERROR, bad.height, f"{column} must lie in {bounds}",
+                       _examples(bad, ["symbol", "ts", column]))
+
+
+def regime_of(alpha: pl.Expr) -> pl.Expr:
+    """Gaussian when alpha >= 3, Levy when 2 <= alpha < 3, Critical when alpha < 2 (null stays null)."""
+    return (pl.when(alpha >= 3).then(pl.lit("Gaussian"))
+            .when(alpha >= 2).then(pl.lit("Levy"))
+            .when(alpha.is_not_null()).then(pl.lit("Critical")))
+
+
+def regime_consistent(physics: pl.DataFrame) -> RuleOutcome:
+    """``regime`` is exactly what ``alpha`` implies."""
+    bad = physics.filter(pl.col("alpha").is_not_null() & (regime_of(pl.col("alpha")) != pl.col("regime")))
+    return RuleOutcome("regime_consistent_with_alpha", ERROR, bad.height,
+                       "regime must follow alpha: Gaussian >= 3 > Levy >= 2 > Critical",
+                       _examples(bad, ["symbol", "ts", "alpha", "regime"]))
+
+
+def critical_regime_entries(physics: pl.DataFrame) -> RuleOutcome:
+    """Minutes where a symbol enters the Critical regime (alpha < 2): a warning for a person to read."""
+    entered = physics.filter(
+        (pl.col("regime") == "Critical") & (pl.col("regime").shift(1).over("symbol") != "Critical")
+    )
+    return RuleOutcome("critical_regime_entries", WARN, entered.height,
+                       "symbols entering the Critical regime (alpha < 2: tails too fat for a finite variance)",
+                       _examples(entered, ["symbol", "ts", "alpha"]))

@@ -49,7 +49,7 @@ SYMBOL_PATTERN = re.compile(r"^[A-Z0-9][A-Z0-9.\-_/]{0,23}$")
 
 def is_valid_symbol(symbol: object) -> bool:
     """True for exchange-style tickers such as ``SPY``, ``BRK.B``, ``BTCUSDT-PERP``."""
-    return isinstance(symbol, str) and bool(SYMBOL_PATTERN.match(symbol))
+    return isinstance(symbol, str) and bool(SYMBOL_PATTERN.fullmatch(symbol))
 
 
 def empty_frame(schema: dict[str, pl.DataType]) -> pl.DataFrame:

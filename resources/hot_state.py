@@ -32,6 +32,19 @@ CHANNEL_SIGNALS = "signals"
 CHANNEL_ALERTS = "alerts"
 TICK_STREAM = "ticks"
 
+_SET_IF_NEWER = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local ok, decoded = pcall(cjson.decode, current)
+  if ok and decoded['ts'] and tostring(decoded['ts']) > ARGV[2] then
+    return 0
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('PUBLISH', ARGV[3], ARGV[1])
+return 1
+"""
+
 
 class HotStateError(RuntimeError):
     """Redis could not be reached or started; the message says where and why (no secrets)."""
@@ -152,12 +165,25 @@ class HotStateResource(dg.ConfigurableResource):
 
     # ---- physics state ------------------------------------------------------------------
     def publish_states(self, states: list[dict[str, Any]]) -> int:
-        """SET ``physics:state:{symbol}`` and PUBLISH ``state_update`` for each state, pipelined."""
+        """SET ``physics:state:{symbol}`` and PUBLISH ``state_update`` for each state that is newer.
+
+        A backfill of an old day must not overwrite a newer state, so the compare (on the ISO
+        UTC ``ts``) and the write happen atomically in one Lua script per state. Returns how many
+        states were newer and published.
+        """
+        script = self.client().register_script(_SET_IF_NEWER)
         pipe = self.client().pipeline(transaction=False)
         for state in states:
             payload = json.dumps(state, default=str)
-            pipe.set(STATE_KEY.format(symbol=state["symbol"]), payload)
-            pipe.publish(CHANNEL_STATE, payload)
+            script(keys=[STATE_KEY.format(symbol=state["symbol"])], args=[payload, str(state["ts"]), CHANNEL_STATE],
+                   client=pipe)
+        return int(sum(pipe.execute()))
+
+    def replace_states(self, states: list[dict[str, Any]]) -> int:
+        """Unconditionally SET every state (rebuild from the warehouse after Redis lost its data)."""
+        pipe = self.client().pipeline(transaction=False)
+        for state in states:
+            pipe.set(STATE_KEY.format(symbol=state["symbol"]), json.dumps(state, default=str))
         pipe.execute()
         return len(states)
 

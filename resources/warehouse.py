@@ -86,6 +86,16 @@ class WarehouseResource(DuckDBResource):
         finally:
             os.close(fd)  # closing the descriptor releases the flock
 
+    @contextmanager
+    def exclusive_lock(self) -> Iterator[None]:
+        """Hold the cross-process write lock without opening DuckDB, for an outside writer such as dbt.
+
+        flock is per open file, so inside this block the same process must not use this
+        resource's connections (they would wait for the lock it holds itself).
+        """
+        with self._file_lock(exclusive=True):
+            yield
+
     def _connect(self, read_only: bool) -> duckdb.DuckDBPyConnection:
         delay = 0.05
         for attempt in range(self.max_retries + 1):
@@ -208,6 +218,22 @@ class WarehouseResource(DuckDBResource):
             raise ValueError(f"{outside.height} rows for {table} fall outside [{start}, {end})")
         clauses, params = self._window_clauses(start, end, symbols)
         return self._write(table, frame, delete_sql=f"DELETE FROM {table} WHERE " + " AND ".join(clauses), params=params)
+
+    def delete_window(self, table: str, *, start: datetime, end: datetime, symbols: Sequence[str] | None = None) -> None:
+        """Delete the rows of ``table`` in ``[start, end)`` (for ``symbols``); no-op when the table is absent."""
+        table = checked_table(table)
+        if not self.table_exists(table):
+            return
+        clauses, params = self._window_clauses(start, end, symbols)
+        self.execute_write(f"DELETE FROM {table} WHERE " + " AND ".join(clauses), params)
+
+    def write_window(self, table: str, frame: pl.DataFrame, *, start: datetime, end: datetime,
+                     symbols: Sequence[str] | None = None) -> int:
+        """``replace_window`` that also handles an empty frame (the window is emptied)."""
+        if frame.height:
+            return self.replace_window(table, frame, start=start, end=end, symbols=symbols)
+        self.delete_window(table, start=start, end=end, symbols=symbols)
+        return 0
 
     def replace_days(self, table: str, frame: pl.DataFrame, *, days: Sequence[Any], symbols: Sequence[str]) -> int:
         """Atomically replace the rows of ``symbols`` on the UTC ``days`` (dates) of ``table`` by ``frame``."""

@@ -22,9 +22,7 @@ for _name in ("FEYNMAN_DUCKDB", "FEYNMAN_LANCEDB", "FEYNMAN_ARCHIVE", "REDIS_URL
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 
-REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
-if not REAL_DATA.exists():  # CI and developers keep shared/ beside the checkout
-    REAL_DATA = Path(os.environ.get("FEYNMAN_REAL_DATA", "/work/shared/data/real"))
+from tests.paths import REAL_DATA  # noqa: E402  (after the environment is set)
 
 
 @pytest.fixture(scope="session")

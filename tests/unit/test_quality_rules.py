@@ -1,0 +1,74 @@
+"""Domain quality rules flag what a hand count flags, and never alter the data."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import polars as pl
+
+from quant import quality
+from quant.schema import BAR_SCHEMA
+
+OPEN = datetime(2024, 3, 5, 14, 30, tzinfo=timezone.utc)
+CLOSE = datetime(2024, 3, 5, 21, 0, tzinfo=timezone.utc)
+
+
+def _bars(minutes: list[int], closes: list[float], volumes: list[float] | None = None, symbol: str = "AAA") -> pl.DataFrame:
+    n = len(minutes)
+    volumes = volumes or [100.0] * n
+    return pl.DataFrame({
+        "symbol": [symbol] * n, "ts": [OPEN + timedelta(minutes=m) for m in minutes],
+        "open": closes, "high": [c * 1.001 for c in closes], "low": [c * 0.999 for c in closes], "close": closes,
+        "volume": volumes, "vwap": closes, "trade_count": [1] * n, "buy_volume": [v / 2 for v in volumes],
+        "sell_volume": [v / 2 for v in volumes],
+    }, schema=BAR_SCHEMA)
+
+
+def test_large_moves_only_between_adjacent_minutes():
+    bars = _bars([0, 1, 2, 30, 31], [100, 112, 111, 150, 149])
+    out = quality.large_moves(bars)
+    # 100->112 (+12 %) in one minute is flagged; 111->150 happens across a 28-minute gap and is not a one-minute move
+    assert out.n_flagged == 1 and not out.passed and out.severity == quality.WARN
+    assert out.examples[0]["ts"] == (OPEN + timedelta(minutes=1)).isoformat()
+
+
+def test_volume_spikes_match_a_numpy_z_score():
+    rng = np.random.default_rng(3)
+    volumes = list(rng.lognormal(5, 1.0, 300))
+    bars = _bars(list(range(300)), [100.0] * 300, volumes)
+    v = np.array(volumes)
+    expected = int(((v - v.mean()) / v.std(ddof=1) > 3).sum())
+    assert quality.volume_spikes(bars).n_flagged == expected > 0
+
+
+def test_gaps_inside_the_session_only():
+    bars = _bars([-60, -50, 0, 1, 9, 10, 400], [100.0] * 7)  # -60/-50: pre-market, 400: after the close
+    out = quality.session_gaps(bars, [(OPEN, CLOSE)])
+    assert out.n_flagged == 1  # 1 -> 9 is an 8-minute gap; pre-market and after-hours gaps are ignored
+
+
+def test_stale_data_flags_feeds_that_stop_early_and_missing_symbols():
+    bars = pl.concat([_bars(list(range(390)), [100.0] * 390, symbol="AAA"),
+                      _bars(list(range(200)), [50.0] * 200, symbol="BBB")])
+    out = quality.stale_data(bars, [(OPEN, CLOSE)], ["AAA", "BBB", "CCC"], now=CLOSE + timedelta(hours=3))
+    assert sorted(e["symbol"] for e in out.examples) == ["BBB", "CCC"]
+    assert out.n_flagged == 2
+
+
+def test_duplicates_and_order():
+    bars = _bars([0, 1, 1, 2], [1.0, 2.0, 2.0, 3.0])
+    assert quality.duplicate_keys(bars).n_flagged == 1
+    assert quality.timestamps_increasing(bars).n_flagged == 1
+    assert quality.timestamps_increasing(bars, strict=False).n_flagged == 0
+
+
+def test_off_market_prints_find_a_late_block():
+    prices = [100.0 + 0.01 * (i % 7) for i in range(300)]
+    prices[150] = 102.5  # a late block 2.5 % away
+    ticks = pl.DataFrame({"symbol": ["AAA"] * 300, "ts": [OPEN + timedelta(seconds=i) for i in range(300)],
+                          "price": prices, "size": [100.0] * 300, "side": [None] * 300},
+                         schema={"symbol": pl.Utf8, "ts": pl.Datetime("us", "UTC"), "price": pl.Float64,
+                                 "size": pl.Float64, "side": pl.Utf8})
+    out = quality.off_market_prints(ticks)
+    assert out.n_flagged == 1 and out.examples[0]["price"] == 102.5
