@@ -142,12 +142,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("feynman: interrupted", file=sys.stderr)
         return 130
-    except (UsageError, ValueError, OSError, RuntimeError) as exc:
+    except Exception as exc:
         if os.environ.get("FEYNMAN_DEBUG"):
             raise
-        # every error we raise on purpose is one line; library errors are cut to their first line
+        # every error we raise on purpose is one line; anything else is cut to its first line
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"feynman {args.command}: error: {message}", file=sys.stderr)
+        expected = isinstance(exc, (UsageError, ValueError, OSError))
+        hint = "" if expected else f" ({type(exc).__name__}; FEYNMAN_DEBUG=1 shows the traceback)"
+        print(f"feynman {args.command}: error: {message}{hint}", file=sys.stderr)
         return 2
 
 

@@ -15,13 +15,10 @@ _DAGSTER_YAML = """\
 telemetry:
   enabled: false
 concurrency:
+  runs:
+    max_concurrent_runs: 4
   pools:
     default_limit: 1
-run_coordinator:
-  module: dagster._core.run_coordinator.queued_run_coordinator
-  class: QueuedRunCoordinator
-  config:
-    max_concurrent_runs: 4
 """
 
 

@@ -11,6 +11,10 @@ from datetime import date
 from tqdm import tqdm
 
 
+# the progress bar reports progress; the full event log is in the UI
+QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
 @dataclass
 class RunSummary:
     partitions: list[str]
@@ -40,7 +44,7 @@ def run_main(days: int, end: date | None, echo=print) -> RunSummary:
 
     started = time.perf_counter()
     instance = local_instance()
-    job = defs.get_job_def("main")
+    job = defs.resolve_job_def("main")
     market = defs.resources["market_data"]
     partitions = choose_partitions(market.source, days, end)
     if not partitions:
@@ -50,7 +54,8 @@ def run_main(days: int, end: date | None, echo=print) -> RunSummary:
     summary = RunSummary(partitions=partitions)
     echo(f"Running job 'main' on {market.describe()} for {len(partitions)} day(s): {partitions[0]} .. {partitions[-1]}")
     for pk in tqdm(partitions, desc="days", unit="day"):
-        result = job.execute_in_process(instance=instance, partition_key=pk, raise_on_error=False)
+        result = job.execute_in_process(instance=instance, partition_key=pk, raise_on_error=False,
+                                        run_config=QUIET_CONSOLE)
         if not result.success:
             summary.failed_runs.append(f"{pk} (run {result.run_id})")
         for evaluation in result.get_asset_check_evaluations():

@@ -1,0 +1,189 @@
+"""Scoring of probabilistic forecasts against realised closes.
+
+A forecast row (``FORECAST_SCHEMA``) is scored when its ``target_ts <= as_of`` and a
+realised close exists at exactly (symbol, ts == target_ts) among the closes with
+``ts <= as_of`` (closes after ``as_of`` are never read, so an evaluation at as_of
+uses only what was known then). Other rows are ``pending`` (target after as_of) or
+``unmatched`` (no bar at target_ts, e.g. no trades in that minute or market closed).
+
+Per scored row:
+- ``in_interval``: p10 <= realised <= p90 (the 80% central interval).
+- pinball loss of each quantile q in (0.1, 0.5, 0.9):
+  ``max(q * (y - yq), (q - 1) * (y - yq))``, averaged over the three quantiles and
+  divided by the close at issue_ts, so it is in return units and comparable across
+  symbols.
+- the same loss for a naive baseline issued at the same time: p50 = close at issue_ts,
+  p10/p90 = close at issue * (1 + empirical 10%/90% quantile of past h-step simple
+  returns close[j]/close[j-h] - 1), j over the last ``baseline_window`` bars up to
+  and including issue_ts (numpy's linear-interpolation quantile). NaN when fewer
+  than ``min_baseline_returns`` such returns exist.
+
+Summary per group: n_scored, coverage_80, pinball_model, pinball_naive, skill =
+1 - model/naive over the rows where both exist (positive = better than naive), n_pending, n_unmatched and status:
+WARN when coverage is outside [0.6, 0.95], NO_DATA when nothing was scored, else OK.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import numpy as np
+import polars as pl
+
+from quant.schema import TS_DTYPE
+
+QUANTILES = (0.1, 0.5, 0.9)
+COVERAGE_OK = (0.6, 0.95)
+
+
+class EvalInputError(ValueError):
+    """Inputs that cannot be evaluated."""
+
+
+def pinball(y: np.ndarray, quantile_pred: np.ndarray, q: float) -> np.ndarray:
+    """Pinball (quantile) loss per element: max(q*(y-p), (q-1)*(y-p))."""
+    diff = np.asarray(y, dtype=np.float64) - np.asarray(quantile_pred, dtype=np.float64)
+    return np.maximum(q * diff, (q - 1.0) * diff)
+
+
+def _naive_quantiles(
+    closes: np.ndarray, issue_pos: np.ndarray, steps: np.ndarray, window: int, min_returns: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Empirical 10%/90% quantiles of h-step returns ending at or before each issue position."""
+    low = np.full(issue_pos.shape, np.nan)
+    high = np.full(issue_pos.shape, np.nan)
+    for k, (i, h) in enumerate(zip(issue_pos, steps)):
+        first = max(h, i - window + 1)
+        if i - first + 1 < min_returns:
+            continue
+        ends = np.arange(first, i + 1)
+        returns = closes[ends] / closes[ends - h] - 1.0
+        low[k], high[k] = np.quantile(returns, [QUANTILES[0], QUANTILES[2]])
+    return low, high
+
+
+def score_forecasts(
+    forecasts: pl.DataFrame,
+    closes: pl.DataFrame,
+    *,
+    as_of: datetime,
+    baseline_window: int = 500,
+    min_baseline_returns: int = 5,
+) -> pl.DataFrame:
+    """Per-row scores; see the module doc.
+
+    ``forecasts``: symbol, issue_ts, target_ts, horizon_step, p10, p50, p90.
+    ``closes``: symbol, ts, close (bars; ts = bar start, UTC), history and realised.
+    ``as_of``: evaluation time (tz-aware). Returns the forecast key columns plus
+    status ("scored"/"pending"/"unmatched"), realised, issue_close, in_interval,
+    pinball_model, pinball_naive (null unless scored).
+    """
+    for name, frame, cols in (
+        ("forecasts", forecasts, {"symbol", "issue_ts", "target_ts", "horizon_step", "p10", "p50", "p90"}),
+        ("closes", closes, {"symbol", "ts", "close"}),
+    ):
+        missing = cols - set(frame.columns)
+        if missing:
+            raise EvalInputError(f"{name} lacks column(s) {sorted(missing)}")
+    if as_of.tzinfo is None:
+        raise EvalInputError("as_of must be time-zone aware (UTC)")
+
+    known = (
+        closes.select("symbol", pl.col("ts").cast(TS_DTYPE), pl.col("close").cast(pl.Float64))
+        .filter(pl.col("ts") <= as_of)
+        .sort("symbol", "ts")
+    )
+    if known.select(pl.struct("symbol", "ts").is_duplicated().any()).item():
+        raise EvalInputError("closes hold duplicate (symbol, ts) rows")
+    rows = forecasts.select(
+        "symbol",
+        pl.col("issue_ts").cast(TS_DTYPE),
+        pl.col("target_ts").cast(TS_DTYPE),
+        pl.col("horizon_step").cast(pl.Int32),
+        *(pl.col(c).cast(pl.Float64) for c in ("p10", "p50", "p90")),
+    ).with_row_index("_row")
+    rows = rows.join(
+        known.rename({"ts": "target_ts", "close": "realised"}), on=["symbol", "target_ts"], how="left"
+    ).join(known.rename({"ts": "issue_ts", "close": "issue_close"}), on=["symbol", "issue_ts"], how="left")
+    rows = rows.with_columns(
+        pl.when(pl.col("target_ts") > as_of)
+        .then(pl.lit("pending"))
+        .when(pl.col("realised").is_null() | pl.col("issue_close").is_null())
+        .then(pl.lit("unmatched"))
+        .otherwise(pl.lit("scored"))
+        .alias("status")
+    ).sort("_row")
+
+    scored = rows.filter(pl.col("status") == "scored")
+    y = scored["realised"].to_numpy()
+    base = scored["issue_close"].to_numpy()
+    preds = [scored[c].to_numpy() for c in ("p10", "p50", "p90")]
+    model_loss = np.mean([pinball(y, p, q) for p, q in zip(preds, QUANTILES)], axis=0) / base
+
+    naive_low = np.full(scored.height, np.nan)
+    naive_high = np.full(scored.height, np.nan)
+    positions = {s: (g["ts"].to_numpy(), g["close"].to_numpy()) for (s,), g in known.group_by("symbol")}
+    symbols = scored["symbol"].to_numpy()
+    issue = scored["issue_ts"].to_numpy()
+    steps = scored["horizon_step"].to_numpy().astype(np.int64)
+    for symbol in np.unique(symbols):
+        mask = symbols == symbol
+        ts, values = positions[symbol]
+        issue_pos = np.searchsorted(ts, issue[mask])  # issue close exists, so this is exact
+        naive_low[mask], naive_high[mask] = _naive_quantiles(
+            values, issue_pos, steps[mask], baseline_window, min_baseline_returns
+        )
+    naive_preds = [base * (1 + naive_low), base, base * (1 + naive_high)]
+    naive_loss = np.mean([pinball(y, p, q) for p, q in zip(naive_preds, QUANTILES)], axis=0) / base
+
+    scores = scored.select("_row").with_columns(
+        pl.Series("in_interval", (preds[0] <= y) & (y <= preds[2])),
+        pl.Series("pinball_model", model_loss),
+        pl.Series("pinball_naive", naive_loss).fill_nan(None),
+    )
+    return rows.join(scores, on="_row", how="left").drop("_row").select(
+        "symbol", "issue_ts", "target_ts", "horizon_step", "status", "realised", "issue_close",
+        "p10", "p50", "p90", "in_interval", "pinball_model", "pinball_naive",
+    )
+
+
+def summarize_scores(scored: pl.DataFrame, *, by: tuple[str, ...] = ("symbol",)) -> pl.DataFrame:
+    """Aggregate ``score_forecasts`` output per ``by`` group (``by=()``: one overall row)."""
+    ok = pl.col("status") == "scored"
+    aggs = [
+        ok.sum().cast(pl.Int64).alias("n_scored"),
+        pl.col("in_interval").filter(ok).mean().alias("coverage_80"),
+        pl.col("pinball_model").filter(ok).mean().alias("pinball_model"),
+        pl.col("pinball_naive").filter(ok).mean().alias("pinball_naive"),
+        # skill compares the two on the same rows (the naive baseline needs history).
+        pl.col("pinball_model").filter(ok & pl.col("pinball_naive").is_not_null()).mean().alias("_paired"),
+        (pl.col("status") == "pending").sum().cast(pl.Int64).alias("n_pending"),
+        (pl.col("status") == "unmatched").sum().cast(pl.Int64).alias("n_unmatched"),
+    ]
+    summary = scored.group_by(list(by), maintain_order=True).agg(aggs) if by else scored.select(aggs)
+    low, high = COVERAGE_OK
+    return summary.with_columns(
+        (1.0 - pl.col("_paired") / pl.col("pinball_naive")).alias("skill"),
+        pl.when(pl.col("n_scored") == 0)
+        .then(pl.lit("NO_DATA"))
+        .when((pl.col("coverage_80") < low) | (pl.col("coverage_80") > high))
+        .then(pl.lit("WARN"))
+        .otherwise(pl.lit("OK"))
+        .alias("status"),
+    ).drop("_paired")
+
+
+def evaluate_forecasts(
+    forecasts: pl.DataFrame,
+    closes: pl.DataFrame,
+    *,
+    as_of: datetime,
+    by: tuple[str, ...] = ("symbol",),
+    baseline_window: int = 500,
+    min_baseline_returns: int = 5,
+) -> pl.DataFrame:
+    """Coverage and pinball loss vs the naive baseline, per ``by`` group; see module doc."""
+    scored = score_forecasts(
+        forecasts, closes, as_of=as_of, baseline_window=baseline_window, min_baseline_returns=min_baseline_returns
+    )
+    return summarize_scores(scored, by=by)
