@@ -8,6 +8,7 @@ import polars as pl
 
 from assets.errors import source_errors_as_failures
 from assets.metadata import flatten_counts, frame_metadata
+from assets.plots import price_chart_png
 from assets.partitions import daily_partitions, partition_day
 from assets.quality import GE_CHECK, check_results, check_specs, run_ge_suite, store_outcomes, summary_table
 from assets.quarantine import store_quarantine
@@ -70,6 +71,7 @@ def bars_1m(context: dg.AssetExecutionContext, market_data: MarketDataResource,
             **frame_metadata(stored),
             **flatten_counts(counts),
             "origin": origin,
+            **({"price_chart": price_chart_png(stored)} if stored.height else {}),
             "quality": dg.MetadataValue.md(summary_table(outcomes)),
         },
         check_results=check_results(BARS_KEY, outcomes),

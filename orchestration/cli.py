@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="tiny workloads (smoke test)")
 
     sub.add_parser("redis-stop", help="stop the embedded Redis server")
+    sub.add_parser("rebuild-hot-state", help="rebuild the Redis physics:state keys from the warehouse")
     return parser
 
 
@@ -132,7 +133,18 @@ def _cmd_redis_stop(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": _cmd_run, "ingest": _cmd_ingest, "bench": _cmd_bench, "redis-stop": _cmd_redis_stop}
+def _cmd_rebuild_hot_state(args: argparse.Namespace) -> int:
+    from orchestration.hot_state_cli import rebuild_hot_state
+    from orchestration.resources import build_resources
+
+    resources = build_resources()
+    count = rebuild_hot_state(resources["warehouse"], resources["hot_state"])
+    print(f"rebuilt {count} physics:state keys in {resources['hot_state'].describe()}")
+    return 0
+
+
+COMMANDS = {"run": _cmd_run, "ingest": _cmd_ingest, "bench": _cmd_bench, "redis-stop": _cmd_redis_stop,
+            "rebuild-hot-state": _cmd_rebuild_hot_state}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,7 @@ import dagster as dg
 
 from assets.partitions import daily_partitions
 
-MAIN_GROUPS = ("ingest", "bars")
+MAIN_GROUPS = ("ingest", "bars", "features", "physics", "forecasts", "embeddings", "signals")
 
 main_job = dg.define_asset_job(
     "main",

@@ -12,6 +12,7 @@
 | FEYNMAN_FILES_PATH, FEYNMAN_FILES_TZ, FEYNMAN_FILES_BAR_LABEL, FEYNMAN_FILES_SYMBOL | | market_data (files) |
 | ALPACA_API_KEY, ALPACA_SECRET_KEY | unset | market_data (alpaca), read through dg.EnvVar |
 | ALPACA_DATA_URL | Alpaca's own | market_data (alpaca) |
+| FEYNMAN_CHRONOS_MODEL | ``amazon/chronos-bolt-tiny`` (local HF cache only) | forecaster |
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import dagster as dg
 
 from resources.hot_state import HotStateResource
 from resources.market_data import DEFAULT_SYMBOLS, MarketDataResource
+from resources.models import ForecasterResource
 from resources.paths import duckdb_path, env_or, redis_dir
 from resources.warehouse import WarehouseResource
 
@@ -52,6 +54,7 @@ def build_resources(**overrides: Any) -> dict[str, Any]:
         "warehouse": WarehouseResource(database=duckdb_path()),
         "hot_state": HotStateResource(redis_url=env_or("REDIS_URL", ""), embedded_dir=str(redis_dir())),
         "market_data": MarketDataResource(**market),
+        "forecaster": ForecasterResource(),
     }
     resources.update(overrides)
     return resources

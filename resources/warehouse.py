@@ -170,6 +170,24 @@ class WarehouseResource(DuckDBResource):
             sql += " ORDER BY symbol, ts, rowid"  # rowid keeps the source order of trades sharing a ts
         return self.query(sql, params)
 
+    def read_with_lookback(self, table: str, start: datetime, end: datetime, symbols: Sequence[str],
+                           lookback_rows: int) -> pl.DataFrame:
+        """Rows of ``table`` in ``[start, end)`` plus, per symbol, the last ``lookback_rows`` rows before ``start``.
+
+        The look-back is counted in rows (bars), not time, so sparse symbols and weekends still get a
+        full warm-up. Sorted by symbol, ts.
+        """
+        table = checked_table(table)
+        if not self.table_exists(table):
+            return pl.DataFrame()
+        return self.query(
+            f"SELECT * FROM (SELECT * FROM {table} WHERE list_contains(?, symbol) AND ts < ? "
+            f"QUALIFY row_number() OVER (PARTITION BY symbol ORDER BY ts DESC) <= ?) "
+            f"UNION ALL SELECT * FROM {table} WHERE list_contains(?, symbol) AND ts >= ? AND ts < ? "
+            f"ORDER BY symbol, ts",
+            [list(symbols), start, lookback_rows, list(symbols), start, end],
+        )
+
     def count_rows(self) -> dict[str, int]:
         """Row count of every table in the warehouse."""
         with self.read_connection() as conn:

@@ -1,0 +1,76 @@
+"""Small PNG plots embedded in asset metadata (markdown with a base64 image).
+
+matplotlib is imported inside each function (Agg backend) so loading the code location stays fast.
+"""
+
+import base64
+import io
+
+import dagster as dg
+import polars as pl
+
+MAX_SYMBOLS = 4
+
+
+def _figure(rows: int = 1, height: float = 3.0):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(rows, 1, figsize=(9, height * rows), squeeze=False)
+    return plt, fig, [a[0] for a in axes]
+
+
+def _to_markdown(plt, fig, title: str) -> dg.MetadataValue:
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=80)
+    plt.close(fig)
+    encoded = base64.b64encode(buffer.getvalue()).decode()
+    return dg.MetadataValue.md(f"![{title}](data:image/png;base64,{encoded})")
+
+
+def price_chart_png(bars: pl.DataFrame) -> dg.MetadataValue:
+    """Close and 1-minute high-low range for up to four symbols."""
+    symbols = bars["symbol"].unique(maintain_order=True).to_list()[:MAX_SYMBOLS]
+    plt, fig, axes = _figure(len(symbols), 2.2)
+    for ax, symbol in zip(axes, symbols):
+        one = bars.filter(pl.col("symbol") == symbol).sort("ts")
+        ts = one["ts"].to_list()
+        ax.fill_between(ts, one["low"].to_list(), one["high"].to_list(), color="#9ecae1", linewidth=0)
+        ax.plot(ts, one["close"].to_list(), color="#08519c", linewidth=0.8)
+        ax.set_title(symbol, fontsize=9, loc="left")
+        ax.tick_params(labelsize=7)
+    return _to_markdown(plt, fig, "price chart")
+
+
+def forecast_fan_png(forecasts: pl.DataFrame, closes: pl.DataFrame) -> dg.MetadataValue:
+    """Realised close with the last issued P10-P90 fan of up to four symbols."""
+    symbols = forecasts["symbol"].unique(maintain_order=True).to_list()[:MAX_SYMBOLS]
+    plt, fig, axes = _figure(len(symbols), 2.2)
+    for ax, symbol in zip(axes, symbols):
+        fc = forecasts.filter(pl.col("symbol") == symbol)
+        last_issue = fc["issue_ts"].max()
+        fan = fc.filter(pl.col("issue_ts") == last_issue).sort("target_ts")
+        history = closes.filter((pl.col("symbol") == symbol) & (pl.col("ts") <= fan["target_ts"].max())).sort("ts").tail(120)
+        ax.plot(history["ts"].to_list(), history["close"].to_list(), color="#333333", linewidth=0.8, label="close")
+        ax.fill_between(fan["target_ts"].to_list(), fan["p10"].to_list(), fan["p90"].to_list(), color="#fdae6b",
+                        alpha=0.6, label="P10-P90")
+        ax.plot(fan["target_ts"].to_list(), fan["p50"].to_list(), color="#e6550d", linewidth=1.0, label="P50")
+        ax.set_title(f"{symbol} (issued {last_issue:%Y-%m-%d %H:%M} UTC)", fontsize=9, loc="left")
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=7, loc="upper left")
+    return _to_markdown(plt, fig, "forecast fan")
+
+
+def equity_curves_png(curves: pl.DataFrame, title: str = "equity") -> dg.MetadataValue:
+    """``curves``: columns ts, strategy_id, equity (1.0 = start)."""
+    plt, fig, (ax,) = _figure(1, 3.5)
+    for strategy_id, one in curves.partition_by("strategy_id", as_dict=True, maintain_order=True).items():
+        one = one.sort("ts")
+        ax.plot(one["ts"].to_list(), one["equity"].to_list(), linewidth=0.9, label=str(strategy_id[0]))
+    ax.set_title(title, fontsize=9, loc="left")
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=7)
+    return _to_markdown(plt, fig, title)
