@@ -27,7 +27,7 @@ rule) earlier trades of the same symbol.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
@@ -91,8 +91,9 @@ def ticks_to_bars(ticks: pl.DataFrame, every: str = "1m") -> pl.DataFrame:
         codes = _symbol_codes(ticks["symbol"])
         symbol_rows = _stable_symbol_time_order(codes, arrays.ts)
         arrays = arrays.take(symbol_rows)
-        codes = codes[symbol_rows]
-        symbol_starts = np.flatnonzero(np.concatenate(([True], codes[1:] != codes[:-1])))
+        # the stable sort puts code k's rows in one block, blocks in code order
+        block_sizes = np.bincount(codes)
+        symbol_starts = np.concatenate(([0], np.cumsum(block_sizes[block_sizes > 0])[:-1]))
 
     bar_starts = _bar_starts(arrays.bucket, symbol_starts)
     first_rows = bar_starts if symbol_rows is None else symbol_rows[bar_starts]
@@ -127,18 +128,15 @@ class _TickArrays:
     def from_frame(cls, ticks: pl.DataFrame, width: int) -> tuple[_TickArrays, np.ndarray]:
         """The arrays plus the row indices where a new run of equal symbols starts."""
         side = pl.col("side")
-        per_row, symbol_starts = pl.collect_all(
-            [
-                ticks.lazy().select(
-                    # when/then with Int8 literals is the cheapest decode measured; anything
-                    # else than buy/sell (or null) becomes 0 and is caught by the count below
-                    side=pl.when(side == "buy").then(pl.lit(1, pl.Int8)).when(side == "sell").then(pl.lit(-1, pl.Int8)).otherwise(pl.lit(0, pl.Int8)),
-                    bucket=pl.col("ts").to_physical() // width,
-                    price_x_size=pl.col("price") * pl.col("size"),
-                ),
-                ticks.lazy().select(pl.arg_where(_symbol_changes())),
-            ]
+        # eager selects: the lazy/collect_all route returns chunked columns that must be copied
+        per_row = ticks.select(
+            # when/then with Int8 literals is the cheapest decode measured; a value other than
+            # buy/sell (or null) becomes 0 and is caught by the count below
+            side=pl.when(side == "buy").then(pl.lit(1, pl.Int8)).when(side == "sell").then(pl.lit(-1, pl.Int8)).otherwise(pl.lit(0, pl.Int8)),
+            bucket=pl.col("ts").to_physical() // width,
+            price_x_size=pl.col("price") * pl.col("size"),
         )
+        symbol_starts = ticks.select(pl.arg_where(_symbol_changes()))
         arrays = cls(
             ts=ticks["ts"].to_physical().to_numpy(),
             bucket=per_row["bucket"].to_numpy(),
@@ -159,7 +157,11 @@ class _TickArrays:
         return arrays, symbol_starts.to_series().to_numpy()
 
     def take(self, rows: np.ndarray) -> _TickArrays:
-        return _TickArrays(*(getattr(self, f.name)[rows] for f in fields(self)))
+        """Rows reordered; ts is dropped (not needed once ordered) and price_x_size recomputed,
+        both cheaper than gathering them."""
+        price, size = np.take(self.price, rows), np.take(self.size, rows)
+        empty = np.empty(0, dtype=self.ts.dtype)
+        return _TickArrays(empty, np.take(self.bucket, rows), price, size, price * size, np.take(self.side, rows))
 
 
 def _normalise_ticks(ticks: pl.DataFrame) -> pl.DataFrame:
@@ -178,7 +180,7 @@ def _normalise_ticks(ticks: pl.DataFrame) -> pl.DataFrame:
     casts = []
     for name in ("symbol", "side"):
         if schema[name] != pl.Utf8:
-            if not (schema[name] in (pl.Categorical, pl.Enum, pl.Null) or isinstance(schema[name], (pl.Categorical, pl.Enum))):
+            if not isinstance(schema[name], (pl.Categorical, pl.Enum, pl.Null)):
                 raise BarInputError(f"ticks.{name} must be a string column, got {schema[name]}")
             casts.append(pl.col(name).cast(pl.Utf8))
     for name in ("price", "size"):
@@ -246,9 +248,13 @@ def _trade_direction(arrays: _TickArrays, symbol_starts: np.ndarray) -> np.ndarr
         return side
     price = arrays.price
     tick = np.zeros(price.size, dtype=np.int8)
-    np.subtract(price[1:] > price[:-1], price[1:] < price[:-1], out=tick[1:], dtype=np.int8)
+    up, down = np.greater(price[1:], price[:-1]), np.less(price[1:], price[:-1])
+    np.subtract(up.view(np.int8), down.view(np.int8), out=tick[1:])
     tick[symbol_starts] = 0  # no previous trade of this symbol
-    direction = np.where(side_null, tick, side)
+    # direction = side where given, else tick: bitwise on int8 is ~10x faster than np.where
+    direction = side_null.view(np.int8) * np.int8(-1)  # all bits set where the side is null
+    np.bitwise_and(direction, tick, out=direction)
+    np.bitwise_or(direction, side, out=direction)  # side is 0 exactly where it is null
     # Zero ticks of null-side trades inherit the last classification. A symbol's first row
     # always anchors so nothing leaks across symbols; only the (usually few) rows that
     # need filling are touched.
@@ -271,10 +277,11 @@ def _aggregate_runs(arrays: _TickArrays, symbol_starts: np.ndarray, bar_starts: 
     last_rows = np.empty_like(bar_starts)
     last_rows[:-1] = bar_starts[1:] - 1
     last_rows[-1] = price.size - 1
-    direction = _trade_direction(arrays, symbol_starts)
-    buy_size = size * (direction + np.int8(1)) * 0.5  # 0, size/2 (unknown) or size; exact in binary
+    # signed volume: +size buys, -size sells, 0 unknown (so unknown splits half/half below)
+    signed = np.multiply(size, _trade_direction(arrays, symbol_starts), dtype=np.float64)
     volume = np.add.reduceat(size, bar_starts)
-    buy_volume = np.add.reduceat(buy_size, bar_starts)
+    # clip: the two sums round differently, and a bar must never show negative volume
+    buy_volume = np.clip((volume + np.add.reduceat(signed, bar_starts)) * 0.5, 0.0, volume)
     return {
         "open": price[bar_starts],
         "high": np.maximum.reduceat(price, bar_starts),

@@ -155,8 +155,9 @@ def simulate_ticks_window(
     """Ticks of one symbol and session with ``start <= ts < end``, for live/accelerated replay.
 
     Identical to filtering ``simulate_ticks([symbol], [session], seed)`` to the window:
-    the whole session is generated (a few ms) and cut, so windows never disagree with
-    each other or with a backfill. ``start``/``end`` are tz-aware datetimes.
+    the whole session is generated (a few ms per symbol) and cut, so windows never
+    disagree with each other or with a backfill. A live loop calls it once per minute per
+    symbol with ``[last_end, now)``. ``start``/``end`` are tz-aware datetimes.
     """
     for name, value in (("start", start), ("end", end)):
         if not isinstance(value, datetime) or value.tzinfo is None:
@@ -171,8 +172,9 @@ def simulate_latent(symbol: str, session: Session, seed: int, params: SimParams 
     Columns: ``symbol``, ``ts`` (minute start, UTC), ``regime`` (Int8: 0 calm, 1
     turbulent), ``sigma`` (sd of that minute's log return), ``intensity`` (expected
     trades in that minute), ``log_return`` (the minute's efficient log return).
-    This is ground truth for tests and demos; a model must not see it (it is the future
-    from the market's point of view only in the sense that it drives the ticks).
+    Ground truth for tests and demos only. It LOOKS AHEAD: a minute's regime, sigma and
+    return are known here before its ticks exist, and ``log_return`` includes the day's
+    tilt towards the next day's level. Never feed it to features, models or strategies.
     """
     params = _checked_params(params)
     _check_seed(seed)
