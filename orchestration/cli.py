@@ -84,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
                                     "backtest, prune, archive")
     bench.add_argument("--quick", action="store_true", help="tiny workloads (smoke test)")
 
+    backtest = sub.add_parser("backtest", help="run the nightly strategy sweep now, with a progress bar")
+    backtest.add_argument("--date", type=_date_arg, default=None, help="run day (default: yesterday UTC)")
+    backtest.add_argument("--strategies", type=_positive_int, default=500)
+    backtest.add_argument("--sessions", type=_positive_int, default=90)
+    backtest.add_argument("--chunks", type=_positive_int, default=4)
+
     sub.add_parser("redis-stop", help="stop the embedded Redis server")
     sub.add_parser("rebuild-hot-state", help="rebuild the Redis physics:state keys from the warehouse")
     return parser
@@ -123,6 +129,16 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_backtest(args: argparse.Namespace) -> int:
+    from orchestration.backtest_cli import run_backtest
+    from orchestration.resources import build_resources
+    from resources.backtest_config import BacktestConfig
+
+    config = BacktestConfig(n_strategies=args.strategies, sessions=args.sessions, n_chunks=args.chunks)
+    run_backtest(build_resources()["warehouse"], config, args.date)
+    return 0
+
+
 def _cmd_redis_stop(args: argparse.Namespace) -> int:
     from orchestration.resources import build_resources
 
@@ -143,7 +159,7 @@ def _cmd_rebuild_hot_state(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": _cmd_run, "ingest": _cmd_ingest, "bench": _cmd_bench, "redis-stop": _cmd_redis_stop,
+COMMANDS = {"run": _cmd_run, "backtest": _cmd_backtest, "ingest": _cmd_ingest, "bench": _cmd_bench, "redis-stop": _cmd_redis_stop,
             "rebuild-hot-state": _cmd_rebuild_hot_state}
 
 

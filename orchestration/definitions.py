@@ -2,16 +2,19 @@
 
 import dagster as dg
 
+from assets.backtest import nightly_backtest_assets
 from assets.bars import bars_1m
 from assets.features import features
 from assets.forecasts import forecasts
 from assets.physics import physics_states
 from assets.ticks import ticks
-from orchestration.jobs import main_job
+from orchestration.jobs import main_job, nightly_backtest_job
+from orchestration.schedules import nightly_backtest_schedule
 from orchestration.resources import build_resources
 
 defs = dg.Definitions(
-    assets=[ticks, bars_1m, features, physics_states, forecasts],
-    jobs=[main_job],
+    assets=[ticks, bars_1m, features, physics_states, forecasts, nightly_backtest_assets],
+    jobs=[main_job, nightly_backtest_job],
+    schedules=[nightly_backtest_schedule],
     resources=build_resources(),
 )

@@ -14,3 +14,12 @@ main_job = dg.define_asset_job(
     partitions_def=daily_partitions,
     description="One trading day end to end: ticks -> bars_1m with quality checks (and every later layer).",
 )
+
+BACKTEST_KEYS = [dg.AssetKey(["duckdb", k]) for k in ("backtest_runs", "strategy_results", "strategy_leaderboard")]
+
+nightly_backtest_job = dg.define_asset_job(
+    "nightly_backtest",
+    selection=dg.AssetSelection.assets(*BACKTEST_KEYS),
+    partitions_def=daily_partitions,
+    description="The nightly sweep of generated strategies over the last 90 sessions (one step per strategy block).",
+)

@@ -22,6 +22,7 @@ from typing import Any
 
 import dagster as dg
 
+from resources.backtest_config import BacktestConfig
 from resources.hot_state import HotStateResource
 from resources.market_data import DEFAULT_SYMBOLS, MarketDataResource
 from resources.models import ForecasterResource
@@ -55,6 +56,7 @@ def build_resources(**overrides: Any) -> dict[str, Any]:
         "hot_state": HotStateResource(redis_url=env_or("REDIS_URL", ""), embedded_dir=str(redis_dir())),
         "market_data": MarketDataResource(**market),
         "forecaster": ForecasterResource(),
+        "backtest": BacktestConfig(),
     }
     resources.update(overrides)
     return resources

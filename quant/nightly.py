@@ -1,0 +1,98 @@
+"""The nightly strategy sweep as chunks that can run anywhere, and their gathering.
+
+Work is split by strategy block (every chunk sees every symbol) so each chunk can compute its
+strategies' equal-weight portfolio returns; the gather step then has the full (T x N) returns
+matrix for the deflated Sharpe ratio and the probability of backtest overfitting.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+
+from quant.backtest import infer_bars_per_year, run_sweep_with_portfolio, strategy_returns
+from quant.overfitting import deflated_sharpe_ratio, probability_of_backtest_overfitting, walk_forward
+
+PORTFOLIO_SYMBOL = "PORTFOLIO"
+
+
+@dataclass
+class SweepSettings:
+    fill: str = "next_open"
+    fee_bps: float = 1.0
+    slippage_bps: float = 1.0
+    n_folds: int = 4
+    min_trades: int = 10
+    max_drawdown: float = 0.15
+    min_oos_sharpe: float = 0.0
+    min_deflated_sharpe: float = 0.95
+
+
+@dataclass
+class ChunkResult:
+    per_symbol: pl.DataFrame  # one row per (strategy, symbol)
+    portfolio: pl.DataFrame  # one row per strategy, equal-weight across symbols
+    oos: pl.DataFrame  # strategy_id, oos_sharpe (mean over walk-forward folds), is_sharpe
+    ts: np.ndarray = field(repr=False)  # (T,) bar starts
+    returns: np.ndarray = field(repr=False)  # (T, S) portfolio returns of this chunk's strategies
+
+
+def evaluate_chunk(bars: pl.DataFrame, strategies: pl.DataFrame, settings: SweepSettings,
+                   bars_per_year: float) -> ChunkResult:
+    """Backtest one block of strategies over every symbol of ``bars`` (no look-ahead: see quant.backtest)."""
+    costs = dict(fill=settings.fill, fee_bps=settings.fee_bps, slippage_bps=settings.slippage_bps)
+    per_symbol, portfolio = run_sweep_with_portfolio(bars, strategies, bars_per_year=bars_per_year, **costs)
+    ts, returns = strategy_returns(bars, strategies, **costs)
+    # walk-forward needs n_folds + 1 session dates: fewer sessions get fewer folds, one session none
+    n_dates = bars.select(pl.col("ts").dt.convert_time_zone("America/New_York").dt.date().n_unique()).item()
+    n_folds = min(settings.n_folds, n_dates - 1)
+    if n_folds >= 1:
+        folds = walk_forward(bars, strategies, n_folds=n_folds, bars_per_year=bars_per_year, **costs)
+        oos = folds.group_by("strategy_id").agg(pl.col("oos_sharpe").mean(), pl.col("is_sharpe").mean())
+    else:
+        oos = pl.DataFrame({"strategy_id": strategies["strategy_id"], "oos_sharpe": None, "is_sharpe": None},
+                           schema={"strategy_id": pl.Utf8, "oos_sharpe": pl.Float64, "is_sharpe": pl.Float64})
+    return ChunkResult(per_symbol, portfolio, oos, ts, returns)
+
+
+def bars_per_year_of(bars: pl.DataFrame) -> float:
+    return float(infer_bars_per_year(bars))
+
+
+def gather(chunks: list[ChunkResult], settings: SweepSettings) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
+    """Combine chunks: (strategy_results, leaderboard, summary).
+
+    strategy_results: the per-symbol rows plus one PORTFOLIO row per strategy carrying the
+    walk-forward out-of-sample Sharpe and the deflated Sharpe ratio across all N trials.
+    """
+    ts = chunks[0].ts
+    for chunk in chunks[1:]:
+        if chunk.ts.shape != ts.shape or not np.array_equal(chunk.ts, ts):
+            raise ValueError("chunks were computed on different bars; gather needs one bar set")
+    returns = np.concatenate([c.returns for c in chunks], axis=1)
+    portfolio = pl.concat([c.portfolio for c in chunks], how="diagonal_relaxed")
+    oos = pl.concat([c.oos for c in chunks])
+    dsr = deflated_sharpe_ratio(returns) if returns.shape[0] > 2 else np.zeros(returns.shape[1])
+    ids = pl.concat([c.portfolio.select("strategy_id") for c in chunks])["strategy_id"]
+    scored = portfolio.join(oos, on="strategy_id", how="left").join(
+        pl.DataFrame({"strategy_id": ids, "deflated_sharpe": dsr}), on="strategy_id", how="left")
+    pbo = probability_of_backtest_overfitting(returns) if returns.shape[0] >= 32 and returns.shape[1] >= 2 else None
+    per_symbol = pl.concat([c.per_symbol for c in chunks], how="diagonal_relaxed")
+    results = pl.concat([per_symbol, scored.with_columns(pl.lit(PORTFOLIO_SYMBOL).alias("symbol"))],
+                        how="diagonal_relaxed")
+    leaderboard = scored.filter(
+        (pl.col("n_trades") >= settings.min_trades)
+        & (pl.col("max_drawdown") <= settings.max_drawdown)
+        & (pl.col("oos_sharpe") > settings.min_oos_sharpe)
+        & (pl.col("deflated_sharpe") > settings.min_deflated_sharpe)
+    ).sort("oos_sharpe", descending=True)
+    summary = {
+        "n_strategies": int(returns.shape[1]),
+        "n_bars": int(returns.shape[0]),
+        "n_leaderboard": leaderboard.height,
+        "pbo": None if pbo is None else float(pbo.pbo),
+        "best_oos_sharpe": None if not scored.height else scored["oos_sharpe"].max(),
+    }
+    return results, leaderboard, summary
