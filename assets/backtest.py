@@ -106,7 +106,8 @@ def gather_and_store(warehouse: WarehouseResource, backtest: BacktestConfig, chu
     """Gather the chunks and replace the run day's rows of the three backtest tables."""
     settings = backtest.settings()
     results, leaderboard, summary = gather(chunks, settings)
-    results = results.with_columns(pl.lit(run_date).alias("run_date"))
+    created_at = pl.lit(datetime.now(timezone.utc)).cast(pl.Datetime("us", "UTC")).alias("created_at")
+    results = results.with_columns(pl.lit(run_date).alias("run_date"), created_at)
     leaderboard = leaderboard.with_columns(pl.lit(run_date).alias("run_date"),
                                            pl.int_range(1, pl.len() + 1).alias("rank"))
     run_row = pl.DataFrame([{"run_date": run_date, "run_id": run_id, "finished_at": datetime.now(timezone.utc),

@@ -20,6 +20,7 @@ BENCHMARKS: dict[str, str] = {
     "microbatch": "microbatch",
     "backtest": "backtest",
     "archive": "archive",
+    "backup": "archive",
 }
 
 

@@ -90,6 +90,22 @@ def build_parser() -> argparse.ArgumentParser:
     backtest.add_argument("--sessions", type=_positive_int, default=90)
     backtest.add_argument("--chunks", type=_positive_int, default=4)
 
+    archive = sub.add_parser("archive", help="move rows past retention to Parquet (same as the archives asset)")
+    archive.add_argument("--as-of", type=_date_arg, default=None, help="day retention counts back from")
+    archive.add_argument("--retention", default=None, help="overrides, e.g. ticks=7,bars_1m=365")
+
+    restore = sub.add_parser("restore", help="bring archived partitions of a table back to the hot table")
+    restore.add_argument("--table", required=True)
+    restore.add_argument("--from", dest="date_from", type=_date_arg, required=True)
+    restore.add_argument("--to", dest="date_to", type=_date_arg, required=True)
+    restore.add_argument("--symbols", type=_symbols_arg, default=None)
+
+    backup = sub.add_parser("backup", help="DuckDB, LanceDB and Redis into one timestamped folder")
+    backup.add_argument("--dest", default=None, help="parent folder (default data/backups)")
+
+    restore_backup = sub.add_parser("restore-backup", help="restore DuckDB, LanceDB and Redis from a backup folder")
+    restore_backup.add_argument("path")
+
     sub.add_parser("redis-stop", help="stop the embedded Redis server")
     sub.add_parser("rebuild-hot-state", help="rebuild the Redis physics:state keys from the warehouse")
     return parser
@@ -139,6 +155,36 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_archive(args: argparse.Namespace) -> int:
+    from orchestration.archive_cli import archive_now
+
+    report = archive_now(as_of=args.as_of, retention=args.retention)
+    print("\n".join(report.lines()))
+    return 0
+
+
+def _cmd_restore(args: argparse.Namespace) -> int:
+    from orchestration.archive_cli import format_restore, restore
+
+    symbols = args.symbols.split(",") if args.symbols else None
+    print(format_restore(restore(args.table, args.date_from, args.date_to, symbols)))
+    return 0
+
+
+def _cmd_backup(args: argparse.Namespace) -> int:
+    from orchestration.archive_cli import backup
+
+    print(f"backup written to {backup(args.dest)}")
+    return 0
+
+
+def _cmd_restore_backup(args: argparse.Namespace) -> int:
+    from orchestration.archive_cli import format_restore_backup, restore_backup
+
+    print(format_restore_backup(restore_backup(args.path)))
+    return 0
+
+
 def _cmd_redis_stop(args: argparse.Namespace) -> int:
     from orchestration.resources import build_resources
 
@@ -159,7 +205,8 @@ def _cmd_rebuild_hot_state(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": _cmd_run, "backtest": _cmd_backtest, "ingest": _cmd_ingest, "bench": _cmd_bench, "redis-stop": _cmd_redis_stop,
+COMMANDS = {"run": _cmd_run, "backtest": _cmd_backtest, "archive": _cmd_archive, "restore": _cmd_restore,
+            "backup": _cmd_backup, "restore-backup": _cmd_restore_backup, "ingest": _cmd_ingest, "bench": _cmd_bench, "redis-stop": _cmd_redis_stop,
             "rebuild-hot-state": _cmd_rebuild_hot_state}
 
 

@@ -12,6 +12,7 @@
 | FEYNMAN_FILES_PATH, FEYNMAN_FILES_TZ, FEYNMAN_FILES_BAR_LABEL, FEYNMAN_FILES_SYMBOL | | market_data (files) |
 | ALPACA_API_KEY, ALPACA_SECRET_KEY | unset | market_data (alpaca), read through dg.EnvVar |
 | ALPACA_DATA_URL | Alpaca's own | market_data (alpaca) |
+| FEYNMAN_ARCHIVE, FEYNMAN_RETENTION | ``$FEYNMAN_DATA_DIR/archive``; ``ticks=30,bars_1m=730,...`` | archive |
 | FEYNMAN_CHRONOS_MODEL | ``amazon/chronos-bolt-tiny`` (local HF cache only) | forecaster |
 """
 
@@ -22,6 +23,7 @@ from typing import Any
 
 import dagster as dg
 
+from resources.archive import ArchiveResource
 from resources.backtest_config import BacktestConfig
 from resources.hot_state import HotStateResource
 from resources.market_data import DEFAULT_SYMBOLS, MarketDataResource
@@ -57,6 +59,10 @@ def build_resources(**overrides: Any) -> dict[str, Any]:
         "market_data": MarketDataResource(**market),
         "forecaster": ForecasterResource(),
         "backtest": BacktestConfig(),
+        "archive": ArchiveResource(),
     }
+    from assets.dbt_models import DBT_RESOURCE_KEY, dbt_resource
+
+    resources[DBT_RESOURCE_KEY] = dbt_resource()
     resources.update(overrides)
     return resources

@@ -283,6 +283,8 @@ class WarehouseResource(DuckDBResource):
                 ).fetchone()[0]
                 if not exists:
                     conn.execute(f"CREATE TABLE {table} AS SELECT * FROM incoming_frame LIMIT 0")
+                else:
+                    self._add_new_columns(conn, table)
                 if delete_sql is not None:
                     conn.execute(delete_sql, params)
                 if frame.height:
@@ -294,6 +296,17 @@ class WarehouseResource(DuckDBResource):
             finally:
                 conn.unregister("incoming_frame")
         return frame.height
+
+    @staticmethod
+    def _add_new_columns(conn: duckdb.DuckDBPyConnection, table: str) -> None:
+        """Additive schema evolution: columns a newer version writes are added (nullable) to the table."""
+        have = {r[0] for r in conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = ?", [table]).fetchall()}
+        for name, kind in conn.execute("SELECT column_name, column_type FROM (DESCRIBE incoming_frame)").fetchall():
+            if name not in have:
+                if not _IDENTIFIER.match(name):
+                    raise ValueError(f"bad column name {name!r}")
+                conn.execute(f'ALTER TABLE {table} ADD COLUMN "{name}" {kind}')
 
     def execute_write(self, sql: str, params: Sequence[Any] | None = None) -> None:
         """Run one statement under the write lock (for DDL such as views). SQL must be static."""

@@ -125,3 +125,13 @@ def _hold_duckdb(database: str, ready, release) -> None:
     ready.set()
     release.wait(60)
     conn.close()
+
+
+def test_new_columns_are_added_to_an_existing_table(warehouse: WarehouseResource):
+    first = pl.DataFrame({"run_date": ["2024-01-01"], "value": [1.0]})
+    warehouse.replace_where("backtest_runs", first, equals={"run_date": "2024-01-01"})
+    second = pl.DataFrame({"run_date": ["2024-01-02"], "value": [2.0], "pbo": [0.4]})
+    warehouse.replace_where("backtest_runs", second, equals={"run_date": "2024-01-02"})
+    rows = warehouse.query("SELECT run_date, value, pbo FROM backtest_runs ORDER BY run_date").to_dicts()
+    assert rows == [{"run_date": "2024-01-01", "value": 1.0, "pbo": None},
+                    {"run_date": "2024-01-02", "value": 2.0, "pbo": 0.4}]

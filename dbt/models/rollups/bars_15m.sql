@@ -1,0 +1,2 @@
+-- fifteen-minute bars from bars_1m (see macros/rollup_bars.sql)
+{{ rollup_bars(15) }}

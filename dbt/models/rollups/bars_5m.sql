@@ -1,0 +1,2 @@
+-- five-minute bars from bars_1m (see macros/rollup_bars.sql)
+{{ rollup_bars(5) }}

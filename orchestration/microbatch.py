@@ -1,0 +1,411 @@
+"""The ``microbatch`` job: one closed minute window [start, end) of the live stream, end to end.
+
+Steps (ops, in-process executor: one process, resources set up once, frames handed over in memory)::
+
+    ingest_window -> window_bars -> window_features_physics -> window_forecasts  -> window_signals
+                                                            -> window_embeddings ->
+
+* ``ingest_window``: the staged stream entries of the window (``staged_ticks``, written by the
+  sensor) are validated (``quant.validation.validate_ticks``; rejects go to ``quarantine`` with
+  partition key ``window:<start>``) and replace the window in ``ticks``. The run tags itself with
+  the newest staging batch it read (``feynman/staged_batch``): the sensor acknowledges exactly
+  those entries once the run has succeeded.
+* ``window_bars``: ``quant.bars.ticks_to_bars`` -> replaces the window in ``bars_1m``.
+* ``window_features_physics``: features and physics for [start, recompute_end), computed over the
+  last ``warmup_bars()`` bars of each symbol before ``start`` plus the bars from ``start`` on, so
+  the rows equal a batch recompute over all bars (bit for bit when the history is shorter than
+  the look-back, to < 1e-9 otherwise; see ``quant.features``). ``recompute_end`` is the end of
+  the newest bar of the window's symbols: normally the window's end; after a late trade re-ran
+  an older window, every later minute whose look-back contains it is recomputed too. Latest
+  states go to Redis (``physics:state:*`` + ``state_update``); entries into the Critical regime
+  raise ``critical_regime`` alerts (deduplicated per symbol and minute).
+* ``window_forecasts``: forecasts at the issue bars inside the range on the forecaster's cadence
+  (``issue_every_minutes``), each from the closes up to its issue bar; the model loads here only,
+  and only when there is an issue bar. Latency per series over the budget raises
+  ``forecast_latency``.
+* ``window_embeddings``: an optional hook (``build_microbatch_job(embed_window=...)``) for
+  embeddings and similar past states; without one the step records that it is not wired.
+* ``window_signals``: ``quant.signals.make_signals`` -> ``signals`` and the Redis ``signals`` channel.
+
+Runs are serialised by a file lock (resource ``microbatch_lock``) so two windows never interleave
+their read-compute-write sequences. Every write replaces its [start, end) window, so running a
+window twice leaves the same tables. A failed warehouse write raises ``warehouse_write_failed``
+and fails the run (the sensor then retries it). Compute time (excluding model load) is tagged on
+the run as ``feynman/compute_s``.
+"""
+
+
+import fcntl
+import os
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta, timezone
+from typing import Any, Iterator
+
+import dagster as dg
+import polars as pl
+from pydantic import Field, PrivateAttr
+
+from assets.physics import latest_states
+from assets.quarantine import store_quarantine
+from quant.bars import ticks_to_bars
+from quant.features import compute_features, warmup_bars
+from quant.physics import compute_physics
+from quant.schema import BAR_SCHEMA, TICK_SCHEMA, is_valid_symbol
+from quant.signals import SIGNAL_SCHEMA, make_signals, to_redis_message
+from quant.validation import validate_ticks
+from resources.alerts import AlertingResource
+from resources.hot_state import CHANNEL_SIGNALS, HotStateError, HotStateResource
+from resources.models import ForecasterResource
+from resources.paths import data_dir
+from resources.warehouse import WarehouseError, WarehouseResource
+from sensors.microbatch import INGEST_OP, MICROBATCH_JOB, TAG_STAGED_BATCH, read_staged_window
+
+TAG_COMPUTE = "feynman/compute_s"
+TAG_MODEL_LOAD = "feynman/model_load_s"
+IO_KEY = "microbatch_io"
+LOCK_KEY = "microbatch_lock"
+
+
+class WindowConfigError(ValueError):
+    """The run config's window is not a whole minute-aligned [start, end) in UTC."""
+
+
+class WindowConfig(dg.Config):
+    """The window [start, end) as ISO 8601 UTC strings, and which re-run of it this is."""
+
+    start: str
+    end: str
+    revision: int = 0
+    lookback_bars: int = 0  # bars of history per symbol; 0 = quant.features.warmup_bars()
+    lookback_days: int = 30  # only bars this recent are considered for the history
+
+
+def parse_window(start: str, end: str) -> tuple[datetime, datetime]:
+    try:
+        a, b = datetime.fromisoformat(start), datetime.fromisoformat(end)
+    except ValueError as exc:
+        raise WindowConfigError(f"window bounds must be ISO 8601: {exc}") from None
+    if a.tzinfo is None or b.tzinfo is None:
+        raise WindowConfigError("window bounds need a time zone (UTC)")
+    a, b = a.astimezone(timezone.utc), b.astimezone(timezone.utc)
+    if not a < b or a.second or a.microsecond or b.second or b.microsecond:
+        raise WindowConfigError(f"window [{start}, {end}) must be non-empty and minute-aligned")
+    return a, b
+
+
+@dataclass
+class WindowWork:
+    """What one op hands the next (in memory)."""
+
+    start: datetime
+    end: datetime
+    revision: int
+    symbols: list[str]
+    lookback_bars: int
+    lookback_days: int
+    ticks: pl.DataFrame
+    recompute_end: datetime | None = None
+    bars: pl.DataFrame | None = None  # history + range, the input of features
+    physics: pl.DataFrame | None = None  # over ``bars``
+    timings: dict[str, float] = field(default_factory=dict)
+    model_load_s: float = 0.0
+
+    @property
+    def label(self) -> str:
+        return f"{self.start:%Y-%m-%d %H:%M}Z r{self.revision}"
+
+    def in_range(self, frame: pl.DataFrame, column: str = "ts") -> pl.DataFrame:
+        if not frame.height:
+            return frame
+        return frame.filter((pl.col(column) >= self.start) & (pl.col(column) < self.recompute_end))
+
+
+@dataclass
+class WindowCompute:
+    """Per-run Dagster-free context for the steps (tests call the steps through the job)."""
+
+    warehouse: WarehouseResource
+    alerting: AlertingResource
+    hot_state: HotStateResource | None
+    run_id: str
+
+
+@contextmanager
+def _timed(work: WindowWork, name: str) -> Iterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        work.timings[name] = work.timings.get(name, 0.0) + time.perf_counter() - started
+
+
+def _write(ctx: WindowCompute, what: str, call: Callable[[], Any]) -> Any:
+    """A warehouse write; on failure raise the alert, then fail the step."""
+    try:
+        return call()
+    except WarehouseError as exc:
+        ctx.alerting.raise_alert("warehouse_write_failed", f"micro-batch could not write {what}: {exc}",
+                                 severity="critical", hot_state=ctx.hot_state, run_id=ctx.run_id,
+                                 details={"table": what})
+        raise
+
+
+def _ctx(context: dg.OpExecutionContext, warehouse, alerting, hot_state=None) -> WindowCompute:
+    return WindowCompute(warehouse, alerting, hot_state, context.run_id)
+
+
+# ---- resources private to the job -----------------------------------------------------------------
+def _lock_path() -> str:
+    return os.environ.get("FEYNMAN_MICROBATCH_LOCK") or str(data_dir() / "microbatch.lock")
+
+
+class MicrobatchLock(dg.ConfigurableResource):
+    """Serialises micro-batch runs: a file lock taken when the run's resources are set up and
+    released at teardown (once per run with the in-process executor, also when a step fails)."""
+
+    path: str = Field(default="", description="Lock file; empty = FEYNMAN_MICROBATCH_LOCK or data/microbatch.lock.")
+    timeout_s: float = Field(default=600.0, description="Longest wait for another micro-batch run.")
+
+    _fd: int | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        path = self.path or _lock_path()
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(fd)
+                    raise TimeoutError(f"another micro-batch run held {path} for {self.timeout_s:.0f} s") from None
+                time.sleep(0.02)
+        self._fd = fd
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing releases the flock
+            self._fd = None
+
+
+# ---- steps ----------------------------------------------------------------------------------------
+@dg.op(name=INGEST_OP, out=dg.Out(io_manager_key=IO_KEY),
+       description="Staged stream entries of the window -> validated ticks (window replaced) + quarantine.")
+def ingest_window(context: dg.OpExecutionContext, config: WindowConfig, warehouse: WarehouseResource,
+                  alerting: AlertingResource, hot_state: HotStateResource, microbatch_lock: MicrobatchLock) -> WindowWork:
+    start, end = parse_window(config.start, config.end)
+    ctx = _ctx(context, warehouse, alerting, hot_state)
+    work = WindowWork(start, end, config.revision, [], config.lookback_bars or warmup_bars(), config.lookback_days,
+                      pl.DataFrame(schema=TICK_SCHEMA))
+    with _timed(work, "ingest"):
+        staged = read_staged_window(warehouse, start)
+        batch = int(staged["batch"].max()) if staged.height else 0
+        if staged.height:
+            raw = staged.select("symbol", "ts", "ts_raw", "price", "size", "side", "trade_id")
+            result = validate_ticks(raw, source="stream", now=datetime.now(timezone.utc))
+            work.ticks = result.accepted.select(list(TICK_SCHEMA))
+            work.symbols = sorted({s for s in staged["symbol"].drop_nulls().unique().to_list() if is_valid_symbol(s)})
+            if work.symbols:
+                _write(ctx, "ticks", lambda: warehouse.write_window("ticks", work.ticks, start=start, end=end,
+                                                                    symbols=work.symbols))
+            _write(ctx, "quarantine", lambda: store_quarantine(warehouse, result.quarantined, table_name="ticks",
+                                                               source="stream", partition_key=f"window:{config.start}"))
+            counts = result.counts
+        else:
+            counts = {"n_in": 0, "n_accepted": 0, "n_quarantined": 0}
+    context.instance.add_run_tags(context.run_id, {TAG_STAGED_BATCH: str(batch)})
+    context.log.info(f"{work.label}: {counts['n_in']} staged entries (batch <= {batch}), {counts['n_accepted']} "
+                     f"accepted, {counts['n_quarantined']} quarantined, {len(work.symbols)} symbols")
+    return work
+
+
+@dg.op(out=dg.Out(io_manager_key=IO_KEY), description="Ticks of the window -> one-minute bars (window replaced).")
+def window_bars(context: dg.OpExecutionContext, work: WindowWork, warehouse: WarehouseResource,
+                alerting: AlertingResource, hot_state: HotStateResource) -> WindowWork:
+    if not work.symbols:
+        return work
+    ctx = _ctx(context, warehouse, alerting, hot_state)
+    with _timed(work, "bars"):
+        bars = ticks_to_bars(work.ticks, every="1m") if work.ticks.height else pl.DataFrame(schema=BAR_SCHEMA)
+        _write(ctx, "bars_1m", lambda: warehouse.write_window("bars_1m", bars, start=work.start, end=work.end,
+                                                              symbols=work.symbols))
+    context.log.info(f"{work.label}: {bars.height} bars")
+    return work
+
+
+def _history_bars(warehouse: WarehouseResource, work: WindowWork) -> tuple[pl.DataFrame, datetime]:
+    """Last ``lookback_bars`` bars per symbol before start, plus every bar from start on; and the range end."""
+    newest = warehouse.query("SELECT max(ts) AS ts FROM bars_1m WHERE list_contains(?, symbol) AND ts >= ?",
+                             [work.symbols, work.start])["ts"][0]
+    step = work.end - work.start
+    recompute_end = max(work.end, newest + step) if newest is not None else work.end
+    history = warehouse.query(
+        "SELECT * EXCLUDE (_rn) FROM (SELECT *, row_number() OVER (PARTITION BY symbol ORDER BY ts DESC) AS _rn "
+        "FROM bars_1m WHERE list_contains(?, symbol) AND ts < ? AND ts >= ?) WHERE _rn <= ?",
+        [work.symbols, work.start, work.start - timedelta(days=work.lookback_days), work.lookback_bars])
+    current = warehouse.read_window("bars_1m", work.start, recompute_end, work.symbols)
+    columns = list(BAR_SCHEMA)
+    bars = pl.concat([history.select(columns).cast(BAR_SCHEMA), current.select(columns).cast(BAR_SCHEMA)])
+    return bars.sort("symbol", "ts"), recompute_end
+
+
+@dg.op(out=dg.Out(io_manager_key=IO_KEY),
+       description="Features + physics for the window (and later minutes after a late re-run) over a warm-up look-back.")
+def window_features_physics(context: dg.OpExecutionContext, work: WindowWork, warehouse: WarehouseResource,
+                            alerting: AlertingResource, hot_state: HotStateResource) -> WindowWork:
+    if not work.symbols:
+        return work
+    ctx = _ctx(context, warehouse, alerting, hot_state)
+    with _timed(work, "read_history"):
+        bars, recompute_end = _history_bars(warehouse, work)
+    work = replace(work, bars=bars, recompute_end=recompute_end)
+    with _timed(work, "features_physics"):
+        features = compute_features(bars)
+        physics = compute_physics(features)
+        work.physics = physics
+        in_features, in_physics = work.in_range(features), work.in_range(physics)
+        _write(ctx, "features", lambda: warehouse.write_window("features", in_features, start=work.start,
+                                                               end=recompute_end, symbols=work.symbols))
+        _write(ctx, "physics_states", lambda: warehouse.write_window(
+            "physics_states", in_physics, start=work.start, end=recompute_end, symbols=work.symbols))
+    with _timed(work, "hot_state"):
+        published = 0
+        if in_physics.height:
+            try:
+                published = hot_state.publish_states(latest_states(in_physics))
+            except HotStateError as exc:  # the warehouse is the source of truth; rebuild-hot-state repairs
+                context.log.warning(f"hot state not updated: {exc}")
+        _critical_regime_alerts(ctx, work, physics)
+    context.log.info(f"{work.label}: features/physics for {in_physics.height} bars up to {recompute_end:%H:%M}Z "
+                     f"({bars.height - in_physics.height} look-back bars), {published} states published")
+    return work
+
+
+def _critical_regime_alerts(ctx: WindowCompute, work: WindowWork, physics: pl.DataFrame) -> int:
+    entered = work.in_range(physics.sort("symbol", "ts").filter(
+        (pl.col("regime") == "Critical") & (pl.col("regime").shift(1).over("symbol") != "Critical")))
+    for row in entered.iter_rows(named=True):
+        ctx.alerting.raise_alert(
+            "critical_regime", f"{row['symbol']} entered the Critical regime at {row['ts']:%Y-%m-%d %H:%M}Z "
+            f"(alpha {row['alpha']:.2f} < 2): risk sizing vetoes new positions",
+            severity="warning", symbol=row["symbol"], details={"ts": row["ts"].isoformat(), "alpha": row["alpha"]},
+            run_id=ctx.run_id, dedup_key=f"{row['symbol']}:{row['ts'].isoformat()}",
+            warehouse=ctx.warehouse, hot_state=ctx.hot_state)
+    return entered.height
+
+
+@dg.op(out=dg.Out(io_manager_key=IO_KEY),
+       description="Quantile forecasts at the issue bars of the range (forecaster cadence); model loads only here.")
+def window_forecasts(context: dg.OpExecutionContext, work: WindowWork, warehouse: WarehouseResource,
+                     forecaster: ForecasterResource, alerting: AlertingResource,
+                     hot_state: HotStateResource) -> pl.DataFrame:
+    from quant.forecast_fallback import FORECAST_SCHEMA
+    from quant.forecast_schedule import issue_points, split_series, stacked_histories
+
+    if not work.symbols or work.bars is None:
+        return pl.DataFrame(schema=FORECAST_SCHEMA)
+    ctx = _ctx(context, warehouse, alerting, hot_state)
+    issues = issue_points(work.bars, forecaster.issue_every_minutes, work.start, work.recompute_end)
+    frame = pl.DataFrame(schema=FORECAST_SCHEMA)
+    if issues.height:
+        model = forecaster.forecaster()
+        started = time.perf_counter()
+        _ = model.pipeline  # load (or fail over to the fallback) outside the timed compute
+        work.model_load_s += time.perf_counter() - started
+        with _timed(work, "forecasts"):
+            histories = stacked_histories(work.bars, issues, forecaster.context_length)
+            report = model.forecast_report(histories.drop("symbol").rename({"series": "symbol"}),
+                                           horizon=forecaster.horizon, context_length=forecaster.context_length)
+            frame = split_series(report.frame)
+        latency_ms = work.timings["forecasts"] * 1000 / issues.height
+        if latency_ms > forecaster.latency_budget_ms_per_series:
+            alerting.raise_alert(
+                "forecast_latency", f"forecasts took {latency_ms:.1f} ms per series (budget "
+                f"{forecaster.latency_budget_ms_per_series:g} ms) in micro-batch {work.label}",
+                severity="warning", details={"latency_ms": latency_ms, "series": issues.height, "model": report.model},
+                run_id=context.run_id, dedup_key=f"{work.start.isoformat()}:{work.revision}",
+                warehouse=warehouse, hot_state=hot_state)
+        context.log.info(f"{work.label}: {issues.height} forecast issues with {report.model}, "
+                         f"{latency_ms:.1f} ms per series")
+    with _timed(work, "forecasts_write"):
+        stored = frame.with_columns(pl.col("issue_ts").alias("ts")) if frame.height else frame
+        _write(ctx, "forecasts", lambda: warehouse.write_window("forecasts", stored, start=work.start,
+                                                                end=work.recompute_end, symbols=work.symbols))
+    return frame
+
+
+EmbedHook = Callable[[dg.OpExecutionContext, WindowWork], "pl.DataFrame | None"]
+
+
+def _embeddings_op(embed_window: EmbedHook | None) -> dg.OpDefinition:
+    @dg.op(name="window_embeddings", out=dg.Out(io_manager_key=IO_KEY),
+           description="Embeddings of the window's states and similar past outcomes (optional hook).")
+    def window_embeddings(context: dg.OpExecutionContext, work: WindowWork) -> pl.DataFrame | None:
+        if embed_window is None or not work.symbols or work.physics is None:
+            context.log.info("embeddings are not wired into the micro-batch; signals use no similar states")
+            return None
+        with _timed(work, "embeddings"):
+            return embed_window(context, work)
+
+    return window_embeddings
+
+
+@dg.op(description="Signals for the forecasts of the range -> `signals` table and the Redis `signals` channel.")
+def window_signals(context: dg.OpExecutionContext, work: WindowWork, forecasts: pl.DataFrame,
+                   similar: pl.DataFrame | None, warehouse: WarehouseResource, alerting: AlertingResource,
+                   hot_state: HotStateResource) -> dg.Output[None]:
+    ctx = _ctx(context, warehouse, alerting, hot_state)
+    signals = pl.DataFrame(schema=SIGNAL_SCHEMA)
+    published = 0
+    if work.symbols and work.physics is not None:
+        with _timed(work, "signals"):
+            if forecasts.height:
+                signals = work.in_range(make_signals(forecasts, work.physics, similar, step="1m"))
+            _write(ctx, "signals", lambda: warehouse.write_window("signals", signals, start=work.start,
+                                                                  end=work.recompute_end, symbols=work.symbols))
+        with _timed(work, "publish_signals"):
+            try:
+                client = hot_state.client()
+                for row in signals.iter_rows(named=True):
+                    client.publish(CHANNEL_SIGNALS, to_redis_message(row))
+                    published += 1
+            except HotStateError as exc:
+                context.log.warning(f"signals not published: {exc}")
+    compute_s = sum(work.timings.values())
+    context.instance.add_run_tags(context.run_id, {TAG_COMPUTE: f"{compute_s:.4f}",
+                                                   TAG_MODEL_LOAD: f"{work.model_load_s:.4f}"})
+    context.log.info(f"{work.label}: {signals.height} signals ({published} published); compute {compute_s:.3f} s "
+                     f"excluding model load {work.model_load_s:.3f} s")
+    return dg.Output(None, metadata={"window": work.start.isoformat(), "revision": work.revision,
+                                     "symbols": len(work.symbols), "signals": signals.height,
+                                     "compute_s": round(compute_s, 4), "model_load_s": round(work.model_load_s, 4),
+                                     **{f"step_{k}_s": round(v, 4) for k, v in work.timings.items()}})
+
+
+def microbatch_resources() -> dict[str, Any]:
+    """Resources the job needs besides warehouse, hot_state, alerting and forecaster: add them to the
+    Definitions' resources (frames pass between steps in memory; runs hold the micro-batch lock)."""
+    return {IO_KEY: dg.mem_io_manager, LOCK_KEY: MicrobatchLock()}
+
+
+def build_microbatch_job(embed_window: EmbedHook | None = None, name: str = MICROBATCH_JOB) -> dg.JobDefinition:
+    """The ``microbatch`` job; ``embed_window(context, work)`` may return similar-outcome rows for signals."""
+    embeddings = _embeddings_op(embed_window)
+
+    @dg.job(name=name, executor_def=dg.in_process_executor,
+            tags={"feynman/kind": "microbatch"},
+            description="One closed minute of the live stream: ticks -> bars_1m -> features -> physics -> "
+                        "forecasts/embeddings on their cadence -> signals, hot state and Redis messages.")
+    def microbatch() -> None:
+        work = window_features_physics(window_bars(ingest_window()))
+        window_signals(work, window_forecasts(work), embeddings(work))
+
+    return microbatch
+
+
+microbatch_job = build_microbatch_job()
