@@ -5,19 +5,21 @@ import dagster as dg
 from assets.archives import archives
 from assets.backtest import nightly_backtest_assets
 from assets.dbt_models import dbt_warehouse_models
+from assets.embeddings import market_state_embeddings
+from assets.signals import signals
 from assets.bars import bars_1m
 from assets.features import features
 from assets.forecasts import forecasts
 from assets.physics import physics_states
 from assets.ticks import ticks
-from orchestration.jobs import main_job, nightly_backtest_job
+from orchestration.jobs import dbt_models_job, main_job, nightly_backtest_job
 from orchestration.schedules import nightly_archive_schedule, nightly_backtest_schedule
 from orchestration.resources import build_resources
 
 defs = dg.Definitions(
-    assets=[ticks, bars_1m, features, physics_states, forecasts, nightly_backtest_assets, archives,
-            dbt_warehouse_models],
-    jobs=[main_job, nightly_backtest_job],
+    assets=[ticks, bars_1m, features, physics_states, forecasts, market_state_embeddings, signals,
+            nightly_backtest_assets, archives, dbt_warehouse_models],
+    jobs=[main_job, nightly_backtest_job, dbt_models_job],
     schedules=[nightly_backtest_schedule, nightly_archive_schedule],
     resources=build_resources(),
 )

@@ -23,3 +23,9 @@ nightly_backtest_job = dg.define_asset_job(
     partitions_def=daily_partitions,
     description="The nightly sweep of generated strategies over the last 90 sessions (one step per strategy block).",
 )
+
+dbt_models_job = dg.define_asset_job(
+    "dbt_models",
+    selection=dg.AssetSelection.groups("rollups", "marts"),
+    description="dbt build: 5m/15m/1h/1d rollups of bars_1m and the marts, with dbt tests as asset checks.",
+)

@@ -60,7 +60,7 @@ from resources.alerts import AlertingResource
 from resources.hot_state import CHANNEL_SIGNALS, HotStateError, HotStateResource
 from resources.models import ForecasterResource
 from resources.paths import data_dir
-from resources.warehouse import WarehouseError, WarehouseResource
+from resources.warehouse import WarehouseError, WarehouseResource, checked_table
 from sensors.microbatch import INGEST_OP, MICROBATCH_JOB, TAG_STAGED_BATCH, read_staged_window
 
 TAG_COMPUTE = "feynman/compute_s"
@@ -142,14 +142,70 @@ def _timed(work: WindowWork, name: str) -> Iterator[None]:
         work.timings[name] = work.timings.get(name, 0.0) + time.perf_counter() - started
 
 
-def _write(ctx: WindowCompute, what: str, call: Callable[[], Any]) -> Any:
-    """A warehouse write; on failure raise the alert, then fail the step."""
+@dataclass
+class WindowReplace:
+    """Replace the rows of ``table`` in [start, end) for ``symbols`` by ``frame``."""
+
+    table: str
+    frame: pl.DataFrame
+    start: datetime
+    end: datetime
+    symbols: list[str]
+
+
+def replace_windows(warehouse: WarehouseResource, replaces: list[WindowReplace]) -> None:
+    """Several window replacements in one DuckDB transaction (one connection: opening and closing the
+    file costs tens of ms each, and the tables of one step change together or not at all). Same
+    semantics as ``WarehouseResource.write_window``: an empty frame empties the window, a missing
+    table is created from the frame's schema."""
+    names = [checked_table(r.table) for r in replaces]
+    with warehouse.get_connection() as conn:
+        conn.execute("BEGIN TRANSACTION")
+        registered = []
+        try:
+            existing = {row[0] for row in conn.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'").fetchall()}
+            for i, (table, item) in enumerate(zip(names, replaces)):
+                outside = item.frame.filter((pl.col("ts") < item.start) | (pl.col("ts") >= item.end)).height \
+                    if item.frame.height else 0
+                if outside:
+                    raise ValueError(f"{outside} rows for {table} fall outside [{item.start}, {item.end})")
+                if table not in existing:
+                    if not item.frame.width:
+                        continue  # nothing to create a table from, nothing to delete
+                    view = f"incoming_{i}"
+                    conn.register(view, item.frame.to_arrow())
+                    registered.append(view)
+                    conn.execute(f"CREATE TABLE {table} AS SELECT * FROM {view} LIMIT 0")
+                    existing.add(table)
+                conn.execute(f"DELETE FROM {table} WHERE ts >= ? AND ts < ? AND list_contains(?, symbol)",
+                             [item.start, item.end, list(item.symbols)])
+                if item.frame.height:
+                    view = f"incoming_{i}"
+                    if view not in registered:
+                        conn.register(view, item.frame.to_arrow())
+                        registered.append(view)
+                    conn.execute(f"INSERT INTO {table} BY NAME SELECT * FROM {view}")
+            conn.execute("COMMIT")
+        except Exception as exc:
+            conn.execute("ROLLBACK")
+            if isinstance(exc, ValueError):
+                raise
+            raise WarehouseError(f"write to {', '.join(names)} failed: {str(exc).splitlines()[0]}") from exc
+        finally:
+            for view in registered:
+                conn.unregister(view)
+
+
+def write_or_alert(ctx: WindowCompute, *replaces: WindowReplace) -> None:
+    """Window replacements in one transaction; on failure raise the alert, then fail the step."""
     try:
-        return call()
+        replace_windows(ctx.warehouse, list(replaces))
     except WarehouseError as exc:
-        ctx.alerting.raise_alert("warehouse_write_failed", f"micro-batch could not write {what}: {exc}",
+        tables = ", ".join(r.table for r in replaces)
+        ctx.alerting.raise_alert("warehouse_write_failed", f"micro-batch could not write {tables}: {exc}",
                                  severity="critical", hot_state=ctx.hot_state, run_id=ctx.run_id,
-                                 details={"table": what})
+                                 details={"tables": tables})
         raise
 
 
@@ -211,10 +267,15 @@ def ingest_window(context: dg.OpExecutionContext, config: WindowConfig, warehous
             work.ticks = result.accepted.select(list(TICK_SCHEMA))
             work.symbols = sorted({s for s in staged["symbol"].drop_nulls().unique().to_list() if is_valid_symbol(s)})
             if work.symbols:
-                _write(ctx, "ticks", lambda: warehouse.write_window("ticks", work.ticks, start=start, end=end,
-                                                                    symbols=work.symbols))
-            _write(ctx, "quarantine", lambda: store_quarantine(warehouse, result.quarantined, table_name="ticks",
-                                                               source="stream", partition_key=f"window:{config.start}"))
+                write_or_alert(ctx, WindowReplace("ticks", work.ticks, start, end, work.symbols))
+            if result.quarantined.height or config.revision > 0:  # a re-run may have to clear older rejects
+                try:
+                    store_quarantine(warehouse, result.quarantined, table_name="ticks", source="stream",
+                                     partition_key=f"window:{config.start}")
+                except WarehouseError as exc:
+                    alerting.raise_alert("warehouse_write_failed", f"micro-batch could not write quarantine: {exc}",
+                                         severity="critical", hot_state=hot_state, run_id=context.run_id)
+                    raise
             counts = result.counts
         else:
             counts = {"n_in": 0, "n_accepted": 0, "n_quarantined": 0}
@@ -232,26 +293,28 @@ def window_bars(context: dg.OpExecutionContext, work: WindowWork, warehouse: War
     ctx = _ctx(context, warehouse, alerting, hot_state)
     with _timed(work, "bars"):
         bars = ticks_to_bars(work.ticks, every="1m") if work.ticks.height else pl.DataFrame(schema=BAR_SCHEMA)
-        _write(ctx, "bars_1m", lambda: warehouse.write_window("bars_1m", bars, start=work.start, end=work.end,
-                                                              symbols=work.symbols))
+        write_or_alert(ctx, WindowReplace("bars_1m", bars, work.start, work.end, work.symbols))
     context.log.info(f"{work.label}: {bars.height} bars")
     return work
 
 
+_BAR_COLUMNS = ", ".join(BAR_SCHEMA)
+
+
 def _history_bars(warehouse: WarehouseResource, work: WindowWork) -> tuple[pl.DataFrame, datetime]:
-    """Last ``lookback_bars`` bars per symbol before start, plus every bar from start on; and the range end."""
-    newest = warehouse.query("SELECT max(ts) AS ts FROM bars_1m WHERE list_contains(?, symbol) AND ts >= ?",
-                             [work.symbols, work.start])["ts"][0]
+    """Last ``lookback_bars`` bars per symbol before start, plus every bar from start on (one query);
+    and the end of the range to recompute (after the newest bar of these symbols)."""
+    bars = warehouse.query(
+        f"SELECT {_BAR_COLUMNS} FROM (SELECT *, row_number() OVER (PARTITION BY symbol ORDER BY ts DESC) AS _rn "
+        f"FROM bars_1m WHERE list_contains(?, symbol) AND ts < ? AND ts >= ?) WHERE _rn <= ? "
+        f"UNION ALL SELECT {_BAR_COLUMNS} FROM bars_1m WHERE list_contains(?, symbol) AND ts >= ?",
+        [work.symbols, work.start, work.start - timedelta(days=work.lookback_days), work.lookback_bars,
+         work.symbols, work.start])
+    bars = bars.cast(BAR_SCHEMA).sort("symbol", "ts") if bars.height else pl.DataFrame(schema=BAR_SCHEMA)
+    newest = bars["ts"].max() if bars.height else None
     step = work.end - work.start
     recompute_end = max(work.end, newest + step) if newest is not None else work.end
-    history = warehouse.query(
-        "SELECT * EXCLUDE (_rn) FROM (SELECT *, row_number() OVER (PARTITION BY symbol ORDER BY ts DESC) AS _rn "
-        "FROM bars_1m WHERE list_contains(?, symbol) AND ts < ? AND ts >= ?) WHERE _rn <= ?",
-        [work.symbols, work.start, work.start - timedelta(days=work.lookback_days), work.lookback_bars])
-    current = warehouse.read_window("bars_1m", work.start, recompute_end, work.symbols)
-    columns = list(BAR_SCHEMA)
-    bars = pl.concat([history.select(columns).cast(BAR_SCHEMA), current.select(columns).cast(BAR_SCHEMA)])
-    return bars.sort("symbol", "ts"), recompute_end
+    return bars, recompute_end
 
 
 @dg.op(out=dg.Out(io_manager_key=IO_KEY),
@@ -269,10 +332,8 @@ def window_features_physics(context: dg.OpExecutionContext, work: WindowWork, wa
         physics = compute_physics(features)
         work.physics = physics
         in_features, in_physics = work.in_range(features), work.in_range(physics)
-        _write(ctx, "features", lambda: warehouse.write_window("features", in_features, start=work.start,
-                                                               end=recompute_end, symbols=work.symbols))
-        _write(ctx, "physics_states", lambda: warehouse.write_window(
-            "physics_states", in_physics, start=work.start, end=recompute_end, symbols=work.symbols))
+        write_or_alert(ctx, WindowReplace("features", in_features, work.start, recompute_end, work.symbols),
+               WindowReplace("physics_states", in_physics, work.start, recompute_end, work.symbols))
     with _timed(work, "hot_state"):
         published = 0
         if in_physics.height:
@@ -334,8 +395,7 @@ def window_forecasts(context: dg.OpExecutionContext, work: WindowWork, warehouse
                          f"{latency_ms:.1f} ms per series")
     with _timed(work, "forecasts_write"):
         stored = frame.with_columns(pl.col("issue_ts").alias("ts")) if frame.height else frame
-        _write(ctx, "forecasts", lambda: warehouse.write_window("forecasts", stored, start=work.start,
-                                                                end=work.recompute_end, symbols=work.symbols))
+        write_or_alert(ctx, WindowReplace("forecasts", stored, work.start, work.recompute_end, work.symbols))
     return frame
 
 
@@ -366,8 +426,7 @@ def window_signals(context: dg.OpExecutionContext, work: WindowWork, forecasts: 
         with _timed(work, "signals"):
             if forecasts.height:
                 signals = work.in_range(make_signals(forecasts, work.physics, similar, step="1m"))
-            _write(ctx, "signals", lambda: warehouse.write_window("signals", signals, start=work.start,
-                                                                  end=work.recompute_end, symbols=work.symbols))
+            write_or_alert(ctx, WindowReplace("signals", signals, work.start, work.recompute_end, work.symbols))
         with _timed(work, "publish_signals"):
             try:
                 client = hot_state.client()

