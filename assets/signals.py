@@ -80,7 +80,7 @@ def signals(context: dg.AssetExecutionContext, market_data: MarketDataResource, 
         .then(pl.col("reason") + pl.lit("; limited by ") + pl.col("limited_by"))
         .otherwise(pl.col("reason")).alias("reason"),
         pl.when(pl.col("size").abs() < 1e-12).then(pl.lit("HOLD")).otherwise(pl.col("side")).alias("side"),
-    )
+    ).with_columns(pl.col(pl.Float64).fill_nan(None))  # unknown is null in the warehouse, never NaN
     warehouse.write_window("signals", final, start=start, end=end, symbols=symbols)
 
     latest = final.sort("ts").group_by("symbol", maintain_order=True).last()
