@@ -47,12 +47,17 @@ def test_publish_states_sets_keys_and_notifies_subscribers(embedded_redis):
 
     listener = threading.Thread(target=listen)
     listener.start()
-    states = [{"symbol": "AAA", "alpha": 2.5, "regime": "Levy", "ts": "2024-01-02T15:00:00+00:00"},
-              {"symbol": "BBB", "alpha": 1.7, "regime": "Critical", "ts": "2024-01-02T15:00:00+00:00"}]
-    embedded_redis.publish_states(states)
+    embedded_redis.client().delete("physics:state:HSA", "physics:state:HSB")
+    states = [{"symbol": "HSA", "alpha": 2.5, "regime": "Levy", "ts": "2024-01-02T15:00:00+00:00"},
+              {"symbol": "HSB", "alpha": 1.7, "regime": "Critical", "ts": "2024-01-02T15:00:00+00:00"}]
+    assert embedded_redis.publish_states(states) == 2
     listener.join()
     assert received == states
-    assert embedded_redis.get_state("BBB")["regime"] == "Critical"
+    assert embedded_redis.get_state("HSB")["regime"] == "Critical"
+    # an older state (a backfill) neither overwrites nor announces
+    older = {**states[0], "ts": "2024-01-01T15:00:00+00:00", "regime": "Gaussian"}
+    assert embedded_redis.publish_states([older]) == 0
+    assert embedded_redis.get_state("HSA")["regime"] == "Levy"
 
 
 def test_redis_url_password_is_never_shown():
