@@ -280,23 +280,9 @@ def _restore_lancedb(uri: str, folder: Path, manifest: dict[str, Any]) -> str:
     return f"{len(lance['table_versions'])} tables at their recorded versions"
 
 
-def _stop_embedded(server: Any, timeout_s: float = 30.0) -> None:
-    """SHUTDOWN SAVE without redis-py's reconnect retries (they turn the expected disconnect into ~4 s)."""
-    import redis
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
-
-    if not server.is_running():
-        return
-    try:
-        server.client(socket_timeout=timeout_s, retry=Retry(NoBackoff(), 0)).shutdown(save=True)
-    except (redis.ConnectionError, redis.ResponseError):
-        pass  # the server closes the connection as it exits
-    deadline = time.monotonic() + timeout_s
-    while server.is_running():
-        if time.monotonic() > deadline:
-            raise BackupError(f"embedded redis at {server.socket} did not stop within {timeout_s:.0f}s")
-        time.sleep(0.02)
+def _stop_embedded(server: Any) -> None:
+    if not server.stop() and server.is_running():
+        raise BackupError(f"embedded redis at {server.socket} did not stop")
 
 
 def _restore_redis(hot_state: HotStateResource, folder: Path, manifest: dict[str, Any]) -> str:

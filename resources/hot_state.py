@@ -120,15 +120,21 @@ class EmbeddedRedis:
 
     def stop(self) -> bool:
         """Shut the server down (saving its data). Returns False when it was not running."""
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
         if not self.is_running():
             return False
         try:
-            self.client(socket_timeout=5).shutdown(save=True)
+            # no reconnect retries: SHUTDOWN closing the connection is the success case
+            self.client(socket_timeout=10, retry=Retry(NoBackoff(), 0)).shutdown(save=True)
         except (redis.ConnectionError, redis.ResponseError):
-            pass  # SHUTDOWN closes the connection under us; that is the success case
+            pass
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and self.is_running():
-            time.sleep(0.05)
+            time.sleep(0.02)
+        if self.is_running():
+            raise HotStateError(f"embedded redis at {self.socket} did not stop within 10s")
         return True
 
 
