@@ -10,7 +10,7 @@ from assets.physics import PHYSICS_KEY
 from quant.state_text import select_embedding_rows, split_valid_states, state_texts
 from resources.market_data import MarketDataResource
 from resources.models import EmbedderResource
-from resources.vector_store import VectorStoreResource, embedding_rows
+from resources.vector_store import VectorStoreResource
 from resources.warehouse import WarehouseResource
 
 EMBEDDINGS_KEY = dg.AssetKey(["lancedb", "market_state_embeddings"])
@@ -59,26 +59,21 @@ def market_state_embeddings(context: dg.AssetExecutionContext, market_data: Mark
     forecasts = warehouse.read_window("forecasts", start, end, symbols) if warehouse.table_exists("forecasts") else pl.DataFrame()
     chosen = chosen.join(forecast_summary(forecasts), on=["symbol", "ts"], how="left")
     valid, rejected = split_valid_states(chosen)
-    texts = state_texts(valid) if valid.height else []
-    model = embedder.embedder()
-    vectors = model.embed(texts) if texts else None
-    counts = {"inserted": 0, "updated": 0}
-    if texts:
-        counts = vector_store.upsert_states(embedding_rows(valid, vectors, texts))
+    # texts already stored reuse their vectors; only new texts go through MiniLM
+    stats = vector_store.embed_states(valid, embedder.embedder())
     index = vector_store.ensure_index()
     reasons = rejected.group_by("field").len().sort("len", descending=True) if rejected.height else rejected
-    context.log.info(f"{day}: embedded {len(texts)} states ({len(set(texts))} distinct texts), "
-                     f"{rejected.height} skipped (warm-up or missing fields)")
+    context.log.info(f"{day}: embedded {valid.height} states ({stats.get('encoded', 0)} texts encoded, "
+                     f"{stats.get('reused_from_store', 0)} reused), {rejected.height} skipped (warm-up or missing fields)")
     return dg.MaterializeResult(metadata={
         **frame_metadata(valid.select("symbol", "ts", "regime", "alpha") if valid.height else valid),
-        "states_embedded": len(texts),
-        "distinct_texts": len(set(texts)),
+        "states_embedded": valid.height,
         "states_skipped": rejected.height,
         "skipped_by_field": dg.MetadataValue.json(dict(zip(reasons["field"].to_list(), reasons["len"].to_list())))
         if rejected.height else dg.MetadataValue.json({}),
-        **{f"rows_{k}": v for k, v in counts.items()},
+        **{k: v for k, v in stats.items() if isinstance(v, (int, float))},
         "table_rows": vector_store.count(),
         "table_version": vector_store.table_version(),
         "index": dg.MetadataValue.json(index),
-        "example_text": texts[0] if texts else "",
+        "example_text": state_texts(valid.head(1))[0] if valid.height else "",
     })

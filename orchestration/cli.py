@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     restore_backup = sub.add_parser("restore-backup", help="restore DuckDB, LanceDB and Redis from a backup folder")
     restore_backup.add_argument("path")
 
+    restore_vectors = sub.add_parser("restore-vectors", help="bring back a version of the LanceDB state table")
+    restore_vectors.add_argument("--version", type=_positive_int, required=True)
+
     sub.add_parser("redis-stop", help="stop the embedded Redis server")
     sub.add_parser("rebuild-hot-state", help="rebuild the Redis physics:state keys from the warehouse")
     return parser
@@ -185,6 +188,15 @@ def _cmd_restore_backup(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_restore_vectors(args: argparse.Namespace) -> int:
+    from orchestration.resources import build_resources
+
+    store = build_resources()["vector_store"]
+    latest = store.restore_version(args.version)
+    print(f"restored version {args.version} of market_state_embeddings as version {latest} ({store.count()} rows)")
+    return 0
+
+
 def _cmd_redis_stop(args: argparse.Namespace) -> int:
     from orchestration.resources import build_resources
 
@@ -206,7 +218,7 @@ def _cmd_rebuild_hot_state(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": _cmd_run, "backtest": _cmd_backtest, "archive": _cmd_archive, "restore": _cmd_restore,
-            "backup": _cmd_backup, "restore-backup": _cmd_restore_backup, "ingest": _cmd_ingest, "bench": _cmd_bench, "redis-stop": _cmd_redis_stop,
+            "backup": _cmd_backup, "restore-vectors": _cmd_restore_vectors, "restore-backup": _cmd_restore_backup, "ingest": _cmd_ingest, "bench": _cmd_bench, "redis-stop": _cmd_redis_stop,
             "rebuild-hot-state": _cmd_rebuild_hot_state}
 
 

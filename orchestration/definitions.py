@@ -14,12 +14,13 @@ from assets.physics import physics_states
 from assets.ticks import ticks
 from orchestration.jobs import dbt_models_job, main_job, nightly_backtest_job
 from orchestration.schedules import nightly_archive_schedule, nightly_backtest_schedule
+from orchestration.pruning import prune_vector_memory, prune_vector_memory_schedule
 from orchestration.resources import build_resources
 
 defs = dg.Definitions(
     assets=[ticks, bars_1m, features, physics_states, forecasts, market_state_embeddings, signals,
             nightly_backtest_assets, archives, dbt_warehouse_models],
-    jobs=[main_job, nightly_backtest_job, dbt_models_job],
-    schedules=[nightly_backtest_schedule, nightly_archive_schedule],
+    jobs=[main_job, nightly_backtest_job, dbt_models_job, prune_vector_memory],
+    schedules=[nightly_backtest_schedule, nightly_archive_schedule, prune_vector_memory_schedule],
     resources=build_resources(),
 )

@@ -29,3 +29,16 @@ dbt_models_job = dg.define_asset_job(
     selection=dg.AssetSelection.groups("rollups", "marts"),
     description="dbt build: 5m/15m/1h/1d rollups of bars_1m and the marts, with dbt tests as asset checks.",
 )
+
+
+def nightly_backtest_celery_job():
+    """The nightly sweep on Celery workers (broker/backend given in the run config); see the README."""
+    from dagster_celery import celery_executor
+
+    return dg.define_asset_job(
+        "nightly_backtest_celery",
+        selection=dg.AssetSelection.assets(*BACKTEST_KEYS),
+        partitions_def=daily_partitions,
+        executor_def=celery_executor,
+        description="nightly_backtest with each strategy block as a Celery task (workers on many machines).",
+    )

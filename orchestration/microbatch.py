@@ -2,8 +2,8 @@
 
 Steps (ops, in-process executor: one process, resources set up once, frames handed over in memory)::
 
-    ingest_window -> window_bars -> window_features_physics -> window_forecasts  -> window_signals
-                                                            -> window_embeddings ->
+    ingest_window -> window_bars -> window_features_physics -> window_forecasts -> window_embeddings
+                                                                                 -> window_signals
 
 * ``ingest_window``: the staged stream entries of the window (``staged_ticks``, written by the
   sensor) are validated (``quant.validation.validate_ticks``; rejects go to ``quarantine`` with
@@ -23,9 +23,13 @@ Steps (ops, in-process executor: one process, resources set up once, frames hand
   (``issue_every_minutes``), each from the closes up to its issue bar; the model loads here only,
   and only when there is an issue bar. Latency per series over the budget raises
   ``forecast_latency``.
-* ``window_embeddings``: an optional hook (``build_microbatch_job(embed_window=...)``) for
-  embeddings and similar past states; without one the step records that it is not wired.
-* ``window_signals``: ``quant.signals.make_signals`` -> ``signals`` and the Redis ``signals`` channel.
+* ``window_embeddings``: a hook (``build_microbatch_job(embed_window=lancedb_embed_window,
+  embed_resource_keys=LANCEDB_EMBED_KEYS)``) that embeds the states on their cadence into LanceDB
+  and looks up similar past states for the forecast issues, as the daily assets do; without a
+  hook the step records that it is not wired and signals use no similar states.
+* ``window_signals``: ``quant.signals.make_signals`` plus the daily asset's portfolio limits
+  (``finalize_signals``: the day's paper book up to the window) -> ``signals``; the newest signal
+  per symbol goes to Redis (``signals:last:{symbol}`` + channel ``signals``, newer-only).
 
 Runs are serialised by a file lock (resource ``microbatch_lock``) so two windows never interleave
 their read-compute-write sequences. Every write replaces its [start, end) window, so running a
@@ -45,6 +49,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Iterator
 
 import dagster as dg
+import duckdb
 import polars as pl
 from pydantic import Field, PrivateAttr
 
@@ -57,7 +62,7 @@ from quant.schema import BAR_SCHEMA, TICK_SCHEMA, is_valid_symbol
 from quant.signals import SIGNAL_SCHEMA, make_signals, to_redis_message
 from quant.validation import validate_ticks
 from resources.alerts import AlertingResource
-from resources.hot_state import CHANNEL_SIGNALS, HotStateError, HotStateResource
+from resources.hot_state import HotStateError, HotStateResource
 from resources.models import ForecasterResource
 from resources.paths import data_dir
 from resources.warehouse import WarehouseError, WarehouseResource, checked_table
@@ -125,7 +130,7 @@ class WindowWork:
 
 @dataclass
 class WindowCompute:
-    """Per-run Dagster-free context for the steps (tests call the steps through the job)."""
+    """What the write and alert helpers need from a step (no Dagster types, so tests can build one)."""
 
     warehouse: WarehouseResource
     alerting: AlertingResource
@@ -171,8 +176,8 @@ def replace_windows(warehouse: WarehouseResource, replaces: list[WindowReplace])
                 if outside:
                     raise ValueError(f"{outside} rows for {table} fall outside [{item.start}, {item.end})")
                 if table not in existing:
-                    if not item.frame.width:
-                        continue  # nothing to create a table from, nothing to delete
+                    if not item.frame.height:
+                        continue  # nothing to delete, and an empty frame may lack columns a later one has
                     view = f"incoming_{i}"
                     conn.register(view, item.frame.to_arrow())
                     registered.append(view)
@@ -304,11 +309,15 @@ _BAR_COLUMNS = ", ".join(BAR_SCHEMA)
 def _history_bars(warehouse: WarehouseResource, work: WindowWork) -> tuple[pl.DataFrame, datetime]:
     """Last ``lookback_bars`` bars per symbol before start, plus every bar from start on (one query);
     and the end of the range to recompute (after the newest bar of these symbols)."""
+    # per symbol the ts of its lookback_bars-th newest bar before start (a top-n aggregate: ~4x faster
+    # here than numbering every row with a window function), then the bars from that ts on
     bars = warehouse.query(
-        f"SELECT {_BAR_COLUMNS} FROM (SELECT *, row_number() OVER (PARTITION BY symbol ORDER BY ts DESC) AS _rn "
-        f"FROM bars_1m WHERE list_contains(?, symbol) AND ts < ? AND ts >= ?) WHERE _rn <= ? "
+        f"WITH cut AS (SELECT symbol, list_min(max(ts, ?)) AS first_ts FROM bars_1m "
+        f"WHERE list_contains(?, symbol) AND ts < ? AND ts >= ? GROUP BY symbol) "
+        f"SELECT {_BAR_COLUMNS} FROM bars_1m b SEMI JOIN cut ON b.symbol = cut.symbol AND b.ts >= cut.first_ts "
+        f"WHERE b.ts < ? "
         f"UNION ALL SELECT {_BAR_COLUMNS} FROM bars_1m WHERE list_contains(?, symbol) AND ts >= ?",
-        [work.symbols, work.start, work.start - timedelta(days=work.lookback_days), work.lookback_bars,
+        [work.lookback_bars, work.symbols, work.start, work.start - timedelta(days=work.lookback_days), work.start,
          work.symbols, work.start])
     bars = bars.cast(BAR_SCHEMA).sort("symbol", "ts") if bars.height else pl.DataFrame(schema=BAR_SCHEMA)
     newest = bars["ts"].max() if bars.height else None
@@ -333,7 +342,7 @@ def window_features_physics(context: dg.OpExecutionContext, work: WindowWork, wa
         work.physics = physics
         in_features, in_physics = work.in_range(features), work.in_range(physics)
         write_or_alert(ctx, WindowReplace("features", in_features, work.start, recompute_end, work.symbols),
-               WindowReplace("physics_states", in_physics, work.start, recompute_end, work.symbols))
+                       WindowReplace("physics_states", in_physics, work.start, recompute_end, work.symbols))
     with _timed(work, "hot_state"):
         published = 0
         if in_physics.height:
@@ -341,7 +350,7 @@ def window_features_physics(context: dg.OpExecutionContext, work: WindowWork, wa
                 published = hot_state.publish_states(latest_states(in_physics))
             except HotStateError as exc:  # the warehouse is the source of truth; rebuild-hot-state repairs
                 context.log.warning(f"hot state not updated: {exc}")
-        _critical_regime_alerts(ctx, work, physics)
+    _critical_regime_alerts(ctx, work, physics)  # alert delivery is not part of the window's compute time
     context.log.info(f"{work.label}: features/physics for {in_physics.height} bars up to {recompute_end:%H:%M}Z "
                      f"({bars.height - in_physics.height} look-back bars), {published} states published")
     return work
@@ -394,25 +403,94 @@ def window_forecasts(context: dg.OpExecutionContext, work: WindowWork, warehouse
         context.log.info(f"{work.label}: {issues.height} forecast issues with {report.model}, "
                          f"{latency_ms:.1f} ms per series")
     with _timed(work, "forecasts_write"):
-        stored = frame.with_columns(pl.col("issue_ts").alias("ts")) if frame.height else frame
+        stored = frame.with_columns(pl.col("issue_ts").alias("ts"))
         write_or_alert(ctx, WindowReplace("forecasts", stored, work.start, work.recompute_end, work.symbols))
     return frame
 
 
-EmbedHook = Callable[[dg.OpExecutionContext, WindowWork], "pl.DataFrame | None"]
+EmbedHook = Callable[[dg.OpExecutionContext, WindowWork, pl.DataFrame], "pl.DataFrame | None"]
+LANCEDB_EMBED_KEYS = frozenset({"vector_store", "embedder"})
 
 
-def _embeddings_op(embed_window: EmbedHook | None) -> dg.OpDefinition:
-    @dg.op(name="window_embeddings", out=dg.Out(io_manager_key=IO_KEY),
-           description="Embeddings of the window's states and similar past outcomes (optional hook).")
-    def window_embeddings(context: dg.OpExecutionContext, work: WindowWork) -> pl.DataFrame | None:
+def lancedb_embed_window(context: dg.OpExecutionContext, work: WindowWork,
+                         forecasts: pl.DataFrame) -> pl.DataFrame | None:
+    """Embedding hook doing what the daily ``market_state_embeddings`` and ``signals`` assets do, for
+    the window's range: upsert the states on the embedder's cadence (and at regime changes) into
+    LanceDB, then return the outcomes of similar past states for the forecast issues. Needs the
+    resources ``vector_store`` and ``embedder`` (``LANCEDB_EMBED_KEYS``); the embedding model loads
+    (once per process) only when there is a state to embed or an issue to look up."""
+    from assets.embeddings import STATE_COLUMNS, forecast_summary
+    from assets.signals import similar_outcomes
+    from quant.state_text import select_embedding_rows, split_valid_states, state_texts
+    from resources.vector_store import embedding_rows
+
+    vector_store, embedder = context.resources.vector_store, context.resources.embedder
+    physics = work.physics.select(STATE_COLUMNS)
+    in_range = (pl.col("ts") >= work.start) & (pl.col("ts") < work.recompute_end)
+    chosen = select_embedding_rows(physics.filter(in_range), embedder.every_minutes,
+                                   context=physics.filter(pl.col("ts") < work.start))
+    chosen = chosen.join(forecast_summary(forecasts), on=["symbol", "ts"], how="left")
+    valid, _ = split_valid_states(chosen)
+    issue_states = physics.join(forecasts.select("symbol", pl.col("issue_ts").alias("ts")).unique(),
+                                on=["symbol", "ts"], how="inner")
+    if not valid.height and not issue_states.height:
+        return None
+    started = time.perf_counter()
+    _ = embedder.embedder().model  # load outside the timed compute
+    work.model_load_s += time.perf_counter() - started
+    with _timed(work, "embeddings"):
+        if valid.height:
+            texts = state_texts(valid)
+            vector_store.upsert_states(embedding_rows(valid, embedder.embedder().embed(texts), texts))
+        outcomes = similar_outcomes(issue_states, vector_store, embedder, work.bars.select("symbol", "ts", "close")) \
+            if issue_states.height else None
+    context.log.info(f"{work.label}: {valid.height} states embedded, {issue_states.height} similar-state lookups")
+    return outcomes
+
+
+def _embeddings_op(embed_window: EmbedHook | None, resource_keys: frozenset[str]) -> dg.OpDefinition:
+    @dg.op(name="window_embeddings", out=dg.Out(io_manager_key=IO_KEY), required_resource_keys=set(resource_keys),
+           description="Embeddings of the window's states on their cadence and similar past outcomes (hook).")
+    def window_embeddings(context: dg.OpExecutionContext, work: WindowWork,
+                          forecasts: pl.DataFrame) -> pl.DataFrame | None:
         if embed_window is None or not work.symbols or work.physics is None:
             context.log.info("embeddings are not wired into the micro-batch; signals use no similar states")
             return None
-        with _timed(work, "embeddings"):
-            return embed_window(context, work)
+        return embed_window(context, work, forecasts)
 
     return window_embeddings
+
+
+def finalize_signals(raw: pl.DataFrame, earlier: pl.DataFrame, closes: pl.DataFrame) -> pl.DataFrame:
+    """The daily ``signals`` asset's portfolio step for a window: ``raw`` (make_signals rows of the
+    range) joins the day's earlier target sizes (``earlier``: symbol, ts, size) so the paper book
+    and its drawdown follow the same path as one pass over the day; only ``raw``'s rows come back,
+    with sizes limited and the reason saying by what."""
+    from assets.signals import GROSS_CAP, MAX_DRAWDOWN
+    from quant.portfolio import limit_over_time
+
+    if not raw.height:
+        return raw
+    path = pl.concat([earlier.select("symbol", "ts", "size"), raw], how="diagonal_relaxed") if earlier.height else raw
+    limited = limit_over_time(path, closes, gross_cap=GROSS_CAP, max_drawdown=MAX_DRAWDOWN)
+    limited = limited.join(raw.select("symbol", "ts"), on=["symbol", "ts"], how="semi")
+    return limited.with_columns(
+        pl.when(pl.col("limited_by").fill_null("") != "")
+        .then(pl.col("reason") + pl.lit("; limited by ") + pl.col("limited_by"))
+        .otherwise(pl.col("reason")).alias("reason"),
+        pl.when(pl.col("size").abs() < 1e-12).then(pl.lit("HOLD")).otherwise(pl.col("side")).alias("side"),
+    ).with_columns(pl.col(pl.Float64).fill_nan(None)).sort("symbol", "ts")
+
+
+def _earlier_targets(warehouse: WarehouseResource, work: WindowWork) -> pl.DataFrame:
+    """Target sizes of the day's signals before the window (the paper book's path so far)."""
+    day_start = work.start.replace(hour=0, minute=0)
+    try:
+        return warehouse.query(
+            "SELECT symbol, ts, target_size AS size FROM signals WHERE ts >= ? AND ts < ? ORDER BY ts, symbol",
+            [day_start, work.start])
+    except duckdb.Error:  # no signals table yet, or one without target sizes
+        return pl.DataFrame(schema={"symbol": pl.Utf8, "ts": pl.Datetime("us", "UTC"), "size": pl.Float64})
 
 
 @dg.op(description="Signals for the forecasts of the range -> `signals` table and the Redis `signals` channel.")
@@ -425,16 +503,18 @@ def window_signals(context: dg.OpExecutionContext, work: WindowWork, forecasts: 
     if work.symbols and work.physics is not None:
         with _timed(work, "signals"):
             if forecasts.height:
-                signals = work.in_range(make_signals(forecasts, work.physics, similar, step="1m"))
+                raw = work.in_range(make_signals(forecasts, work.physics, similar, step="1m"))
+                signals = finalize_signals(raw, _earlier_targets(warehouse, work),
+                                           work.bars.select("symbol", "ts", "close"))
             write_or_alert(ctx, WindowReplace("signals", signals, work.start, work.recompute_end, work.symbols))
         with _timed(work, "publish_signals"):
-            try:
-                client = hot_state.client()
-                for row in signals.iter_rows(named=True):
-                    client.publish(CHANNEL_SIGNALS, to_redis_message(row))
-                    published += 1
-            except HotStateError as exc:
-                context.log.warning(f"signals not published: {exc}")
+            if signals.height:
+                latest = signals.sort("ts").group_by("symbol", maintain_order=True).last()
+                try:
+                    published = hot_state.publish_signals(
+                        [(r["symbol"], r["ts"].isoformat(), to_redis_message(r)) for r in latest.to_dicts()])
+                except HotStateError as exc:
+                    context.log.warning(f"signals not published: {exc}")
     compute_s = sum(work.timings.values())
     context.instance.add_run_tags(context.run_id, {TAG_COMPUTE: f"{compute_s:.4f}",
                                                    TAG_MODEL_LOAD: f"{work.model_load_s:.4f}"})
@@ -452,9 +532,12 @@ def microbatch_resources() -> dict[str, Any]:
     return {IO_KEY: dg.mem_io_manager, LOCK_KEY: MicrobatchLock()}
 
 
-def build_microbatch_job(embed_window: EmbedHook | None = None, name: str = MICROBATCH_JOB) -> dg.JobDefinition:
-    """The ``microbatch`` job; ``embed_window(context, work)`` may return similar-outcome rows for signals."""
-    embeddings = _embeddings_op(embed_window)
+def build_microbatch_job(embed_window: EmbedHook | None = None, embed_resource_keys: frozenset[str] = frozenset(),
+                         name: str = MICROBATCH_JOB) -> dg.JobDefinition:
+    """The ``microbatch`` job. ``embed_window(context, work, forecasts)`` embeds the window's states and
+    may return similar-outcome rows for the signals (``lancedb_embed_window`` with
+    ``LANCEDB_EMBED_KEYS`` does what the daily assets do); ``embed_resource_keys``: resources it uses."""
+    embeddings = _embeddings_op(embed_window, frozenset(embed_resource_keys))
 
     @dg.job(name=name, executor_def=dg.in_process_executor,
             tags={"feynman/kind": "microbatch"},
@@ -462,7 +545,8 @@ def build_microbatch_job(embed_window: EmbedHook | None = None, name: str = MICR
                         "forecasts/embeddings on their cadence -> signals, hot state and Redis messages.")
     def microbatch() -> None:
         work = window_features_physics(window_bars(ingest_window()))
-        window_signals(work, window_forecasts(work), embeddings(work))
+        forecasts = window_forecasts(work)
+        window_signals(work, forecasts, embeddings(work, forecasts))
 
     return microbatch
 

@@ -1,12 +1,12 @@
 """Physics states -> short English sentences for the sentence embedder, and which states to embed.
 
 Why words and not numbers: all-MiniLM-L6-v2 was trained on natural sentences. It tokenises
-``0.8234`` into pieces (``0``, ``.``, ``82``, ``##34``) whose embeddings carry almost no notion
-of magnitude, so two states whose raw floats differ in the 4th digit can land far apart
-while ``mass 0.9`` and ``mass 9.0`` land close. Bucketised words ("mass heavy", "momentum up
-strong") put states that a trader would call alike on the *same* tokens, so similar states
-give similar (often identical) text and therefore similar vectors; identical texts are also
-embedded once (see ``resources.embedder``), which is what makes embedding fast. Only alpha,
+``0.8234`` into word pieces that carry little notion of magnitude, so the distance between two
+vectors says little about the distance between the numbers, and every digit of noise makes
+a new text. Bucketised words ("mass heavy", "momentum up strong") put states that a trader
+would call alike on the *same* tokens, so similar states give similar (often identical) text
+and therefore similar vectors; identical texts are also embedded only once (see
+``resources.embedder`` and ``VectorStoreResource.embed_states``). Only alpha,
 the quantity the regime and risk sizing hinge on, keeps a number, at 0.5 resolution: one Hill
 reading has a standard error of ~0.2 alpha (~0.5 at alpha 2.5, see ``quant.physics``), so a
 finer number would only add noise and distinct texts.

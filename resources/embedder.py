@@ -33,15 +33,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import dagster as dg
 import numpy as np
-from pydantic import Field, PrivateAttr
 
 __all__ = [
     "EMBED_DIM",
     "DEFAULT_BATCH_SIZE",
     "EmbedderError",
-    "EmbedderResource",
     "StateEmbedder",
     "default_model_source",
     "load_model",
@@ -168,18 +165,3 @@ class StateEmbedder:
         """float32 vector (384,) of unit norm."""
         return self.embed([text])[0]
 
-
-class EmbedderResource(dg.ConfigurableResource):
-    """Dagster resource handing out a :class:`StateEmbedder` (one per resource instance; the
-    model itself is shared process-wide). ``model`` empty = env FEYNMAN_EMBED_MODEL, else the
-    packaged all-MiniLM-L6-v2 weights."""
-
-    model: str = Field(default="", description="Local model directory or model id; empty: default.")
-    batch_size: int = Field(default=DEFAULT_BATCH_SIZE, description="Texts per forward pass.")
-
-    _embedder: Any = PrivateAttr(default=None)
-
-    def get_embedder(self) -> StateEmbedder:
-        if self._embedder is None:
-            self._embedder = StateEmbedder(model=self.model or None, batch_size=self.batch_size)
-        return self._embedder

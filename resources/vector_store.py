@@ -14,32 +14,51 @@ symbol) *before* the ANN search, so k past states come back even when the neares
 are all in the future of the query; ``minimum_nprobes`` is a floor and LanceDB probes further
 partitions when the filter leaves fewer than k candidates.
 
-Index (:meth:`ensure_index`), chosen by measurement (``orchestration.benchmarks.vectors``
-``index_sweep``; 100,000 x 384 clustered unit vectors, k = 5 with a ``ts < before`` prefilter,
-150 queries, recall against exact numpy search, shared 2-core CPU under load ~6):
+Index (:meth:`ensure_index`), chosen by measurement (``orchestration.benchmarks.vectors``;
+k = 5 with a ``ts < before`` prefilter, recall@5 against exact numpy search over the same
+filtered rows, 150-200 queries, shared 2-core CPU with a load average of 3-7 from other jobs,
+so absolute latencies are inflated and vary +-50 % between runs).
 
-=================================  ========  ========  ======  =======
-index                              build s   p50 ms    p95 ms  recall@5
-=================================  ========  ========  ======  =======
-none (flat scan)                   -         259       -       1.000
-IVF_PQ 256 parts, 48 sub-vectors   204       9-14      14-28   0.36 (nprobes 20) .. 0.92 (refine 10)
-IVF_HNSW_SQ 1 part                 168       8.5-18    15-46   0.945 (nprobes 10) .. 1.0 (refine 5)
-IVF_SQ 256 parts, refine 5         43        8-10      19-27   1.000
-IVF_FLAT 128 parts, nprobes 4-16   12.5      16        45-60   1.000
-IVF_FLAT 256 parts, nprobes 4-16   27-30     12.7-14   26-31   1.000
-IVF_FLAT 512 parts, nprobes 4-16   18        16-18     50-75   1.000
-=================================  ========  ========  ======  =======
+Round 1, 100,000 synthetic clustered unit vectors (500 clusters):
 
-All latencies include ~3-4 ms of fixed LanceDB query overhead (a 1,000-row table takes
-3.3 ms) and were inflated by other processes on the machine. IVF_PQ loses too much recall
-for 384-d MiniLM vectors at a useful compression and is the slowest to build; HNSW builds
-slowly; IVF_FLAT keeps exact distances inside the probed partitions, so recall is 1.0 at
-every nprobes tried, and it builds fastest. Chosen: IVF_FLAT, cosine, num_partitions =
-rows / 400 (clamped 8..1024: ~250 at 100k), minimum_nprobes 12 (~5 % of partitions at
-100k). A BTree index on ``ts`` did not speed up the prefilter at this size (18 vs 14-16 ms),
-so none is built. Rows added after the index are searched exactly (LanceDB scans unindexed
-fragments); ``ensure_index`` folds them in (``optimize``) or retrains when the table has
-more than doubled since training. Below ``INDEX_MIN_ROWS`` (5,000) there is no index.
+=================================  ========  ==========  ========  ==========================
+index                              build s   p50 ms      p95 ms    recall@5
+=================================  ========  ==========  ========  ==========================
+none (LanceDB flat scan)           -         259 (*)     -         1.000
+IVF_PQ 256 parts, 48 sub-vectors   204       9-14        14-28     0.36 (nprobes 10-20), 0.92 (refine 10)
+IVF_HNSW_SQ 1 part                 168       8.5-18      15-46     0.945 (nprobes 10), 1.0 (refine 5)
+IVF_SQ 256 parts                   43        8-12        19-29     0.967; 1.0 with refine 5
+IVF_FLAT 128 / 256 / 512 parts     12 / 30 / 18  13-18   26-75     1.000 at nprobes 4, 8, 16
+=================================  ========  ==========  ========  ==========================
+
+(*) the project's earlier measurement; not re-run here (200 queries would take minutes).
+
+Round 2, 100,000 vectors with the geometry of real state embeddings (MiniLM vectors of
+2,000 distinct state texts plus small noise), 250 partitions:
+
+==========================  ========  ========  ========  ========
+index, nprobes (refine)     build s   p50 ms    p95 ms    recall@5
+==========================  ========  ========  ========  ========
+IVF_FLAT, 3 / 6 / 12        16        15-16     24-40     1.000
+IVF_SQ, 6                   16        16        31        0.920
+IVF_SQ, 6 (refine 5)        16        14        22        1.000
+IVF_FLAT 100 parts, 6 / 12  4.4       14        25-30     1.000
+IVF_FLAT 250, 6, no filter  -         7-9       15-17     1.000
+IVF_FLAT 250, 6 + BTree ts  -         6.3       14        1.000  (same run without BTree: 10.0)
+==========================  ========  ========  ========  ========
+
+A 1,000-row table answers in ~3.3 ms: that much is fixed per-query overhead. IVF_PQ loses
+too much recall on 384-d MiniLM vectors and builds slowest; HNSW builds slowly; IVF_SQ needs
+a refine pass to match IVF_FLAT and is no faster. IVF_FLAT keeps exact distances inside the
+probed partitions (recall 1.0 at every nprobes tried) and builds fastest. The ``ts < before``
+prefilter costs about as much as the vector search itself; a BTree index on ``ts`` cuts it.
+Chosen: IVF_FLAT, cosine, num_partitions = rows / 400 (clamped 8..1024: 250 at 100k),
+minimum_nprobes 12 (recall margin; no maximum, so a narrow filter probes on until k rows are
+found), plus a BTree index on ``ts``. Rows added after the index are searched exactly
+(LanceDB scans unindexed fragments); ``ensure_index`` folds them in (``optimize``) or
+retrains when the table has more than doubled since training. Below ``INDEX_MIN_ROWS``
+(5,000) there is no index. The measured end-to-end figure is in the ``vector-search``
+benchmark record.
 
 Versions: every write makes a LanceDB version. :meth:`prune` records the version before it
 deletes; :meth:`restore_version` checks that version out and restores it as a new latest
@@ -126,7 +145,13 @@ def _key_expr() -> pl.Expr:
 def _vectors_of(rows: pl.DataFrame) -> np.ndarray:
     col = rows["vector"]
     if col.dtype == pl.Object:
-        return np.asarray([np.asarray(v, dtype=np.float32) for v in col.to_list()])
+        arrays = [np.asarray(v, dtype=np.float32).reshape(-1) for v in col.to_list()]
+        bad = next((i for i, a in enumerate(arrays) if a.shape != (VECTOR_DIM,)), None)
+        if bad is not None:
+            raise VectorStoreError(
+                f"vector of {rows['symbol'][bad]} at {rows['ts'][bad]} has {arrays[bad].size} values, expected {VECTOR_DIM}"
+            )
+        return np.stack(arrays)
     if isinstance(col.dtype, pl.List):
         lengths = col.list.len()
         bad = (lengths != VECTOR_DIM) | lengths.is_null()
@@ -176,6 +201,7 @@ class VectorStoreResource(dg.ConfigurableResource):
     table_name: str = Field(default=TABLE_NAME, description="LanceDB table name.")
 
     _db: Any = PrivateAttr(default=None)
+    _tbl: Any = PrivateAttr(default=None)
     _lock: Any = PrivateAttr(default_factory=threading.Lock)
 
     @classmethod
@@ -196,13 +222,19 @@ class VectorStoreResource(dg.ConfigurableResource):
         return self._db
 
     def _table(self, create: bool = False) -> Any:
-        db = self._connect()
-        if create:
-            return db.create_table(self.table_name, schema=SCHEMA, exist_ok=True)
-        try:
-            return db.open_table(self.table_name)
-        except (FileNotFoundError, ValueError):
-            return None
+        """The cached LanceDB table (None if it does not exist and ``create`` is False).
+        Opening costs a manifest read (~5 ms), so it is done once; with a read-consistency
+        interval of 0 the cached object still sees other processes' writes."""
+        if self._tbl is None:
+            db = self._connect()
+            if create:
+                self._tbl = db.create_table(self.table_name, schema=SCHEMA, exist_ok=True)
+            else:
+                try:
+                    self._tbl = db.open_table(self.table_name)
+                except (FileNotFoundError, ValueError):
+                    return None
+        return self._tbl
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -237,15 +269,13 @@ class VectorStoreResource(dg.ConfigurableResource):
         if not finite.all():
             i = int(np.flatnonzero(~finite)[0])
             raise VectorStoreError(f"row {i} ({frame['symbol'][i]} {frame['ts'][i]}): vector has NaN/inf")
-        frame = frame.with_columns(_key_expr().alias("state_key"))
-        deduped = frame.with_row_index("_i").unique("state_key", keep="last", maintain_order=True).drop("_i")
+        frame = frame.with_columns(_key_expr().alias("state_key")).with_row_index("_i")
+        deduped = frame.unique("state_key", keep="last", maintain_order=True)
         dup = frame.height - deduped.height
-        keep = deduped["state_key"]
-        if dup:
-            vectors = vectors[frame.with_row_index("_i").unique("state_key", keep="last", maintain_order=True)["_i"].to_numpy()]
+        vectors = vectors[deduped["_i"].to_numpy()]
         data = pa.table(
             {
-                "state_key": pa.array(keep.to_list(), pa.string()),
+                "state_key": pa.array(deduped["state_key"].to_list(), pa.string()),
                 "symbol": pa.array(deduped["symbol"].to_list(), pa.string()),
                 "ts": deduped["ts"].to_arrow().cast(pa.timestamp("us", tz="UTC")),
                 "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel(), pa.float32()), VECTOR_DIM),
@@ -266,6 +296,57 @@ class VectorStoreResource(dg.ConfigurableResource):
             "duplicates_in_batch": dup,
             "version": int(res.version),
         }
+
+    def embed_states(self, states: pl.DataFrame, embedder: Any = None) -> dict[str, Any]:
+        """Physics states -> stored rows: text (:func:`quant.state_text.state_texts`), vector,
+        upsert. A text already stored (any symbol, any time) reuses its stored vector, since
+        the model is deterministic: each Dagster run is a fresh process whose embedder cache is
+        empty, but the store remembers every text it has seen. Only new texts are encoded.
+
+        states: valid physics rows (see :func:`quant.state_text.split_valid_states`); every
+        column except symbol and ts goes into ``metadata``. embedder: a
+        :class:`resources.embedder.StateEmbedder` (default: a new one).
+        Returns rows, distinct_texts, reused_from_store, encoded, plus the upsert result.
+        """
+        from quant.state_text import state_texts
+
+        if states.height == 0:
+            return {"rows": 0, "distinct_texts": 0, "reused_from_store": 0, "encoded": 0}
+        texts = state_texts(states)
+        distinct = list(dict.fromkeys(texts))
+        known = self.stored_vectors(distinct)
+        todo = [t for t in distinct if t not in known]
+        if todo:
+            if embedder is None:
+                from resources.embedder import StateEmbedder
+
+                embedder = StateEmbedder()
+            known.update(zip(todo, embedder.embed(todo)))
+        vectors = np.stack([known[t] for t in texts]).astype(np.float32, copy=False)
+        result = self.upsert_states(embedding_rows(states, vectors, texts))
+        return {"rows": states.height, "distinct_texts": len(distinct),
+                "reused_from_store": len(distinct) - len(todo), "encoded": len(todo), **result}
+
+    def stored_vectors(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """text -> stored vector for those of ``texts`` already in the table (one row each)."""
+        table = self._table()
+        if table is None or not texts:
+            return {}
+        found: dict[str, np.ndarray] = {}
+        for start in range(0, len(texts), 500):
+            chunk = texts[start:start + 500]
+            quoted = ", ".join("'" + t.replace("'", "''") + "'" for t in chunk)
+            # texts repeat across rows: find one row id per text, then read only those vectors
+            hits = table.search().where(f"text IN ({quoted})").select(["text"]).with_row_id(True)
+            ids = pl.from_arrow(hits.limit(table.count_rows() + 1).to_arrow().select(["text", "_rowid"]))
+            ids = ids.unique("text", keep="first")
+            if ids.height:
+                got = pl.from_arrow(
+                    table.take_row_ids(ids["_rowid"].to_list()).select(["text", "vector"]).to_arrow().select(["text", "vector"])
+                )
+                vecs = got["vector"].cast(pl.Array(pl.Float32, VECTOR_DIM)).to_numpy()
+                found.update(zip(got["text"].to_list(), vecs))
+        return found
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -331,6 +412,7 @@ class VectorStoreResource(dg.ConfigurableResource):
                 table.search(vector, vector_column_name="vector")
                 .distance_type("cosine")
                 .where(" AND ".join(filters), prefilter=True)
+                .maximum_nprobes(0)  # no ceiling: a narrow filter may need more partitions
                 .minimum_nprobes(MIN_NPROBES)
                 .limit(k)
                 .select(_RESULT_COLUMNS)
@@ -380,7 +462,7 @@ class VectorStoreResource(dg.ConfigurableResource):
         if table is None or rows < min_rows:
             result["duration_s"] = time.perf_counter() - start
             return result
-        from lancedb.index import IvfFlat
+        from lancedb.index import BTree, IvfFlat
 
         with self._lock:
             index = self._vector_index(table)
@@ -390,8 +472,10 @@ class VectorStoreResource(dg.ConfigurableResource):
                 table.create_index("vector", config=IvfFlat(distance_type="cosine", num_partitions=parts), replace=True)
                 result.update(action="trained", num_partitions=parts)
             elif int(index.num_unindexed_rows or 0) > 0:
-                table.optimize()
+                table.optimize()  # adds new rows to the vector and ts indexes
                 result["action"] = "optimized"
+            if not any(list(ix.columns) == ["ts"] for ix in table.list_indices()):
+                table.create_index("ts", config=BTree(), replace=True)  # speeds the ts prefilter
         result["duration_s"] = time.perf_counter() - start
         return result
 

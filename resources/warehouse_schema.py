@@ -9,6 +9,7 @@ from __future__ import annotations
 KNOWN_TABLES = frozenset(
     {
         "ticks",
+        "staged_ticks",
         "bars_1m",
         "bars_daily",
         "quarantine",

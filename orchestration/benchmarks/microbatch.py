@@ -1,0 +1,274 @@
+"""Benchmark: a window's close to its ``microbatch`` run's success, through a real Dagster instance.
+
+Workload (full): 100 simulated symbols; a warm history of 11 sessions plus the live session's
+first minutes in ``bars_1m`` (>= ``warmup_bars()`` = 4,320 bars per symbol, so every run reads
+its full look-back); then 6 live one-minute windows (14:41-14:46 UTC, one of them a 15-minute
+forecast issue) streamed by the simulator producer into the real embedded Redis on an
+accelerated clock (one simulated minute every ``cadence_s`` = 20 wall seconds).
+``quick=True``: 10 symbols, 1 session of history, 2 windows, cadence 12 s.
+
+Path measured, as the Dagster daemon runs it: the micro-batch sensor's work
+(``MicrobatchCoordinator.tick``) is evaluated every ``interval_s`` = 5 s (its
+``minimum_interval_seconds``) against a temporary DAGSTER_HOME instance (sqlite, consolidated
+event log); each RunRequest becomes a run created with the job's snapshot from a real code
+location (a ``dagster api grpc`` code server loading ``bench_defs`` below) and submitted with
+``instance.submit_run``: the DefaultRunCoordinator hands it to the DefaultRunLauncher, which
+starts a fresh run process, exactly as for a sensor-launched run. Not included: the daemon's own
+loop overhead and its gRPC sensor call (the sensor code runs in this process instead).
+
+Figures per window: ``e2e`` = run end (success) minus the moment simulated time passed the window's
+end (allowed lateness 0, so that is the close); ``compute_s`` = the run's tag ``feynman/compute_s``
+(the steps' own work: DuckDB reads/writes, validation, bars, features, physics, forecasts,
+signals, Redis publishing; excluding model load and Dagster/process overhead).
+``value`` = median e2e over the windows; ``compute_s`` = median compute.
+"""
+
+import os
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+NAME = "microbatch"
+
+
+def _bench_defs() -> dg.Definitions:
+    """The code location the benchmark's runs load (stores from the environment the benchmark sets)."""
+    from orchestration.microbatch import microbatch_job, microbatch_resources
+    from resources.alerts import AlertingResource
+    from resources.hot_state import HotStateResource
+    from resources.models import ForecasterResource
+    from resources.paths import duckdb_path, env_or, redis_dir
+    from resources.warehouse import WarehouseResource
+
+    return dg.Definitions(jobs=[microbatch_job], resources={
+        "warehouse": WarehouseResource(database=duckdb_path()),
+        "hot_state": HotStateResource(embedded_dir=str(redis_dir())),
+        "alerting": AlertingResource(),
+        "forecaster": ForecasterResource(model=env_or("FEYNMAN_CHRONOS_MODEL", "amazon/chronos-bolt-tiny")),
+        **microbatch_resources(),
+    })
+
+
+bench_defs = _bench_defs()
+
+_DAGSTER_YAML = """\
+telemetry:
+  enabled: false
+run_coordinator:
+  module: dagster._core.run_coordinator
+  class: DefaultRunCoordinator
+event_log_storage:
+  module: dagster._core.storage.event_log
+  class: ConsolidatedSqliteEventLogStorage
+  config:
+    base_dir: {home}/history
+"""
+
+
+def _seed_history(warehouse, symbols: list[str], history_days: list[date], live_session, first_window) -> int:
+    """Bars of the history sessions and of the live session before the first window (batch path)."""
+    import polars as pl
+
+    from quant.bars import ticks_to_bars
+    from quant.simulator import simulate_ticks
+    from resources.market_data import session_windows
+
+    n = 0
+    for day in history_days:
+        session = session_windows(day)[0]
+        bars = ticks_to_bars(simulate_ticks(symbols, [session], seed=7))
+        warehouse.replace_window("bars_1m", bars, start=session[0], end=session[1])
+        n += bars.height
+    ticks = simulate_ticks(symbols, [live_session], seed=7).filter(pl.col("ts") < first_window)
+    if ticks.height:
+        bars = ticks_to_bars(ticks)
+        warehouse.replace_window("bars_1m", bars, start=live_session[0], end=first_window)
+        n += bars.height
+    return n
+
+
+class _Launcher:
+    """Creates and submits runs the way the sensor daemon does, against a real code location."""
+
+    def __init__(self, instance: dg.DagsterInstance):
+        from dagster._core.workspace.context import WorkspaceProcessContext
+        from dagster._core.workspace.load_target import ModuleTarget
+
+        self.instance = instance
+        self.process_context = WorkspaceProcessContext(
+            instance, ModuleTarget(module_name=__name__, attribute="bench_defs", working_directory=os.getcwd(),
+                                   location_name="feynman_bench"))
+        self.request_context = self.process_context.create_request_context()
+        self.location = self.request_context.get_code_location("feynman_bench")
+        self.repository = next(iter(self.location.get_repositories().values()))
+        self.remote_job = self.repository.get_full_job("microbatch")
+
+    def submit(self, request: dg.RunRequest) -> str:
+        plan = self.location.get_execution_plan(self.remote_job, request.run_config, step_keys_to_execute=None,
+                                                known_state=None, instance=self.instance)
+        run = self.instance.create_run(
+            job_name="microbatch", run_id=str(uuid.uuid4()), run_config=request.run_config,
+            status=dg.DagsterRunStatus.NOT_STARTED,
+            tags={**(self.remote_job.run_tags or {}), **request.tags, "dagster/run_key": request.run_key},
+            root_run_id=None, parent_run_id=None, step_keys_to_execute=None,
+            execution_plan_snapshot=plan.execution_plan_snapshot, job_snapshot=self.remote_job.job_snapshot,
+            parent_job_snapshot=self.remote_job.parent_job_snapshot, asset_selection=None,
+            asset_check_selection=None, resolved_op_selection=None, op_selection=None,
+            remote_job_origin=self.remote_job.get_remote_origin(),
+            job_code_origin=self.remote_job.get_python_origin(), asset_graph=self.repository.asset_graph)
+        self.instance.submit_run(run.run_id, self.request_context)
+        return run.run_id
+
+    def close(self) -> None:
+        self.process_context.__exit__(None, None, None)
+
+
+def _step_timings(instance: dg.DagsterInstance, run_id: str) -> dict[str, float]:
+    """The ``step_*_s`` figures the last op of the run put in its output metadata."""
+    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.STEP_OUTPUT).records
+    for record in records:
+        event = record.event_log_entry.dagster_event
+        if event.step_key == "window_signals":
+            return {k: v.value for k, v in event.event_specific_data.metadata.items() if k.startswith("step_")}
+    return {}
+
+
+def _median(values: list[float]) -> float | None:
+    return round(statistics.median(values), 3) if values else None
+
+
+def run(quick: bool = False) -> list[dict[str, Any]]:
+    n_symbols, n_history, n_windows, cadence_s = (10, 1, 2, 12.0) if quick else (100, 11, 6, 20.0)
+    interval_s = 5.0
+    work_dir = Path(tempfile.mkdtemp(prefix="feynman-bench-microbatch-"))
+    saved_env = {k: os.environ.get(k) for k in ("FEYNMAN_DATA_DIR", "DAGSTER_HOME", "FEYNMAN_MICROBATCH_LOCK")}
+    os.environ["FEYNMAN_DATA_DIR"] = str(work_dir / "data")
+    os.environ["DAGSTER_HOME"] = str(work_dir / "dagster_home")
+    os.environ.pop("FEYNMAN_MICROBATCH_LOCK", None)
+    (work_dir / "dagster_home").mkdir(parents=True)
+    (work_dir / "dagster_home" / "dagster.yaml").write_text(_DAGSTER_YAML.format(home=work_dir / "dagster_home"))
+    hot = None
+    launcher = None
+    try:
+        from quant.features import warmup_bars
+        from resources.alerts import AlertingResource
+        from resources.hot_state import HotStateResource
+        from resources.live import TickStreamWriter, replay_simulated
+        from resources.market_data import recent_sessions, session_windows
+        from resources.paths import duckdb_path, redis_dir
+        from resources.warehouse import WarehouseResource
+        from sensors.microbatch import TAG_WINDOW, MicrobatchCoordinator, MicrobatchSettings
+
+        symbols = [f"S{i:03d}" for i in range(n_symbols)]
+        live_day = date(2024, 3, 15)
+        history_days = recent_sessions(n_history, end=live_day - timedelta(days=1))
+        live_session = session_windows(live_day)[0]
+        first_window = live_session[0] + timedelta(minutes=11)  # 14:41 UTC: a :45 issue falls inside
+        warehouse = WarehouseResource(database=duckdb_path())
+        warehouse.ensure_schema()
+        hot = HotStateResource(embedded_dir=str(redis_dir()))
+        seeded = _seed_history(warehouse, symbols, history_days, live_session, first_window)
+
+        instance = dg.DagsterInstance.get()
+        launcher = _Launcher(instance)
+        settings = MicrobatchSettings(lateness_s=0.0, idle_close_s=1e9, no_data_alert_s=0, max_runs_per_tick=5)
+        coordinator = MicrobatchCoordinator(settings, hot.client(), warehouse, instance, alerting=AlertingResource(),
+                                            hot_state=hot)
+        coordinator.tick(None)  # creates the consumer group before trades arrive
+
+        speed = 60.0 / cadence_s
+        stop = threading.Event()
+        wall0 = time.time() + 0.5
+        producer = threading.Thread(target=lambda: (time.sleep(max(wall0 - time.time(), 0)), replay_simulated(
+            TickStreamWriter(hot.client()), symbols, live_session, start=first_window, speed=speed, poll_s=0.05,
+            seed=7, duration_s=n_windows * cadence_s + 0.5, stop=stop)), daemon=True)
+        producer.start()
+        close_at = {first_window + timedelta(minutes=k): wall0 + (k + 1) * cadence_s for k in range(n_windows)}
+
+        cursor, submitted, finished, sensor_s = None, {}, {}, []
+        deadline = wall0 + n_windows * cadence_s + 120
+        # evaluations half an interval out of phase with the closes: the average wait of a daemon
+        # whose ticks fall at random moments relative to the minute
+        next_tick = wall0 + interval_s / 2
+        while len(finished) < n_windows and time.time() < deadline:
+            time.sleep(max(0.0, min(next_tick, time.time() + 0.2) - time.time()))
+            if time.time() >= next_tick:
+                next_tick += interval_s
+                started = time.time()
+                requests, cursor, _report = coordinator.tick(cursor)
+                sensor_s.append(time.time() - started)
+                for request in requests:
+                    window = request.tags[TAG_WINDOW]
+                    submitted[launcher.submit(request)] = (window, time.time())
+            for run_id, (window, at) in list(submitted.items()):
+                if run_id in finished:
+                    continue
+                record = instance.get_run_record_by_id(run_id)
+                if record.dagster_run.status == dg.DagsterRunStatus.SUCCESS:
+                    finished[run_id] = record
+                elif record.dagster_run.status in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED):
+                    raise RuntimeError(f"micro-batch run {run_id} for {window} ended {record.dagster_run.status}")
+        stop.set()
+
+        from datetime import datetime
+
+        rows = []
+        for run_id, record in finished.items():
+            window, at = submitted[run_id]
+            close = close_at[datetime.fromisoformat(window)]
+            tags = record.dagster_run.tags
+            rows.append({"window": window, "e2e_s": record.end_time - close, "submitted_after_close_s": at - close,
+                         "launch_s": record.start_time - at, "run_s": record.end_time - record.start_time,
+                         "compute_s": float(tags.get("feynman/compute_s", "nan")),
+                         "model_load_s": float(tags.get("feynman/model_load_s", "nan")),
+                         **_step_timings(instance, run_id)})
+        rows.sort(key=lambda r: r["window"])
+        e2e = [r["e2e_s"] for r in rows]
+        issue = [r for r in rows if datetime.fromisoformat(r["window"]).minute % 15 == 0]
+        return [{
+            "bench": NAME,
+            "value": _median(e2e),
+            "unit": "s",
+            "e2e_max_s": round(max(e2e), 3) if e2e else None,
+            "compute_s": _median([r["compute_s"] for r in rows]),
+            "compute_max_s": round(max(r["compute_s"] for r in rows), 3) if rows else None,
+            "sensor_tick_s": _median(sensor_s),
+            "launch_s": _median([r["launch_s"] for r in rows]),
+            "run_s": _median([r["run_s"] for r in rows]),
+            "e2e_forecast_window_s": round(issue[0]["e2e_s"], 3) if issue else None,
+            "model_load_forecast_window_s": round(issue[0]["model_load_s"], 3) if issue else None,
+            "steps_median_s": {k: _median([r[k] for r in rows if k in r])
+                               for k in sorted({k for r in rows for k in r if k.startswith("step_")})},
+            "windows_done": len(rows),
+            "per_window": [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()} for r in rows],
+            "targets": {"e2e_s": 15.0, "compute_s": 1.0},
+            "workload": {
+                "symbols": n_symbols, "windows": n_windows, "history_sessions": n_history,
+                "bars_seeded": seeded, "lookback_bars": warmup_bars(), "cadence_s": cadence_s,
+                "sensor_interval_s": interval_s, "lateness_s": 0.0,
+                "instance": "sqlite, consolidated event log, DefaultRunCoordinator + DefaultRunLauncher",
+                "run_process": "fresh process per run via a dagster api grpc code server",
+                "forecaster": "issue every 15 min; model " + os.environ.get("FEYNMAN_CHRONOS_MODEL",
+                                                                           "amazon/chronos-bolt-tiny (fallback offline)"),
+            },
+        }]
+    finally:
+        if launcher is not None:
+            launcher.close()
+        if hot is not None:
+            hot.embedded().stop()
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        import shutil
+
+        shutil.rmtree(work_dir, ignore_errors=True)

@@ -1,0 +1,323 @@
+"""End to end: simulated live stream -> Redis -> microbatch_sensor -> microbatch runs -> warehouse and
+Redis, with a real Dagster instance (temporary DAGSTER_HOME), the real embedded Redis and an
+accelerated simulated clock over 14 one-minute windows.
+
+The oracle is one batch computation over the same ticks: ``ticks_to_bars`` on every tick (history
+plus streamed plus late), ``compute_features``, ``compute_physics``, forecasts at the same issue
+bars and ``make_signals``. The micro-batch results must equal it exactly, after a sensor restart
+from a stale cursor, a run that crashed half-way (before its entries were acknowledged), a
+stopped sensor catching up in order, and a late trade that re-runs its window.
+"""
+
+import json
+from datetime import date, datetime, timedelta
+
+import dagster as dg
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from assets.signals import GROSS_CAP, MAX_DRAWDOWN
+from orchestration.microbatch import microbatch_job, microbatch_resources
+from quant.bars import ticks_to_bars
+from quant.features import compute_features
+from quant.forecast_schedule import issue_points, split_series, stacked_histories
+from quant.physics import compute_physics
+from quant.portfolio import limit_over_time
+from quant.signals import make_signals, to_redis_message
+from quant.simulator import simulate_ticks
+from resources.alerts import AlertingResource
+from resources.forecaster import Forecaster
+from resources.hot_state import CHANNEL_SIGNALS, CHANNEL_STATE
+from resources.live import TickStreamWriter, replay_simulated, trade_fields
+from resources.market_data import session_windows
+from resources.models import ForecasterResource
+from sensors.microbatch import GROUP, TAG_KEY, TAG_WINDOW, MicrobatchSettings, build_microbatch_sensor
+
+SYMBOLS = ["AAA", "BBB"]
+SEED = 11
+HISTORY_DAY, LIVE_DAY = date(2024, 3, 5), date(2024, 3, 6)
+N_WINDOWS = 14
+LIVE_OFFSET = timedelta(minutes=88)  # stream from 15:58 UTC: AAA enters the Critical regime at 16:00
+ISSUE_EVERY = 5
+
+
+class Harness:
+    """Drives the sensor through ``build_sensor_context`` and executes what it requests."""
+
+    def __init__(self, instance, resources, settings, stream):
+        self.instance = instance
+        self.resources = resources
+        self.sensor = build_microbatch_sensor(settings=settings)
+        self.sensor_resources = {k: resources[k] for k in ("hot_state", "warehouse", "alerting")}
+        self.stream = stream
+        self.cursor = None
+        self.requested: list[str] = []
+
+    def evaluate(self, cursor=None):
+        context = dg.build_sensor_context(instance=self.instance, cursor=cursor, resources=self.sensor_resources)
+        result = self.sensor(context)
+        return list(result.run_requests or []), result.cursor
+
+    def tick(self, execute=True):
+        requests, self.cursor = self.evaluate(self.cursor)
+        self.requested += [r.run_key for r in requests]
+        if execute:
+            for request in requests:
+                self.execute(request)
+        return requests
+
+    def execute(self, request):
+        return microbatch_job.execute_in_process(
+            run_config=request.run_config, instance=self.instance, resources=self.resources,
+            tags={**request.tags, "dagster/run_key": request.run_key}, raise_on_error=False)
+
+
+@pytest.fixture()
+def live_setup(tmp_path, warehouse, embedded_redis):
+    client = embedded_redis.client()
+    stream = f"ticks_e2e_{tmp_path.name}"
+    client.delete(stream)
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    # one event-log database for all runs: a new per-run sqlite file costs ~1.3 s per run here
+    (home / "dagster.yaml").write_text(
+        "telemetry:\n  enabled: false\nevent_log_storage:\n  module: dagster._core.storage.event_log\n"
+        f"  class: ConsolidatedSqliteEventLogStorage\n  config:\n    base_dir: {home / 'history'}\n")
+    instance = dg.DagsterInstance.local_temp(str(home))
+    resources = {
+        "warehouse": warehouse,
+        "hot_state": embedded_redis,
+        "alerting": AlertingResource(),
+        # a zero latency budget: every forecast issue must raise a forecast_latency alert
+        "forecaster": ForecasterResource(model=str(tmp_path / "no-chronos-here"), issue_every_minutes=ISSUE_EVERY,
+                                         latency_budget_ms_per_series=0.0),
+        **microbatch_resources(),
+    }
+    settings = MicrobatchSettings(stream=stream, lateness_s=0.0, idle_close_s=1e9, no_data_alert_s=0,
+                                  max_runs_per_tick=2)
+    yield instance, resources, settings, stream
+    client.delete(stream)
+    instance.dispose()
+
+
+def _history(warehouse, live_open):
+    """The previous session and the live session up to ``live_open``, written by the batch path."""
+    open_, close = session_windows(HISTORY_DAY)[0]
+    ticks = simulate_ticks(SYMBOLS, [(open_, close)], seed=SEED)
+    warehouse.replace_window("bars_1m", ticks_to_bars(ticks), start=open_, end=close)
+    live_session = session_windows(LIVE_DAY)[0]
+    before = simulate_ticks(SYMBOLS, [live_session], seed=SEED).filter(pl.col("ts") < live_open)
+    warehouse.replace_window("bars_1m", ticks_to_bars(before), start=live_session[0], end=live_open)
+    return pl.concat([ticks, before])
+
+
+def _batch_oracle(all_ticks: pl.DataFrame, start: datetime, end: datetime):
+    ticks = all_ticks.filter(pl.col("ts") < end).sort(["symbol", "ts"], maintain_order=True)
+    bars = ticks_to_bars(ticks)
+    features = compute_features(bars)
+    physics = compute_physics(features)
+    issues = issue_points(bars, ISSUE_EVERY, start, end)
+    report = Forecaster(model="/nonexistent/chronos").forecast_report(
+        stacked_histories(bars, issues, 512).drop("symbol").rename({"series": "symbol"}), horizon=10,
+        context_length=512)
+    forecasts = split_series(report.frame)
+    # as the daily signals asset: one pass of the portfolio limits over the day's signals
+    limited = limit_over_time(make_signals(forecasts, physics, None, step="1m"), bars.select("symbol", "ts", "close"),
+                              gross_cap=GROSS_CAP, max_drawdown=MAX_DRAWDOWN)
+    signals = limited.with_columns(
+        pl.when(pl.col("limited_by").fill_null("") != "")
+        .then(pl.col("reason") + pl.lit("; limited by ") + pl.col("limited_by")).otherwise(pl.col("reason")),
+        pl.when(pl.col("size").abs() < 1e-12).then(pl.lit("HOLD")).otherwise(pl.col("side")).alias("side"),
+    ).with_columns(pl.col(pl.Float64).fill_nan(None))
+
+    def window(frame, column="ts"):
+        return frame.filter((pl.col(column) >= start) & (pl.col(column) < end)).sort("symbol", column)
+
+    return {"ticks": window(ticks), "bars_1m": window(bars), "features": window(features),
+            "physics_states": window(physics), "forecasts": window(forecasts, "issue_ts"),
+            "signals": window(signals), "all_physics": physics}
+
+
+def _stored(warehouse, table, start, end, sort=("symbol", "ts")):
+    frame = warehouse.read_window(table, start, end, order_by_symbol_ts=False)
+    return frame.sort(list(sort), maintain_order=True)
+
+
+def test_stream_microbatches_equal_one_batch_computation(live_setup, warehouse, embedded_redis, monkeypatch):
+    instance, resources, settings, stream = live_setup
+    client = embedded_redis.client()
+    harness = Harness(instance, resources, settings, stream)
+    session = session_windows(LIVE_DAY)[0]
+    live_open = session[0] + LIVE_OFFSET
+    history = _history(warehouse, live_open)
+    messages = client.pubsub(ignore_subscribe_messages=True)
+    messages.subscribe(CHANNEL_SIGNALS, CHANNEL_STATE)
+
+    # accelerated clock: 60 simulated seconds per wall second, driven by a fake clock; the producer's
+    # "sleep" is where the platform acts: every simulated minute the sensor evaluates and runs execute
+    fake = {"t": 0.0, "polls": 0}
+    plan: dict[int, str] = {}  # poll number -> scenario step
+
+    def crash_physics(*_args, **_kwargs):
+        raise RuntimeError("injected crash after ticks and bars were written")
+
+    def sleep(seconds):
+        fake["t"] += seconds
+        fake["polls"] += 1
+        step = plan.get(fake["polls"], "tick")
+        if step == "tick":
+            harness.tick()
+        elif step == "stopped":
+            pass  # the sensor is not running: entries pile up in the stream
+        elif step == "crash_sensor":
+            # the sensor reads and stages entries, then dies before Dagster stores its cursor
+            stale = harness.cursor
+            requests, _lost_cursor = harness.evaluate(stale)
+            assert requests, "the crashed evaluation had a window to request"
+            harness.cursor = stale
+        elif step == "crash_run":
+            requests = harness.tick(execute=False)
+            assert requests
+            import orchestration.microbatch as mb
+
+            with monkeypatch.context() as patch:
+                patch.setattr(mb, "compute_physics", crash_physics)
+                assert not harness.execute(requests[0]).success
+            crashed.append(requests[0].run_key)
+            for request in requests[1:]:
+                harness.execute(request)
+            assert client.xpending(stream, GROUP)["pending"] > 0, "a crashed window's entries must stay pending"
+        elif step == "catch_up":
+            requests = harness.tick()
+            catch_up.append([r.run_key for r in requests])
+
+    # one poll = 30 simulated seconds; the sensor sees trades up to 30 * (poll - 1) s after the open,
+    # so window k closes at poll 2k + 4
+    crashed: list[str] = []
+    catch_up: list[list[str]] = []
+    plan.update({6: "crash_sensor", 10: "crash_run"})
+    plan.update({p: "stopped" for p in range(13, 19)})
+    plan.update({p: "catch_up" for p in range(19, 22)})
+    writer = TickStreamWriter(client, stream=stream)
+    report = replay_simulated(writer, SYMBOLS, session, start=live_open, speed=60, poll_s=0.5, seed=SEED,
+                              duration_s=N_WINDOWS + 0.75, clock=lambda: fake["t"], sleep=sleep)
+    assert report.trades_sent > 0 and crashed
+
+    # after three stopped minutes the missed windows come oldest first, max_runs_per_tick per evaluation
+    assert len(catch_up[0]) == settings.max_runs_per_tick
+    caught = [datetime.fromisoformat(k) for keys in catch_up for k in keys]
+    assert caught == sorted(caught) and len(caught) >= 3
+    assert all(b - a == timedelta(minutes=1) for a, b in zip(caught, caught[1:]))
+
+    # a late trade for a window that already ran re-runs that window
+    late_window = live_open + timedelta(minutes=5)
+    late_ts = late_window + timedelta(seconds=41, microseconds=123)
+    late = {"symbol": "AAA", "ts": late_ts, "price": 123.45, "size": 777.0, "side": "buy"}
+    client.xadd(stream, trade_fields("AAA", int(late_ts.timestamp() * 1e6), 123.45, 777.0, "buy"))
+    for _ in range(6):
+        harness.tick()
+    late_key = [k for k in harness.requested if k.startswith(late_window.isoformat()) and "#r" in k]
+    assert late_key, f"the late trade did not re-run its window: {harness.requested}"
+
+    # compare every window that ran with one batch computation over the same ticks
+    runs = instance.get_runs(filters=dg.RunsFilter(job_name="microbatch", statuses=[dg.DagsterRunStatus.SUCCESS]))
+    done_windows = sorted({datetime.fromisoformat(r.tags[TAG_WINDOW]) for r in runs})
+    assert len(done_windows) >= 10
+    assert done_windows == [live_open + timedelta(minutes=i) for i in range(len(done_windows))], "a window is missing"
+    end = done_windows[-1] + timedelta(minutes=1)
+    live_ticks = simulate_ticks(SYMBOLS, [session], seed=SEED).filter(pl.col("ts") >= live_open)
+    late_row = pl.DataFrame([late], schema=history.schema)
+    oracle = _batch_oracle(pl.concat([history, live_ticks, late_row]), live_open, end)
+
+    stored_ticks = warehouse.read_window("ticks", live_open, end)  # (symbol, ts, insertion order)
+    assert_frame_equal(stored_ticks, oracle["ticks"], check_exact=True)
+    assert_frame_equal(_stored(warehouse, "bars_1m", live_open, end), oracle["bars_1m"], check_exact=True)
+    stored_features = _stored(warehouse, "features", live_open, end)
+    assert_frame_equal(stored_features, oracle["features"].select(stored_features.columns), check_exact=True)
+    assert_frame_equal(_stored(warehouse, "physics_states", live_open, end), oracle["physics_states"],
+                       check_exact=True)
+    stored_forecasts = _stored(warehouse, "forecasts", live_open, end, sort=("symbol", "issue_ts", "horizon_step"))
+    assert oracle["forecasts"].height > 0
+    # the model label carries the fallback reason, which names the (different) missing model paths
+    assert stored_forecasts["model"].str.starts_with("fallback:").all()
+    assert_frame_equal(stored_forecasts.drop("ts", "model"),
+                       oracle["forecasts"].sort("symbol", "issue_ts", "horizon_step").drop("model"), check_exact=True)
+    stored_signals = _stored(warehouse, "signals", live_open, end)
+    assert oracle["signals"].height > 0
+    assert_frame_equal(stored_signals.drop("model"), oracle["signals"].drop("model"), check_exact=True)
+    assert warehouse.query("SELECT count(*) AS n FROM quarantine")["n"][0] == 0
+
+    # one critical_regime alert per entry into the Critical regime (alpha < 2), re-runs included
+    entries = oracle["all_physics"].sort("symbol", "ts").filter(
+        (pl.col("regime") == "Critical") & (pl.col("regime").shift(1).over("symbol") != "Critical")
+        & (pl.col("ts") >= live_open) & (pl.col("ts") < end))
+    alerts = warehouse.query("SELECT symbol, details FROM alerts WHERE kind = 'critical_regime'")
+    assert entries.height >= 1
+    slow = warehouse.query("SELECT details FROM alerts WHERE kind = 'forecast_latency'")["details"].to_list()
+    issue_windows = oracle["forecasts"]["issue_ts"].unique().len()
+    assert len(slow) >= issue_windows and all(json.loads(d)["latency_ms"] > 0 for d in slow)
+    assert sorted((a["symbol"], json.loads(a["details"])["ts"]) for a in alerts.iter_rows(named=True)) == sorted(
+        (r["symbol"], r["ts"].isoformat()) for r in entries.iter_rows(named=True))
+
+    # nothing lost, nothing duplicated, everything processed acknowledged
+    staged = warehouse.query("SELECT entry_id, window_start FROM staged_ticks WHERE window_start < ?", [end])
+    assert staged["entry_id"].n_unique() == staged.height == oracle["ticks"].height
+    pending = client.xpending_range(stream, GROUP, min="-", max="+", count=100_000)
+    pending_ids = {p["message_id"].decode() for p in pending}
+    assert not pending_ids & set(staged["entry_id"].to_list()), "entries of finished windows are still pending"
+    keys = [r.tags[TAG_KEY] for r in instance.get_runs(filters=dg.RunsFilter(job_name="microbatch"))]
+    assert len(keys) == len(set(keys))
+
+    # hot state and pub/sub carry the newest state and the newest signal of each symbol
+    last = oracle["physics_states"].sort("ts").group_by("symbol").last().sort("symbol")
+    for row in last.iter_rows(named=True):
+        state = embedded_redis.get_state(row["symbol"])
+        assert state["ts"] == row["ts"].isoformat() and state["alpha"] == pytest.approx(row["alpha"], rel=1e-12)
+    for row in oracle["signals"].sort("ts").group_by("symbol").last().iter_rows(named=True):
+        stored = json.loads(client.get(f"signals:last:{row['symbol']}"))
+        assert stored == json.loads(to_redis_message(row))
+    received = {"signals": 0, "state_update": 0}
+    idle = 0
+    while idle < 3:  # subscribe confirmations also read as None: stop after a few empty polls
+        message = messages.get_message(timeout=0.05)
+        idle = idle + 1 if message is None else 0
+        if message is not None:
+            received[message["channel"].decode()] += 1
+    messages.close()
+    assert received["signals"] >= len(SYMBOLS) and received["state_update"] > 0
+
+
+def test_lost_cursor_and_bad_entries(live_setup, warehouse, embedded_redis):
+    """A sensor that lost its cursor re-reads its pending entries: windows whose run succeeded are
+    acknowledged, not re-run; a requested run that never launched is requested again. Malformed
+    entries are quarantined with a reason (by the sensor when they have no usable time, by the run
+    otherwise) and acknowledged, never silently dropped."""
+    instance, resources, settings, stream = live_setup
+    client = embedded_redis.client()
+    harness = Harness(instance, resources, settings, stream)
+    session = session_windows(LIVE_DAY)[0]
+    w0 = session[0] + timedelta(minutes=60)
+    ticks = simulate_ticks(SYMBOLS, [session], seed=SEED).sort("ts", maintain_order=True).filter(
+        (pl.col("ts") >= w0) & (pl.col("ts") < w0 + timedelta(minutes=2, seconds=30)))
+    TickStreamWriter(client, stream=stream).add_ticks(ticks)
+    bad_time = trade_fields("AAA", 0, 10.0, 5.0)
+    bad_time["ts_us"] = "yesterday"
+    client.xadd(stream, bad_time)
+    client.xadd(stream, trade_fields("BBB", int((w0 + timedelta(seconds=7)).timestamp() * 1e6), -1.0, 5.0))
+
+    requests, cursor = harness.evaluate(None)
+    assert [r.tags[TAG_WINDOW] for r in requests] == [w0.isoformat(), (w0 + timedelta(minutes=1)).isoformat()]
+    assert harness.execute(requests[0]).success  # the second request is lost with the daemon
+    pending_before = client.xpending(stream, GROUP)["pending"]
+
+    requests, _ = harness.evaluate(None)  # cursor lost
+    assert [r.run_key for r in requests] == [(w0 + timedelta(minutes=1)).isoformat()]
+    in_w0 = ticks.filter(pl.col("ts") < w0 + timedelta(minutes=1)).height
+    assert client.xpending(stream, GROUP)["pending"] == pending_before - in_w0 - 1  # w0 and its bad price
+
+    quarantined = warehouse.query("SELECT rule, partition_key, symbol FROM quarantine ORDER BY rule")
+    assert quarantined.rows() == [("price_not_positive", f"window:{w0.isoformat()}", "BBB"),
+                                  ("unparseable_ts", "stream", "AAA")]
+    stored = warehouse.read_window("ticks", w0, w0 + timedelta(minutes=1))
+    assert stored.height == in_w0 and (stored["price"] > 0).all()
