@@ -21,8 +21,8 @@ from resources.market_data import MarketDataResource, day_bounds
 from resources.warehouse import WRITER_POOL, WarehouseResource
 
 BARS_KEY = dg.AssetKey(["duckdb", "bars_1m"])
-BAR_CHECKS = [GE_CHECK, "duplicate_keys", "timestamps_increasing", "large_one_minute_moves", "volume_spikes",
-              "session_gaps", "stale_data"]
+BAR_CHECKS = [GE_CHECK, "duplicate_keys", "timestamps_increasing", "large_one_minute_moves", "gap_jumps",
+              "isolated_outliers", "volume_spikes", "session_gaps", "stale_data"]
 
 
 @dg.asset(
@@ -63,8 +63,10 @@ def bars_1m(context: dg.AssetExecutionContext, market_data: MarketDataResource,
     stored = warehouse.read_window("bars_1m", start, end, symbols)
     if not stored.height:
         stored = pl.DataFrame(schema=BAR_SCHEMA)
+    previous = warehouse.read_with_lookback("bars_1m", start, start, symbols, 1)
     outcomes = [run_ge_suite("bars_1m", stored),
-                *bar_rules(stored, market_data.sessions(day), symbols, now=datetime.now(timezone.utc))]
+                *bar_rules(stored, market_data.sessions(day), symbols, now=datetime.now(timezone.utc),
+                           previous=previous)]
     store_outcomes(warehouse, "bars_1m", context.partition_key, outcomes, context.run.run_id)
     return dg.MaterializeResult(
         metadata={

@@ -68,6 +68,37 @@ def large_moves(bars: pl.DataFrame, threshold: float = 0.10, max_gap: timedelta 
                        _examples(moves, ["symbol", "ts", "close", "move"]))
 
 
+def gap_jumps(bars: pl.DataFrame, threshold: float = 0.10, min_gap: timedelta = timedelta(minutes=1),
+              since: datetime | None = None) -> RuleOutcome:
+    """Close-to-close moves larger than ``threshold`` across a gap longer than ``min_gap``
+    (overnight jumps: splits, ticker reuse, stitched histories). Pass the previous bar of each
+    symbol along with the day so a jump at the open is seen; only rows at or after ``since`` are flagged."""
+    moves = bars.with_columns(
+        (pl.col("close") / pl.col("close").shift(1).over("symbol") - 1).alias("move"),
+        (pl.col("ts") - pl.col("ts").shift(1).over("symbol")).alias("gap"),
+    ).filter((pl.col("gap") > min_gap) & (pl.col("move").abs() > threshold))
+    if since is not None:
+        moves = moves.filter(pl.col("ts") >= since)
+    return RuleOutcome("gap_jumps", WARN, moves.height,
+                       f"moves larger than {threshold:.0%} across a gap (splits, ticker changes, stale history)",
+                       _examples(moves.with_columns(pl.col("gap").dt.total_minutes().alias("gap_minutes")),
+                                 ["symbol", "ts", "close", "move", "gap_minutes"]))
+
+
+def isolated_outliers(bars: pl.DataFrame, threshold: float = 0.04) -> RuleOutcome:
+    """Bars whose close is more than ``threshold`` away from both neighbouring closes, in opposite
+    directions (single bad prints). Uses the next bar: a quality flag on stored data, not a feature."""
+    prev_move = pl.col("close") / pl.col("close").shift(1).over("symbol") - 1
+    next_move = pl.col("close").shift(-1).over("symbol") / pl.col("close") - 1
+    flagged = bars.with_columns(prev_move.alias("from_prev"), next_move.alias("to_next")).filter(
+        (pl.col("from_prev").abs() > threshold) & (pl.col("to_next").abs() > threshold)
+        & (pl.col("from_prev").sign() != pl.col("to_next").sign())
+    )
+    return RuleOutcome("isolated_outliers", WARN, flagged.height,
+                       f"single bars more than {threshold:.0%} away from both neighbours",
+                       _examples(flagged, ["symbol", "ts", "close", "from_prev", "to_next"]))
+
+
 def volume_spikes(bars: pl.DataFrame, n_sigma: float = 3.0) -> RuleOutcome:
     """Bars whose volume exceeds the symbol's mean by more than ``n_sigma`` standard deviations (same frame)."""
     flagged = bars.with_columns(
@@ -139,12 +170,18 @@ def off_market_prints(ticks: pl.DataFrame, window: int = 101, threshold: float =
 
 
 def bar_rules(bars: pl.DataFrame, sessions: list[tuple[datetime, datetime]], symbols: list[str],
-              now: datetime) -> list[RuleOutcome]:
-    """All domain rules for one day of bars sorted by (symbol, ts)."""
+              now: datetime, previous: pl.DataFrame | None = None) -> list[RuleOutcome]:
+    """All domain rules for one day of bars sorted by (symbol, ts); ``previous`` holds the last bar
+    of each symbol before the day, so jumps at the open are seen (only the day's rows are flagged)."""
+    with_prev = pl.concat([previous, bars], how="diagonal_relaxed").sort("symbol", "ts") \
+        if previous is not None and previous.height and bars.height else bars
+    jumps = gap_jumps(with_prev, since=bars["ts"].min() if bars.height else None)
     return [
         duplicate_keys(bars),
         timestamps_increasing(bars),
         large_moves(bars),
+        jumps,
+        isolated_outliers(bars),
         volume_spikes(bars),
         session_gaps(bars, sessions),
         stale_data(bars, sessions, symbols, now),
