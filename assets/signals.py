@@ -1,5 +1,8 @@
 """``signals``: forecast + physics regime + outcomes of similar past states -> side, size, reasoning."""
 
+from datetime import timedelta
+from typing import Any
+
 import dagster as dg
 import numpy as np
 import polars as pl
@@ -23,24 +26,58 @@ GROSS_CAP = 1.0
 MAX_DRAWDOWN = 0.15
 
 
-def similar_outcomes(states: pl.DataFrame, vector_store: VectorStoreResource, embedder: EmbedderResource,
-                     closes: pl.DataFrame) -> pl.DataFrame:
-    """Per state (symbol, ts): mean realised return, ups and count of its k nearest *past* states."""
+def similar_outcomes(states: pl.DataFrame, vector_store: Any, embedder: Any, closes: pl.DataFrame) -> pl.DataFrame:
+    """Per state (symbol, ts): mean realised return, ups and count of its k nearest *past* states.
+
+    Each lookup gets only the closes it can read (the matched symbols from the first match's ts to
+    the last one's plus the horizon): handing the whole look-back to every lookup cost ~0.13 s per
+    state. ``quant.retrieval.attach_outcomes`` keeps outcomes not yet realised at ``ts`` out."""
+    from quant.retrieval import attach_outcomes
+
+    schema = {"symbol": pl.Utf8, "ts": pl.Datetime("us", "UTC"), "mean_return": pl.Float64, "n_up": pl.Int64,
+              "n": pl.Int64}
     valid, _ = split_valid_states(states)
     if not valid.height:
-        return pl.DataFrame(schema={"symbol": pl.Utf8, "ts": pl.Datetime("us", "UTC"), "mean_return": pl.Float64,
-                                    "n_up": pl.Int64, "n": pl.Int64})
+        return pl.DataFrame(schema=schema)
+    horizon = embedder.outcome_horizon_minutes
+    column = f"fwd_return_{horizon}m"
+    by_symbol = closes.select("symbol", "ts", "close").sort("symbol", "ts").partition_by("symbol", as_dict=True)
     vectors = embedder.embedder().embed(state_texts(valid))
-    column = f"fwd_return_{embedder.outcome_horizon_minutes}m"
     rows = []
     for (symbol, ts), vector in zip(valid.select("symbol", "ts").iter_rows(), vectors):
         matches = vector_store.similar_states(np.asarray(vector), before=ts, k=embedder.k_similar,
-                                              horizon_minutes=embedder.outcome_horizon_minutes, closes=closes)
-        known = matches.filter(pl.col("outcome_status") == "ok")[column] if matches.height else pl.Series([], dtype=pl.Float64)
+                                              horizon_minutes=horizon)
+        known = pl.Series([], dtype=pl.Float64)
+        if matches.height:
+            low, high = matches["ts"].min(), matches["ts"].max() + timedelta(minutes=horizon)
+            parts = [by_symbol[(s,)].filter(pl.col("ts").is_between(low, high))
+                     for s in matches["symbol"].unique().to_list() if (s,) in by_symbol]
+            window = pl.concat(parts) if parts else closes.clear().select("symbol", "ts", "close")
+            matches = attach_outcomes(matches, window, horizon, ts)
+            known = matches.filter(pl.col("outcome_status") == "ok")[column]
         rows.append({"symbol": symbol, "ts": ts, "mean_return": known.mean() if known.len() else None,
                      "n_up": int((known > 0).sum()), "n": known.len()})
-    return pl.DataFrame(rows, schema={"symbol": pl.Utf8, "ts": pl.Datetime("us", "UTC"), "mean_return": pl.Float64,
-                                      "n_up": pl.Int64, "n": pl.Int64})
+    return pl.DataFrame(rows, schema=schema)
+
+
+
+def finalize_signals(raw: pl.DataFrame, earlier: pl.DataFrame, closes: pl.DataFrame) -> pl.DataFrame:
+    """Portfolio step shared by the daily asset and the micro-batch: ``raw`` (make_signals rows)
+    joins the day's earlier target sizes (``earlier``: symbol, ts, size) so the paper book
+    and its drawdown follow the same path as one pass over the day; only ``raw``'s rows come back,
+    with sizes limited and the reason saying by what."""
+    if not raw.height:
+        return raw
+    path = pl.concat([earlier.select("symbol", "ts", "size"), raw], how="diagonal_relaxed") if earlier.height else raw
+    limited = limit_over_time(path, closes, gross_cap=GROSS_CAP, max_drawdown=MAX_DRAWDOWN)
+    limited = limited.join(raw.select("symbol", "ts"), on=["symbol", "ts"], how="semi")
+    return limited.with_columns(
+        pl.when(pl.col("limited_by").fill_null("") != "")
+        .then(pl.col("reason") + pl.lit("; limited by ") + pl.col("limited_by"))
+        .otherwise(pl.col("reason")).alias("reason"),
+        pl.when(pl.col("size").abs() < 1e-12).then(pl.lit("HOLD")).otherwise(pl.col("side")).alias("side"),
+    ).with_columns(pl.col(pl.Float64).fill_nan(None)).sort("symbol", "ts")
+
 
 
 @dg.asset(
@@ -74,13 +111,7 @@ def signals(context: dg.AssetExecutionContext, market_data: MarketDataResource, 
                                 on=["symbol", "ts"], how="inner")
     outcomes = similar_outcomes(issue_states, vector_store, embedder, closes)
     raw = make_signals(forecasts.drop("ts"), physics, outcomes, step="1m")
-    limited = limit_over_time(raw, closes, gross_cap=GROSS_CAP, max_drawdown=MAX_DRAWDOWN)
-    final = limited.with_columns(
-        pl.when(pl.col("limited_by").fill_null("") != "")
-        .then(pl.col("reason") + pl.lit("; limited by ") + pl.col("limited_by"))
-        .otherwise(pl.col("reason")).alias("reason"),
-        pl.when(pl.col("size").abs() < 1e-12).then(pl.lit("HOLD")).otherwise(pl.col("side")).alias("side"),
-    ).with_columns(pl.col(pl.Float64).fill_nan(None))  # unknown is null in the warehouse, never NaN
+    final = finalize_signals(raw, raw.clear(), closes)
     warehouse.write_window("signals", final, start=start, end=end, symbols=symbols)
 
     latest = final.sort("ts").group_by("symbol", maintain_order=True).last()

@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     restore_vectors = sub.add_parser("restore-vectors", help="bring back a version of the LanceDB state table")
     restore_vectors.add_argument("--version", type=_positive_int, required=True)
 
+    from orchestration.live_cli import add_live_parser
+
+    add_live_parser(sub)
     sub.add_parser("redis-stop", help="stop the embedded Redis server")
     sub.add_parser("rebuild-hot-state", help="rebuild the Redis physics:state keys from the warehouse")
     return parser
@@ -197,6 +200,12 @@ def _cmd_restore_vectors(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_live(args: argparse.Namespace) -> int:
+    from orchestration.live_cli import cmd_live
+
+    return cmd_live(args)
+
+
 def _cmd_redis_stop(args: argparse.Namespace) -> int:
     from orchestration.resources import build_resources
 
@@ -218,7 +227,7 @@ def _cmd_rebuild_hot_state(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": _cmd_run, "backtest": _cmd_backtest, "archive": _cmd_archive, "restore": _cmd_restore,
-            "backup": _cmd_backup, "restore-vectors": _cmd_restore_vectors, "restore-backup": _cmd_restore_backup, "ingest": _cmd_ingest, "bench": _cmd_bench, "redis-stop": _cmd_redis_stop,
+            "backup": _cmd_backup, "live": _cmd_live, "restore-vectors": _cmd_restore_vectors, "restore-backup": _cmd_restore_backup, "ingest": _cmd_ingest, "bench": _cmd_bench, "redis-stop": _cmd_redis_stop,
             "rebuild-hot-state": _cmd_rebuild_hot_state}
 
 

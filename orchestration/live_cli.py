@@ -16,24 +16,22 @@ import os
 import threading
 from collections.abc import Callable
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
-from resources.hot_state import TICK_STREAM, HotStateResource
-from resources.live import (
-    STREAM_MAXLEN,
-    AlpacaTradeStream,
-    LiveReport,
-    LiveSourceError,
-    TickStreamWriter,
-    replay_simulated,
-)
-from resources.market_data import DEFAULT_SYMBOLS, recent_sessions, session_windows
 from resources.paths import env_or
 
+if TYPE_CHECKING:
+    from resources.hot_state import HotStateResource
+    from resources.live import LiveReport
+
 LIVE_SOURCES = ("sim", "alpaca")
+TICK_STREAM = "ticks"  # resources.hot_state.TICK_STREAM, without importing Dagster to parse arguments
 
 
 def _symbols(symbols: list[str] | str | None) -> list[str]:
     from quant.schema import is_valid_symbol
+    from resources.live import LiveSourceError
+    from resources.market_data import DEFAULT_SYMBOLS
 
     if symbols is None:
         symbols = env_or("FEYNMAN_SYMBOLS", DEFAULT_SYMBOLS)
@@ -47,6 +45,8 @@ def _symbols(symbols: list[str] | str | None) -> list[str]:
 
 
 def _parse_start(start: datetime | str | None) -> datetime | None:
+    from resources.live import LiveSourceError
+
     if start is None or isinstance(start, datetime):
         return start
     try:
@@ -62,6 +62,9 @@ def pick_session(start: datetime | None, speed: float, now: datetime | None = No
                  calendar: str = "XNYS") -> tuple[tuple[datetime, datetime], datetime]:
     """(session, start) to replay: the one holding ``start``; else the session in progress from now
     when playing in real time; else the most recent completed session from its open."""
+    from resources.live import LiveSourceError
+    from resources.market_data import recent_sessions, session_windows
+
     now = now or datetime.now(timezone.utc)
     if start is not None:
         for session in session_windows(start.date(), calendar):
@@ -89,17 +92,19 @@ def run_live(
     seed: int | None = None,
     start: datetime | str | None = None,
     stream: str = TICK_STREAM,
-    maxlen: int = STREAM_MAXLEN,
-    hot_state: HotStateResource | None = None,
+    maxlen: int | None = None,
+    hot_state: "HotStateResource | None" = None,
     url: str | None = None,
     feed: str | None = None,
     stop: threading.Event | None = None,
     emit: Callable[[str], None] = print,
     min_backoff_s: float = 1.0,
     max_backoff_s: float = 30.0,
-) -> LiveReport:
+) -> "LiveReport":
     """Stream trades from ``source`` ("sim" or "alpaca") into the Redis stream until ``duration``
     wall seconds passed (None: until the session ends / Ctrl-C) or ``stop`` is set."""
+    from resources.live import STREAM_MAXLEN, AlpacaTradeStream, LiveSourceError, TickStreamWriter, replay_simulated
+
     if source not in LIVE_SOURCES:
         raise LiveSourceError(f"unknown live source {source!r}; expected one of {', '.join(LIVE_SOURCES)}")
     if duration is not None and duration <= 0:
@@ -109,7 +114,7 @@ def run_live(
         from orchestration.resources import build_resources
 
         hot_state = build_resources()["hot_state"]
-    writer = TickStreamWriter(hot_state.client(), stream=stream, maxlen=maxlen)
+    writer = TickStreamWriter(hot_state.client(), stream=stream, maxlen=maxlen or STREAM_MAXLEN)
     if source == "sim":
         seed = int(env_or("FEYNMAN_SEED", "42")) if seed is None else seed
         session, begin = pick_session(_parse_start(start), speed)

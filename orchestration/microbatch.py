@@ -49,7 +49,10 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Iterator
 
 import dagster as dg
+
+from assets.signals import finalize_signals, similar_outcomes  # noqa: E402
 import duckdb
+import numpy as np
 import polars as pl
 from pydantic import Field, PrivateAttr
 
@@ -420,7 +423,6 @@ def lancedb_embed_window(context: dg.OpExecutionContext, work: WindowWork,
     resources ``vector_store`` and ``embedder`` (``LANCEDB_EMBED_KEYS``); the embedding model loads
     (once per process) only when there is a state to embed or an issue to look up."""
     from assets.embeddings import STATE_COLUMNS, forecast_summary
-    from assets.signals import similar_outcomes
     from quant.state_text import select_embedding_rows, split_valid_states, state_texts
     from resources.vector_store import embedding_rows
 
@@ -459,27 +461,6 @@ def _embeddings_op(embed_window: EmbedHook | None, resource_keys: frozenset[str]
         return embed_window(context, work, forecasts)
 
     return window_embeddings
-
-
-def finalize_signals(raw: pl.DataFrame, earlier: pl.DataFrame, closes: pl.DataFrame) -> pl.DataFrame:
-    """The daily ``signals`` asset's portfolio step for a window: ``raw`` (make_signals rows of the
-    range) joins the day's earlier target sizes (``earlier``: symbol, ts, size) so the paper book
-    and its drawdown follow the same path as one pass over the day; only ``raw``'s rows come back,
-    with sizes limited and the reason saying by what."""
-    from assets.signals import GROSS_CAP, MAX_DRAWDOWN
-    from quant.portfolio import limit_over_time
-
-    if not raw.height:
-        return raw
-    path = pl.concat([earlier.select("symbol", "ts", "size"), raw], how="diagonal_relaxed") if earlier.height else raw
-    limited = limit_over_time(path, closes, gross_cap=GROSS_CAP, max_drawdown=MAX_DRAWDOWN)
-    limited = limited.join(raw.select("symbol", "ts"), on=["symbol", "ts"], how="semi")
-    return limited.with_columns(
-        pl.when(pl.col("limited_by").fill_null("") != "")
-        .then(pl.col("reason") + pl.lit("; limited by ") + pl.col("limited_by"))
-        .otherwise(pl.col("reason")).alias("reason"),
-        pl.when(pl.col("size").abs() < 1e-12).then(pl.lit("HOLD")).otherwise(pl.col("side")).alias("side"),
-    ).with_columns(pl.col(pl.Float64).fill_nan(None)).sort("symbol", "ts")
 
 
 def _earlier_targets(warehouse: WarehouseResource, work: WindowWork) -> pl.DataFrame:

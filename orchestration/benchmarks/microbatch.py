@@ -1,11 +1,13 @@
 """Benchmark: a window's close to its ``microbatch`` run's success, through a real Dagster instance.
 
 Workload (full): 100 simulated symbols; a warm history of 11 sessions plus the live session's
-first minutes in ``bars_1m`` (>= ``warmup_bars()`` = 4,320 bars per symbol, so every run reads
-its full look-back); then 6 live one-minute windows (14:41-14:46 UTC, one of them a 15-minute
-forecast issue) streamed by the simulator producer into the real embedded Redis on an
-accelerated clock (one simulated minute every ``cadence_s`` = 20 wall seconds).
-``quick=True``: 10 symbols, 1 session of history, 2 windows, cadence 12 s.
+first 11 minutes in ``bars_1m`` (>= ``warmup_bars()`` = 4,320 bars per symbol, so every run reads
+its full look-back); then 6 live one-minute windows (the session's minutes 11-16, one of them a
+15-minute forecast issue and embedding bucket) streamed by the simulator producer into the real
+embedded Redis on an accelerated clock (one simulated minute every ``cadence_s`` = 20 wall s).
+The job is wired with the LanceDB embedding hook (as recommended for the code location); the
+vector store starts empty, so similar-state lookups run but find nothing.
+``quick=True``: 10 symbols, 1 session of history, 2 windows, cadence 8 s.
 
 Path measured, as the Dagster daemon runs it: the micro-batch sensor's work
 (``MicrobatchCoordinator.tick``) is evaluated every ``interval_s`` = 5 s (its
@@ -39,19 +41,25 @@ NAME = "microbatch"
 
 
 def _bench_defs() -> dg.Definitions:
-    """The code location the benchmark's runs load (stores from the environment the benchmark sets)."""
-    from orchestration.microbatch import microbatch_job, microbatch_resources
+    """The code location the benchmark's runs load (stores from the environment the benchmark sets),
+    with the job wired as recommended for the platform: LanceDB embeddings and similar states on."""
+    from orchestration.microbatch import LANCEDB_EMBED_KEYS, build_microbatch_job, lancedb_embed_window, \
+        microbatch_resources
     from resources.alerts import AlertingResource
     from resources.hot_state import HotStateResource
-    from resources.models import ForecasterResource
-    from resources.paths import duckdb_path, env_or, redis_dir
+    from resources.models import EmbedderResource, ForecasterResource
+    from resources.paths import duckdb_path, env_or, lancedb_uri, redis_dir
+    from resources.vector_store import VectorStoreResource
     from resources.warehouse import WarehouseResource
 
-    return dg.Definitions(jobs=[microbatch_job], resources={
+    job = build_microbatch_job(embed_window=lancedb_embed_window, embed_resource_keys=LANCEDB_EMBED_KEYS)
+    return dg.Definitions(jobs=[job], resources={
         "warehouse": WarehouseResource(database=duckdb_path()),
         "hot_state": HotStateResource(embedded_dir=str(redis_dir())),
         "alerting": AlertingResource(),
         "forecaster": ForecasterResource(model=env_or("FEYNMAN_CHRONOS_MODEL", "amazon/chronos-bolt-tiny")),
+        "embedder": EmbedderResource(),
+        "vector_store": VectorStoreResource(uri=lancedb_uri()),
         **microbatch_resources(),
     })
 
@@ -145,7 +153,7 @@ def _median(values: list[float]) -> float | None:
 
 
 def run(quick: bool = False) -> list[dict[str, Any]]:
-    n_symbols, n_history, n_windows, cadence_s = (10, 1, 2, 12.0) if quick else (100, 11, 6, 20.0)
+    n_symbols, n_history, n_windows, cadence_s = (10, 1, 2, 8.0) if quick else (100, 11, 6, 20.0)
     interval_s = 5.0
     work_dir = Path(tempfile.mkdtemp(prefix="feynman-bench-microbatch-"))
     saved_env = {k: os.environ.get(k) for k in ("FEYNMAN_DATA_DIR", "DAGSTER_HOME", "FEYNMAN_MICROBATCH_LOCK")}
@@ -170,7 +178,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         live_day = date(2024, 3, 15)
         history_days = recent_sessions(n_history, end=live_day - timedelta(days=1))
         live_session = session_windows(live_day)[0]
-        first_window = live_session[0] + timedelta(minutes=11)  # 14:41 UTC: a :45 issue falls inside
+        first_window = live_session[0] + timedelta(minutes=11)  # opens at :30, so minute :45 is inside
         warehouse = WarehouseResource(database=duckdb_path())
         warehouse.ensure_schema()
         hot = HotStateResource(embedded_dir=str(redis_dir()))
@@ -257,6 +265,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
                 "run_process": "fresh process per run via a dagster api grpc code server",
                 "forecaster": "issue every 15 min; model " + os.environ.get("FEYNMAN_CHRONOS_MODEL",
                                                                            "amazon/chronos-bolt-tiny (fallback offline)"),
+                "embeddings": "LanceDB hook, MiniLM, every 15 min + regime changes",
             },
         }]
     finally:

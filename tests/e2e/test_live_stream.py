@@ -1,6 +1,7 @@
 """Live producers into the real embedded Redis: the simulator on a clock and alpaca-py's
 StockDataStream against a local websocket server speaking Alpaca's stream protocol."""
 
+import argparse
 import time
 from datetime import date, datetime, timedelta, timezone
 
@@ -8,7 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from orchestration.live_cli import pick_session, run_live
+from orchestration.live_cli import add_live_parser, pick_session, run_live
 from quant.simulator import simulate_ticks
 from resources.live import AlpacaTradeStream, LiveSourceError, TickStreamWriter, entries_frame, replay_simulated
 from resources.market_data import session_windows
@@ -160,3 +161,8 @@ def test_run_live_cli_paths(embedded_redis, stream, monkeypatch):
     in_session = session_windows(DAY)[0][0] + timedelta(minutes=5)
     assert pick_session(None, 1.0, now=in_session) == (session_windows(DAY)[0], in_session)
     assert pick_session(None, 60.0, now=in_session)[0] == session_windows(date(2024, 3, 5))[0]
+
+    parser = argparse.ArgumentParser(prog="feynman")
+    add_live_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["live", "--source", "alpaca", "--symbols", "SPY,QQQ", "--duration", "5", "--feed", "sip"])
+    assert (args.source, args.symbols, args.duration, args.feed, args.speed) == ("alpaca", "SPY,QQQ", 5.0, "sip", 1.0)

@@ -112,6 +112,16 @@ def _history(warehouse, live_open):
     return pl.concat([ticks, before])
 
 
+def _daily_signals(raw: pl.DataFrame, bars: pl.DataFrame) -> pl.DataFrame:
+    """What the daily ``signals`` asset does after make_signals: one pass of the portfolio limits."""
+    limited = limit_over_time(raw, bars.select("symbol", "ts", "close"), gross_cap=GROSS_CAP, max_drawdown=MAX_DRAWDOWN)
+    return limited.with_columns(
+        pl.when(pl.col("limited_by").fill_null("") != "")
+        .then(pl.col("reason") + pl.lit("; limited by ") + pl.col("limited_by")).otherwise(pl.col("reason")),
+        pl.when(pl.col("size").abs() < 1e-12).then(pl.lit("HOLD")).otherwise(pl.col("side")).alias("side"),
+    ).with_columns(pl.col(pl.Float64).fill_nan(None)).sort("symbol", "ts")
+
+
 def _batch_oracle(all_ticks: pl.DataFrame, start: datetime, end: datetime):
     ticks = all_ticks.filter(pl.col("ts") < end).sort(["symbol", "ts"], maintain_order=True)
     bars = ticks_to_bars(ticks)
@@ -122,14 +132,7 @@ def _batch_oracle(all_ticks: pl.DataFrame, start: datetime, end: datetime):
         stacked_histories(bars, issues, 512).drop("symbol").rename({"series": "symbol"}), horizon=10,
         context_length=512)
     forecasts = split_series(report.frame)
-    # as the daily signals asset: one pass of the portfolio limits over the day's signals
-    limited = limit_over_time(make_signals(forecasts, physics, None, step="1m"), bars.select("symbol", "ts", "close"),
-                              gross_cap=GROSS_CAP, max_drawdown=MAX_DRAWDOWN)
-    signals = limited.with_columns(
-        pl.when(pl.col("limited_by").fill_null("") != "")
-        .then(pl.col("reason") + pl.lit("; limited by ") + pl.col("limited_by")).otherwise(pl.col("reason")),
-        pl.when(pl.col("size").abs() < 1e-12).then(pl.lit("HOLD")).otherwise(pl.col("side")).alias("side"),
-    ).with_columns(pl.col(pl.Float64).fill_nan(None))
+    signals = _daily_signals(make_signals(forecasts, physics, None, step="1m"), bars)
 
     def window(frame, column="ts"):
         return frame.filter((pl.col(column) >= start) & (pl.col(column) < end)).sort("symbol", column)
@@ -321,3 +324,53 @@ def test_lost_cursor_and_bad_entries(live_setup, warehouse, embedded_redis):
                                   ("unparseable_ts", "stream", "AAA")]
     stored = warehouse.read_window("ticks", w0, w0 + timedelta(minutes=1))
     assert stored.height == in_w0 and (stored["price"] > 0).all()
+
+
+def test_embedding_hook_stores_states_and_feeds_similar_outcomes_to_signals(live_setup, warehouse, tmp_path):
+    """With the LanceDB hook a window embeds its states on the embedder's cadence and its signals use the
+    outcomes of similar past states, exactly as the daily assets compute them."""
+    from assets.embeddings import STATE_COLUMNS
+    from assets.signals import similar_outcomes
+    from orchestration.microbatch import LANCEDB_EMBED_KEYS, build_microbatch_job, lancedb_embed_window
+    from quant.state_text import select_embedding_rows, split_valid_states, state_texts
+    from resources.models import EmbedderResource
+    from resources.vector_store import VectorStoreResource, embedding_rows
+
+    instance, resources, settings, stream = live_setup
+    session = session_windows(LIVE_DAY)[0]
+    window = session[0] + LIVE_OFFSET + timedelta(minutes=2)  # 16:00: a forecast issue and an embedding bucket
+    history = _history(warehouse, window)
+    physics = compute_physics(compute_features(ticks_to_bars(history)))
+    vector_store = VectorStoreResource(uri=str(tmp_path / "lancedb"))
+    embedder = EmbedderResource()
+    past = split_valid_states(select_embedding_rows(physics.select(STATE_COLUMNS), 15))[0]
+    vector_store.upsert_states(embedding_rows(past, embedder.embedder().embed(state_texts(past)), state_texts(past)))
+    before = vector_store.count()
+
+    ticks = simulate_ticks(SYMBOLS, [session], seed=SEED).sort("ts", maintain_order=True).filter(
+        (pl.col("ts") >= window) & (pl.col("ts") < window + timedelta(minutes=1, seconds=20)))
+    TickStreamWriter(resources["hot_state"].client(), stream=stream).add_ticks(ticks)
+    job = build_microbatch_job(embed_window=lancedb_embed_window, embed_resource_keys=LANCEDB_EMBED_KEYS)
+    harness = Harness(instance, {**resources, "vector_store": vector_store, "embedder": embedder}, settings, stream)
+    (request,) = harness.evaluate(None)[0]
+    result = job.execute_in_process(run_config=request.run_config, instance=instance, resources=harness.resources,
+                                    tags=request.tags)
+    assert result.success
+
+    stored_states = vector_store.read_all(["symbol", "ts"]).filter(pl.col("ts") == window)
+    assert sorted(stored_states["symbol"].to_list()) == SYMBOLS and vector_store.count() == before + len(SYMBOLS)
+
+    # oracle: the daily assets' functions over the same store, bars and forecasts
+    all_ticks = pl.concat([history, ticks.filter(pl.col("ts") < window + timedelta(minutes=1))])
+    bars = ticks_to_bars(all_ticks)
+    physics = compute_physics(compute_features(bars))
+    forecasts = warehouse.read_window("forecasts", window, window + timedelta(minutes=1)).drop("ts")
+    issues = physics.select(STATE_COLUMNS).join(forecasts.select("symbol", pl.col("issue_ts").alias("ts")).unique(),
+                                                on=["symbol", "ts"])
+    outcomes = similar_outcomes(issues, vector_store, embedder, bars.select("symbol", "ts", "close"))
+    assert (outcomes["n"] > 0).all()
+    expected = _daily_signals(make_signals(forecasts, physics, outcomes, step="1m"), bars)
+    stored = warehouse.read_window("signals", window, window + timedelta(minutes=1))
+    assert_frame_equal(stored.drop("model"), expected.drop("model"), check_exact=True)
+    assert stored["reason"].str.contains("similar states avg").all()
+
