@@ -39,7 +39,6 @@ the run as ``feynman/compute_s``.
 """
 
 
-import fcntl
 import os
 import time
 from collections.abc import Callable
@@ -52,7 +51,6 @@ import dagster as dg
 
 from assets.signals import finalize_signals, similar_outcomes  # noqa: E402
 import duckdb
-import numpy as np
 import polars as pl
 from pydantic import Field, PrivateAttr
 
@@ -68,6 +66,7 @@ from resources.alerts import AlertingResource
 from resources.hot_state import HotStateError, HotStateResource
 from resources.models import ForecasterResource
 from resources.paths import data_dir
+from resources.file_lock import acquire
 from resources.warehouse import WarehouseError, WarehouseResource, checked_table
 from sensors.microbatch import INGEST_OP, MICROBATCH_JOB, TAG_STAGED_BATCH, read_staged_window
 
@@ -236,20 +235,7 @@ class MicrobatchLock(dg.ConfigurableResource):
     _fd: int | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        path = self.path or _lock_path()
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        deadline = time.monotonic() + self.timeout_s
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    os.close(fd)
-                    raise TimeoutError(f"another micro-batch run held {path} for {self.timeout_s:.0f} s") from None
-                time.sleep(0.02)
-        self._fd = fd
+        self._fd = acquire(self.path or _lock_path(), timeout_s=self.timeout_s, what="the micro-batch run lock")
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         if self._fd is not None:

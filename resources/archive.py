@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import fcntl
 import glob
 import hashlib
 import json
@@ -72,6 +71,7 @@ from pydantic import Field
 
 from quant.retention import ARCHIVE_SPECS, ArchiveSpec, cutoff_day, day_batches, parse_retention, retention_policy
 from resources.paths import archive_uri
+from resources.file_lock import LockTimeout, file_lock
 from resources.warehouse import WarehouseResource, checked_table
 
 CRASH_ENV = "FEYNMAN_ARCHIVE_CRASH_AT"
@@ -365,21 +365,11 @@ class ArchiveResource(dg.ConfigurableResource):
     def _run_lock(self, warehouse: WarehouseResource, timeout_s: float = 600.0) -> Iterator[None]:
         """One archive or restore at a time per warehouse (they rewrite the same partition files)."""
         path = Path(warehouse.database + ".archive.lock")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        deadline = time.monotonic() + timeout_s
         try:
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise ArchiveError(f"another archive run holds {path} for more than {timeout_s:.0f}s") from None
-                    time.sleep(0.05)
-            yield
-        finally:
-            os.close(fd)
+            with file_lock(path, timeout_s=timeout_s, what="another archive run's lock"):
+                yield
+        except LockTimeout as exc:
+            raise ArchiveError(str(exc)) from None
 
     # ---- archive -------------------------------------------------------------------------
     def archive(

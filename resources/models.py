@@ -37,8 +37,6 @@ class EmbedderResource(dg.ConfigurableResource):
     outcome_horizon_minutes: int = Field(default=10, description="Realised return horizon of retrieved states.")
 
     def embedder(self):
-        from resources.embedder import StateEmbedder
-
         return _embedder_for(self.model or None)
 
 

@@ -13,8 +13,6 @@ caller-supplied text is ever formatted into SQL.
 
 from __future__ import annotations
 
-import fcntl
-import os
 import random
 import re
 import time
@@ -29,6 +27,7 @@ import polars as pl
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
+from resources.file_lock import LockTimeout, file_lock
 from resources.paths import duckdb_path
 from resources.warehouse_schema import CORE_DDL, KNOWN_TABLES
 
@@ -66,35 +65,11 @@ class WarehouseResource(DuckDBResource):
 
     @contextmanager
     def _file_lock(self, exclusive: bool) -> Iterator[None]:
-        Path(self.database).parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
-        deadline = time.monotonic() + self.lock_timeout_s
         try:
-            while True:
-                try:
-                    fcntl.flock(fd, mode | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise WarehouseError(
-                            f"timed out after {self.lock_timeout_s:.0f}s waiting for the "
-                            f"warehouse lock {self.lock_path}"
-                        ) from None
-                    time.sleep(0.005 + random.random() * 0.02)
-            yield
-        finally:
-            os.close(fd)  # closing the descriptor releases the flock
-
-    @contextmanager
-    def exclusive_lock(self) -> Iterator[None]:
-        """Hold the cross-process write lock without opening DuckDB, for an outside writer such as dbt.
-
-        flock is per open file, so inside this block the same process must not use this
-        resource's connections (they would wait for the lock it holds itself).
-        """
-        with self._file_lock(exclusive=True):
-            yield
+            with file_lock(self.lock_path, exclusive=exclusive, timeout_s=self.lock_timeout_s, what="the warehouse lock"):
+                yield
+        except LockTimeout as exc:
+            raise WarehouseError(str(exc)) from None
 
     def _connect(self, read_only: bool) -> duckdb.DuckDBPyConnection:
         delay = 0.05
