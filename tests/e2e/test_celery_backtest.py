@@ -50,19 +50,27 @@ def test_two_celery_workers_equal_the_in_process_run(warehouse, tmp_path, monkey
     config_yaml.write_text(f"execution:\n  config:\n    broker: '{url}'\n    backend: '{url}'\n")
     home = tmp_path / "dagster_home"
     home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     env = {**os.environ, "DAGSTER_HOME": str(home), "FEYNMAN_TEST_WAREHOUSE": warehouse.database,
            "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
            # dagster-celery execs `celery` from PATH: the venv's
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           "C_FORCE_ROOT": "1"}  # CI runs as root; the workers only listen on a private unix socket
     monkeypatch.setenv("FEYNMAN_TEST_WAREHOUSE", warehouse.database)
+    # create the instance's storage before the workers start, or they race on its migrations
+    dg.DagsterInstance.from_config(str(home)).dispose()
     exe = Path(sys.executable).parent / "dagster-celery"
     workers = [subprocess.Popen([str(exe), "worker", "start", "-A", "dagster_celery.app", "-y", str(config_yaml),
                                  "-n", f"w{i}@localhost", "--", "--concurrency", "1"], env=env, cwd=tmp_path,
                                 stdout=open(tmp_path / f"worker{i}.log", "w"), stderr=subprocess.STDOUT)
                for i in range(2)]
     try:
-        time.sleep(4)
-        assert all(w.poll() is None for w in workers), (tmp_path / "worker0.log").read_text()[-2000:]
+        deadline = time.monotonic() + 90
+        logs = [tmp_path / f"worker{i}.log" for i in range(2)]
+        while not all(" ready." in log.read_text() for log in logs):
+            assert all(w.poll() is None for w in workers), "\n".join(log.read_text()[-3000:] for log in logs)
+            assert time.monotonic() < deadline, "Celery workers did not become ready in 90 s"
+            time.sleep(0.5)
         with dg.instance_for_test(temp_dir=str(home)) as instance:
             job = dg.build_reconstructable_job("tests.e2e.test_celery_backtest", "celery_job_for_workers")
             run_config = {"execution": {"config": {"broker": url, "backend": url}}}
