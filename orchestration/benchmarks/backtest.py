@@ -7,7 +7,7 @@ columns), fill at the next open with 1 bp fee + 1 bp slippage: 351 million strat
 ``quick=True``: 2 symbols x 2 sessions x 50 strategies.
 
 The sweep runs in a fresh child process (spawn) so that ``peak_rss_mb`` (the child's
-``ru_maxrss``) is that of the run alone: interpreter + imports + the synthetic bars + the sweep.
+``VmHWM``) is that of the run alone: interpreter + imports + the synthetic bars + the sweep.
 Synthesis and a tiny warm-up sweep are not timed. ``value`` is the wall time of one
 ``run_sweep`` call in seconds (``cpu_s`` is the process CPU time of that call, both threads).
 """
@@ -96,9 +96,22 @@ def _measure(quick: bool) -> dict:
     res = run_sweep(bars, strategies, fill="next_open", fee_bps=1.0, slippage_bps=1.0)
     wall = time.perf_counter() - t0
     cpu = time.process_time() - cpu0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    peak = _peak_rss_mb()
     return {"wall": wall, "cpu": cpu, "rows": res.height, "peak": peak, "rss_before": rss_before,
             "n_bars": bars.height, "median_trades": float(res["n_trades"].median())}
+
+
+def _peak_rss_mb() -> float:
+    """This process's own peak RSS. VmHWM belongs to the address space exec created; ru_maxrss would
+    carry over the parent's peak from the fork, so a child of a big process would report the parent's."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def run(quick: bool = False) -> list[dict]:
