@@ -71,6 +71,16 @@ class WarehouseResource(DuckDBResource):
         except LockTimeout as exc:
             raise WarehouseError(str(exc)) from None
 
+    @contextmanager
+    def exclusive_lock(self) -> Iterator[None]:
+        """Hold the cross-process write lock without opening DuckDB, for an outside writer such as dbt.
+
+        flock is per open file, so inside this block the same process must not use this
+        resource's connections (they would wait for the lock it holds itself).
+        """
+        with self._file_lock(exclusive=True):
+            yield
+
     def _connect(self, read_only: bool) -> duckdb.DuckDBPyConnection:
         delay = 0.05
         for attempt in range(self.max_retries + 1):
