@@ -1,6 +1,7 @@
 """The nightly backtest on two real Celery workers (embedded Redis broker) equals the in-process run."""
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -26,6 +27,13 @@ def _defs(warehouse: WarehouseResource) -> dg.Definitions:
     return dg.Definitions(assets=[nightly_backtest_assets],
                           jobs=[nightly_backtest_job, nightly_backtest_celery_job()],
                           resources={"warehouse": warehouse, "backtest": BacktestConfig(**CONFIG)})
+
+
+def _signal_group(process: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(process.pid, sig)
+    except ProcessLookupError:
+        pass
 
 
 def celery_job_for_workers():
@@ -62,7 +70,8 @@ def test_two_celery_workers_equal_the_in_process_run(warehouse, tmp_path, monkey
     exe = Path(sys.executable).parent / "dagster-celery"
     workers = [subprocess.Popen([str(exe), "worker", "start", "-A", "dagster_celery.app", "-y", str(config_yaml),
                                  "-n", f"w{i}@localhost", "--", "--concurrency", "1"], env=env, cwd=tmp_path,
-                                stdout=open(tmp_path / f"worker{i}.log", "w"), stderr=subprocess.STDOUT)
+                                stdout=open(tmp_path / f"worker{i}.log", "w"), stderr=subprocess.STDOUT,
+                                start_new_session=True)  # dagster-celery execs celery as a child: stop the group
                for i in range(2)]
     try:
         deadline = time.monotonic() + 90
@@ -82,12 +91,13 @@ def test_two_celery_workers_equal_the_in_process_run(warehouse, tmp_path, monkey
                 assert len(chunk_steps) == 3
     finally:
         for w in workers:
-            w.terminate()
+            _signal_group(w, signal.SIGTERM)
         for w in workers:
             try:
                 w.wait(20)
             except subprocess.TimeoutExpired:
-                w.kill()
+                pass
+            _signal_group(w, signal.SIGKILL)  # the celery children outlive their dagster-celery parent
         broker.stop()
     got = warehouse.query("SELECT strategy_id, symbol, total_return, n_trades FROM strategy_results ORDER BY ALL")
     assert got.height == expected.height
