@@ -127,31 +127,51 @@ class EmbeddedRedis:
 class HotStateResource(dg.ConfigurableResource):
     """Redis hot state. ``redis_url`` (env ``REDIS_URL``) empty means the embedded server."""
 
-    redis_url: str = Field(default="", description="redis:// URL; empty starts the embedded server.")
+    # may carry a password: pass dg.EnvVar("REDIS_URL") (as build_resources does), kept out of repr
+    redis_url: str = Field(default="", repr=False, description="redis:// URL; empty starts the embedded server.")
     embedded_dir: str = Field(default_factory=lambda: str(redis_dir()), description="Embedded server folder.")
 
     _client: redis.Redis | None = PrivateAttr(default=None)
 
+    def url(self) -> str:
+        """The URL itself. Inside a run Dagster has resolved the EnvVar; outside one (the CLI, a sensor
+        evaluated by hand) the field still holds the EnvVar."""
+        value = self.redis_url
+        if isinstance(value, dg.EnvVar):
+            value = value.get_value()
+        return value or ""
+
     def describe(self) -> str:
-        return redacted_url(self.redis_url) if self.redis_url else f"embedded redis at {self.embedded_dir}/redis.sock"
+        url = self.url()
+        return redacted_url(url) if url else f"embedded redis at {self.embedded_dir}/redis.sock"
 
     def embedded(self) -> EmbeddedRedis:
         return EmbeddedRedis(Path(self.embedded_dir))
 
     def client(self) -> redis.Redis:
         if self._client is None:
+            url = self.url()
             try:
-                if self.redis_url:
-                    client = redis.Redis.from_url(self.redis_url, socket_timeout=10, socket_connect_timeout=5)
+                if url:
+                    client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
                 else:
                     server = self.embedded()
                     server.start()
                     client = server.client(socket_timeout=10)
                 client.ping()
+            except ValueError:  # from_url: not a redis://, rediss:// or unix:// URL (its text may hold the password)
+                raise HotStateError("REDIS_URL is not a redis://, rediss:// or unix:// URL") from None
+            # AuthenticationError subclasses ConnectionError: it must be caught first
+            except (redis.AuthenticationError, redis.AuthenticationWrongNumberOfArgsError):
+                raise HotStateError(f"redis refused the credentials for {self.describe()} (check the password "
+                                    "in REDIS_URL)") from None
+            except redis.ResponseError as exc:
+                if "NOAUTH" not in str(exc) and "WRONGPASS" not in str(exc):
+                    raise HotStateError(f"redis at {self.describe()} answered PING with an error") from None
+                raise HotStateError(f"redis refused the credentials for {self.describe()} (check the password "
+                                    "in REDIS_URL)") from None
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
                 raise HotStateError(f"cannot reach {self.describe()}: {type(exc).__name__}") from None
-            except redis.AuthenticationError:
-                raise HotStateError(f"redis refused the credentials for {self.describe()}") from None
             self._client = client
         return self._client
 
@@ -169,7 +189,7 @@ class HotStateResource(dg.ConfigurableResource):
             payload = json.dumps(state, default=str)
             script(keys=[STATE_KEY.format(symbol=state["symbol"])], args=[payload, str(state["ts"]), CHANNEL_STATE],
                    client=pipe)
-        return int(sum(pipe.execute()))
+        return int(sum(self._execute(pipe, "publishing states")))
 
     def publish_signals(self, latest: list[tuple[str, str, str]]) -> int:
         """For (symbol, ISO ts, JSON message) newer than the last published one of the symbol:
@@ -178,15 +198,24 @@ class HotStateResource(dg.ConfigurableResource):
         pipe = self.client().pipeline(transaction=False)
         for symbol, ts, message in latest:
             script(keys=[f"signals:last:{symbol}"], args=[message, ts, CHANNEL_SIGNALS], client=pipe)
-        return int(sum(pipe.execute()))
+        return int(sum(self._execute(pipe, "publishing signals")))
 
     def replace_states(self, states: list[dict[str, Any]]) -> int:
         """Unconditionally SET every state (rebuild from the warehouse after Redis lost its data)."""
         pipe = self.client().pipeline(transaction=False)
         for state in states:
             pipe.set(STATE_KEY.format(symbol=state["symbol"]), json.dumps(state, default=str))
-        pipe.execute()
+        self._execute(pipe, "replacing states")
         return len(states)
+
+    def _execute(self, pipe: Any, what: str) -> list[Any]:
+        """Run a pipeline; a server lost after connecting raises HotStateError (one line, no secrets), as
+        an unreachable one does, and the next call reconnects (or restarts the embedded server)."""
+        try:
+            return pipe.execute()
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            self._client = None
+            raise HotStateError(f"lost {self.describe()} while {what}: {type(exc).__name__}") from None
 
     def get_state(self, symbol: str) -> dict[str, Any] | None:
         raw = self.client().get(STATE_KEY.format(symbol=symbol))
