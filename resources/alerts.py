@@ -44,6 +44,7 @@ ALERT_KINDS = {
     "run_failed": "a Dagster run failed",
     "stream_trimmed": "entries of the tick stream were trimmed before they were processed",
     "microbatch_gave_up": "a micro-batch window failed too often and is no longer retried",
+    "redis_unavailable": "the micro-batch sensor cannot reach Redis (stream and hot state); DuckDB keeps the data",
 }
 
 ALERT_SCHEMA: dict[str, pl.DataType] = {
