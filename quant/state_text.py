@@ -3,7 +3,7 @@
 Why words and not numbers: all-MiniLM-L6-v2 was trained on natural sentences. It tokenises
 ``0.8234`` into word pieces that carry little notion of magnitude, so the distance between two
 vectors says little about the distance between the numbers, and every digit of noise makes
-a new text. Bucketised words ("mass heavy", "momentum up strong") put states that a trader
+a new text. Bucketised words ("heavy mass", "strong up momentum") put states that a trader
 would call alike on the *same* tokens, so similar states give similar (often identical) text
 and therefore similar vectors; identical texts are also embedded only once (see
 ``resources.embedder`` and ``VectorStoreResource.embed_states``). Only alpha,
@@ -16,36 +16,37 @@ cost, so the same state on two symbols is the same market situation and gets the
 vector (and is embedded once). The store keeps the symbol in its own column, and
 ``similar_states(symbol=...)`` restricts a search to one symbol.
 
-The one template (fields in this order, ``;``-separated)::
+The one template (fields in this order, separated by single spaces: every comma or
+semicolon would be one more word piece, and the model's cost grows with the token count)::
 
-    regime {regime}, alpha {alpha to 0.5} {tails}; mass {mass}; momentum {momentum};
-    friction {friction}; entropy {entropy}; price {nash}[; forecast {direction}, band {band}]
+    {regime} alpha {alpha to 0.5} {mass} mass {momentum} momentum {friction} friction
+    {entropy} entropy price {nash} equilibrium[ {direction} forecast {band} band]
 
-e.g. ``regime Levy, alpha 2.0 fat tails; mass heavy; momentum up strong; friction low;
-entropy balanced; price stretched above equilibrium; forecast up small, band narrow``.
+e.g. ``Levy alpha 2.0 heavy mass strong up momentum low friction balanced entropy price
+stretched above equilibrium moderate up forecast medium band`` (about 20 word pieces; the
+first template, ``regime Levy, alpha 2.0 fat tails; mass heavy; ...``, took 30, and a "tails"
+word repeated what regime already says, since both split alpha at 2 and 3).
 
 Buckets (units as defined in ``quant.physics``; a value on a threshold goes to the upper
 bucket):
 
 =============  ===========================================================================
 alpha          rounded down to a multiple of 0.5 (agrees with the regime thresholds 2 and 3;
-               clipped to 9.5); tails: >= 3 "thin tails",
-               2..3 "fat tails", < 2 "extreme tails"
+               clipped to 9.5)
 mass           (x normal notional) < 0.5 "very light", < 0.8 "light", < 1.25 "normal",
                < 2 "heavy", else "very heavy"
-momentum       (mass x velocity, a t-statistic) |m| < 0.5 "flat"; else "up"/"down" +
-               < 1 "weak", < 2 "moderate", else "strong"
+momentum       (mass x velocity, a t-statistic) |m| < 0.5 "flat"; else < 1 "weak",
+               < 2 "moderate", else "strong", then "up"/"down"
 friction       (bp per million traded; decades) < 0.1 "very low", < 1 "low",
                < 10 "moderate", < 100 "high", else "very high"
 entropy        (0..1; ~0.63 is a liquid random walk) < 0.4 "one-sided", < 0.55 "trending",
                < 0.75 "balanced", else "choppy"
-nash_dist      (ATR units) < 0.5 "at equilibrium", < 1.5 "near equilibrium",
-               < 3 "stretched from equilibrium", else "far from equilibrium"; with the
-               optional signed ``nash_gap`` (non-null, non-zero) the last three read
-               "slightly / stretched / far" + "above" or "below" + "equilibrium"
+nash_dist      (ATR units) < 0.5 "at", < 1.5 "near", < 3 "stretched from", else "far from";
+               with the optional signed ``nash_gap`` (non-null, non-zero) the last three
+               read "slightly / stretched / far" + "above" or "below"
 forecast       optional ``forecast_p50_return`` (a fractional return over the forecast
-               horizon): |r| < 5 bp "flat", else "up"/"down" + < 20 bp "small",
-               < 50 bp "moderate", else "large"; band = ``forecast_p90(_return)`` -
+               horizon): |r| < 5 bp "flat", else < 20 bp "small", < 50 bp "moderate",
+               else "large", then "up"/"down"; band = ``forecast_p90(_return)`` -
                ``forecast_p10(_return)``: < 20 bp "narrow", < 100 bp "medium", else "wide".
                A null forecast (not produced yet) omits the phrase; a present forecast
                needs all three columns.
@@ -172,10 +173,11 @@ def _bucket(x: pl.Expr, edges: list[float], words: list[str]) -> pl.Expr:
     return expr
 
 
-def _signed(x: pl.Expr, flat: float, edges: list[float], words: list[str], up: str = "up", down: str = "down") -> pl.Expr:
+def _signed(x: pl.Expr, flat: float, edges: list[float], words: list[str]) -> pl.Expr:
+    """"flat" when |x| < flat, else "<strength> up" / "<strength> down"."""
     strength = _bucket(x.abs(), edges, words)
-    direction = pl.when(x > 0).then(pl.lit(up)).otherwise(pl.lit(down))
-    return pl.when(x.abs() < flat).then(pl.lit("flat")).otherwise(pl.concat_str([direction, strength], separator=" "))
+    direction = pl.when(x > 0).then(pl.lit("up")).otherwise(pl.lit("down"))
+    return pl.when(x.abs() < flat).then(pl.lit("flat")).otherwise(pl.concat_str([strength, direction], separator=" "))
 
 
 def state_texts(states: pl.DataFrame) -> list[str]:
@@ -188,7 +190,6 @@ def state_texts(states: pl.DataFrame) -> list[str]:
     _raise_first(states)
     f = {c: pl.col(c).cast(pl.Float64) for c in REQUIRED_FIELDS}
     alpha = f["alpha"].clip(upper_bound=9.5)
-    tails = _bucket(f["alpha"], [2.0, 3.0], ["extreme tails", "fat tails", "thin tails"])
     mass = _bucket(f["mass"], [0.5, 0.8, 1.25, 2.0], ["very light", "light", "normal", "heavy", "very heavy"])
     momentum = _signed(f["momentum"], 0.5, [1.0, 2.0], ["weak", "moderate", "strong"])
     friction = _bucket(f["friction"], [0.1, 1.0, 10.0, 100.0], ["very low", "low", "moderate", "high", "very high"])
@@ -204,10 +205,9 @@ def state_texts(states: pl.DataFrame) -> list[str]:
         )
     nash = pl.concat_str([nash, pl.lit("equilibrium")], separator=" ")
     parts = [
-        pl.lit("regime "), pl.col("regime"), pl.lit(", alpha "),
-        ((alpha * 2).floor() / 2).cast(pl.Utf8), pl.lit(" "), tails,
-        pl.lit("; mass "), mass, pl.lit("; momentum "), momentum, pl.lit("; friction "), friction,
-        pl.lit("; entropy "), entropy, pl.lit("; price "), nash,
+        pl.col("regime"), pl.lit(" alpha "), ((alpha * 2).floor() / 2).cast(pl.Utf8),
+        pl.lit(" "), mass, pl.lit(" mass "), momentum, pl.lit(" momentum "), friction,
+        pl.lit(" friction "), entropy, pl.lit(" entropy price "), nash,
     ]
     text = pl.concat_str(parts)
     if "forecast_p50_return" in states.columns:
@@ -216,7 +216,7 @@ def state_texts(states: pl.DataFrame) -> list[str]:
         p50 = pl.col("forecast_p50_return").cast(pl.Float64)
         direction = _signed(p50, 5e-4, [2e-3, 5e-3], ["small", "moderate", "large"])
         band = _bucket(p90 - p10, [2e-3, 1e-2], ["narrow", "medium", "wide"])
-        phrase = pl.concat_str([pl.lit("; forecast "), direction, pl.lit(", band "), band])
+        phrase = pl.concat_str([pl.lit(" "), direction, pl.lit(" forecast "), band, pl.lit(" band")])
         text = pl.when(p50.is_null()).then(text).otherwise(pl.concat_str([text, phrase]))
     return states.select(text.alias("text"))["text"].to_list()
 

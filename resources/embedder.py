@@ -19,6 +19,12 @@ Costs and caching:
 * ``embed(texts)`` encodes each distinct text once per call, and an LRU cache
   (``cache_size`` texts, default 8,192, per embedder) returns vectors of texts seen in earlier
   calls without encoding. Bucketised state texts repeat a lot, so this is most of the speed.
+* Backend (env ``FEYNMAN_EMBED_BACKEND``: ``auto`` (default), ``onnx`` or ``torch``): ``auto``
+  runs the model on ONNX Runtime when :func:`resources.embedder_onnx.supports` accepts the
+  model folder (the default MiniLM does) and on sentence-transformers/PyTorch otherwise. The
+  ONNX graph is exported from the very model sentence-transformers loads and kept only if it
+  reproduces its vectors (cosine >= 0.99999), see :mod:`resources.embedder_onnx`.
+  ``StateEmbedder.backend`` says which one ran.
 * Batch size 64: measured on this 2-core CPU with 1,024 state texts (~45 tokens):
   32 -> 133/s, 64 -> 140/s, 128 -> 119/s, 256 -> 111/s (larger batches pad more and lose
   cache locality on CPU).
@@ -47,6 +53,8 @@ __all__ = [
 EMBED_DIM = 384
 DEFAULT_BATCH_SIZE = 64
 ENV_MODEL = "FEYNMAN_EMBED_MODEL"
+ENV_BACKEND = "FEYNMAN_EMBED_BACKEND"
+BACKENDS = ("auto", "onnx", "torch")
 
 _MODELS: dict[str, Any] = {}
 _MODELS_LOCK = threading.Lock()
@@ -99,9 +107,17 @@ def load_model(source: str | None = None) -> Any:
 class StateEmbedder:
     """Texts -> float32 unit vectors (n x 384). Thread-safe for concurrent ``embed`` calls."""
 
-    def __init__(self, model: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE, cache_size: int = 8192):
+    def __init__(self, model: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE, cache_size: int = 8192,
+                 backend: str | None = None):
         if batch_size <= 0 or cache_size < 0:
             raise ValueError(f"batch_size must be > 0 and cache_size >= 0, got {batch_size}, {cache_size}")
+        backend = (backend or os.environ.get(ENV_BACKEND, "") or "auto").strip().lower()
+        if backend not in BACKENDS:
+            raise EmbedderError(f"{ENV_BACKEND}={backend!r} is not one of {', '.join(BACKENDS)}")
+        self.requested_backend = backend
+        self.backend = ""  # "onnx" or "torch" once the first text is encoded
+        self.backend_note = ""
+        self._onnx: Any = None
         self.source = model or default_model_source()
         self.batch_size = batch_size
         self.cache_size = cache_size
@@ -120,7 +136,30 @@ class StateEmbedder:
     def dim(self) -> int:
         return EMBED_DIM
 
+    def _choose_backend(self) -> str:
+        from resources import embedder_onnx
+
+        if self.requested_backend == "torch":
+            return "torch"
+        problem = embedder_onnx.supports(self.source)
+        if not problem:
+            try:
+                self._onnx = embedder_onnx.onnx_encoder(self.source)
+                return "onnx"
+            except embedder_onnx.OnnxExportError as exc:
+                problem = str(exc)
+        if self.requested_backend == "onnx":
+            raise EmbedderError(f"{ENV_BACKEND}=onnx but {self.source!r} cannot run on ONNX Runtime: {problem}")
+        self.backend_note = f"PyTorch backend: {problem}"
+        return "torch"
+
     def _encode(self, texts: list[str]) -> np.ndarray:
+        if not self.backend:
+            with self._lock:
+                if not self.backend:
+                    self.backend = self._choose_backend()
+        if self.backend == "onnx":
+            return self._onnx.encode(texts, batch_size=self.batch_size)
         vectors = self.model.encode(
             texts,
             batch_size=self.batch_size,

@@ -84,7 +84,7 @@ def test_embeddings_are_384_d_unit_vectors_and_similar_states_are_closer(embedde
 
 
 def test_identical_texts_are_encoded_once_per_call_and_cached_across_calls(embedder):
-    fresh = StateEmbedder(model=embedder.source, cache_size=100)
+    fresh = StateEmbedder(model=embedder.source, cache_size=100, backend="torch")  # counts model.encode calls
     counting = CountingModel(embedder.model)
     fresh._model = counting
     texts = ["regime Levy, alpha 2.0 fat tails", "regime Gaussian, alpha 3.5 thin tails"] * 5 + ["mass heavy"]
@@ -140,7 +140,7 @@ def test_embed_states_reuses_stored_vectors_and_encodes_only_new_texts(tmp_path,
     first = store.embed_states(day1, embedder)
     # mass 1.0 and 2.0 fall in different buckets, 3.0 like 2.0: 2 distinct texts, symbols share them
     assert first["rows"] == 6 and first["distinct_texts"] == 2 and first["encoded"] == 2
-    fresh = StateEmbedder(model=embedder.source)
+    fresh = StateEmbedder(model=embedder.source, backend="torch")  # counts model.encode calls
     counting = CountingModel(embedder.model)
     fresh._model = counting
     day2 = day1.with_columns(pl.col("ts") + timedelta(days=1), pl.col("mass") * 0.1)

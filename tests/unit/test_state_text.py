@@ -43,10 +43,9 @@ def _expected(s: dict) -> str:
     """Written from the module docstring's table, row by row, without polars."""
     a = min(s["alpha"], 9.5)
     alpha = f"{math.floor(a * 2) / 2:.1f}"
-    tails = _word(s["alpha"], [2, 3], ["extreme tails", "fat tails", "thin tails"])
     mass = _word(s["mass"], [0.5, 0.8, 1.25, 2], ["very light", "light", "normal", "heavy", "very heavy"])
     m = s["momentum"]
-    mom = "flat" if abs(m) < 0.5 else ("up " if m > 0 else "down ") + _word(abs(m), [1, 2], ["weak", "moderate", "strong"])
+    mom = "flat" if abs(m) < 0.5 else _word(abs(m), [1, 2], ["weak", "moderate", "strong"]) + (" up" if m > 0 else " down")
     fr = _word(s["friction"], [0.1, 1, 10, 100], ["very low", "low", "moderate", "high", "very high"])
     en = _word(s["entropy"], [0.4, 0.55, 0.75], ["one-sided", "trending", "balanced", "choppy"])
     nd, gap = s["nash_dist"], s.get("nash_gap")
@@ -54,13 +53,13 @@ def _expected(s: dict) -> str:
         nash = _word(nd, [1.5, 3], ["slightly", "stretched", "far"]) + (" above" if gap > 0 else " below")
     else:
         nash = _word(nd, [0.5, 1.5, 3], ["at", "near", "stretched from", "far from"])
-    text = (f"regime {s['regime']}, alpha {alpha} {tails}; mass {mass}; momentum {mom}; friction {fr}; "
-            f"entropy {en}; price {nash} equilibrium")
+    text = (f"{s['regime']} alpha {alpha} {mass} mass {mom} momentum {fr} friction "
+            f"{en} entropy price {nash} equilibrium")
     if s.get("forecast_p50_return") is not None:
         r = s["forecast_p50_return"]
-        d = "flat" if abs(r) < 5e-4 else ("up " if r > 0 else "down ") + _word(abs(r), [2e-3, 5e-3], ["small", "moderate", "large"])
+        d = "flat" if abs(r) < 5e-4 else _word(abs(r), [2e-3, 5e-3], ["small", "moderate", "large"]) + (" up" if r > 0 else " down")
         band = _word(s["forecast_p90_return"] - s["forecast_p10_return"], [2e-3, 1e-2], ["narrow", "medium", "wide"])
-        text += f"; forecast {d}, band {band}"
+        text += f" {d} forecast {band} band"
     return text
 
 
@@ -86,8 +85,8 @@ def test_example_sentence_and_forecast_phrase():
     s = _state(mass=1.5, momentum=2.4, friction=0.5, entropy=0.62, nash_dist=0.2, alpha=2.43, regime="Levy",
                forecast_p50_return=0.003, forecast_p10_return=-0.001, forecast_p90_return=0.004)
     assert state_text(s) == (
-        "regime Levy, alpha 2.0 fat tails; mass heavy; momentum up strong; friction low; "
-        "entropy balanced; price at equilibrium; forecast up moderate, band medium"
+        "Levy alpha 2.0 heavy mass strong up momentum low friction "
+        "balanced entropy price at equilibrium moderate up forecast medium band"
     )
     # a null forecast (not produced yet) leaves the phrase out instead of failing
     rows = _frame([s, {**s, "forecast_p50_return": None, "forecast_p10_return": None, "forecast_p90_return": None}])
