@@ -133,16 +133,18 @@ def _equity_plot(chunks: list[ChunkResult], strategy_ids: list[str], title: str)
 
 @dg.graph_multi_asset(
     outs={
-        "backtest_runs": dg.AssetOut(key=RUNS_KEY, group_name="backtest", kinds={"duckdb"},
+        "backtest_runs": dg.AssetOut(key=RUNS_KEY, kinds={"duckdb"},
                                      description="One row per nightly run: settings, PBO, counts."),
-        "strategy_results": dg.AssetOut(key=RESULTS_KEY, group_name="backtest", kinds={"duckdb"},
+        "strategy_results": dg.AssetOut(key=RESULTS_KEY, kinds={"duckdb"},
                                         description="Metrics per (strategy, symbol) and per strategy on the "
                                                     "equal-weight PORTFOLIO, with walk-forward OOS Sharpe and "
                                                     "deflated Sharpe."),
-        "strategy_leaderboard": dg.AssetOut(key=LEADERBOARD_KEY, group_name="backtest", kinds={"duckdb"},
+        "strategy_leaderboard": dg.AssetOut(key=LEADERBOARD_KEY, kinds={"duckdb"},
                                             description="Strategies passing: min trades, drawdown <= 15%, "
                                                         "OOS Sharpe > 0, deflated Sharpe > 0.95."),
     },
+    # on the decorator: graph_multi_asset ignores group_name set on an AssetOut
+    group_name="backtest",
     partitions_def=daily_partitions,
     ins={"bars_1m": dg.AssetIn(key=BARS_KEY, dagster_type=dg.Nothing),
          "physics_states": dg.AssetIn(key=PHYSICS_KEY, dagster_type=dg.Nothing)},

@@ -133,3 +133,21 @@ def summary_table(outcomes: list[RuleOutcome]) -> str:
         status = "pass" if o.passed else ("FAIL" if o.severity == ERROR else "warn")
         lines.append(f"| {o.name} | {status} | {o.n_flagged} |")
     return "\n".join(lines)
+
+
+# Tables the ingest assets write beside their own (not materialised on their own): declared so
+# that they sit in the "quality" group with a description, and dbt's quality mart shows its lineage.
+QUALITY_TABLE_SPECS = [
+    dg.AssetSpec(
+        key=["duckdb", "quality_results"], group_name="quality", kinds={"duckdb"},
+        deps=[["duckdb", "ticks"], ["duckdb", "bars_1m"]],
+        description="Every quality rule outcome (GE suite and domain rules) per asset and partition, written by "
+                    "the ticks and bars_1m assets with their checks; read by mart_data_quality_daily.",
+    ),
+    dg.AssetSpec(
+        key=["duckdb", "quarantine"], group_name="quality", kinds={"duckdb"},
+        deps=[["duckdb", "ticks"], ["duckdb", "bars_1m"]],
+        description="Rows refused at ingest, each with the rule it failed and its source; replaced per "
+                    "(table, source, partition) so re-runs never double them.",
+    ),
+]

@@ -11,6 +11,7 @@ from assets.bars import bars_1m
 from assets.features import features
 from assets.forecasts import forecasts
 from assets.physics import physics_states
+from assets.quality import QUALITY_TABLE_SPECS
 from assets.ticks import ticks
 from orchestration.jobs import dbt_models_job, main_job, nightly_backtest_job
 from orchestration.schedules import nightly_archive_schedule, nightly_backtest_schedule
@@ -29,7 +30,7 @@ microbatch_job = build_microbatch_job(embed_window=lancedb_embed_window, embed_r
 
 defs = dg.Definitions(
     assets=[ticks, bars_1m, features, physics_states, forecasts, market_state_embeddings, signals,
-            nightly_backtest_assets, archives, dbt_warehouse_models],
+            nightly_backtest_assets, archives, dbt_warehouse_models, *QUALITY_TABLE_SPECS],
     jobs=[main_job, nightly_backtest_job, dbt_models_job, prune_vector_memory, microbatch_job],
     sensors=[microbatch_sensor, alert_sensor],
     schedules=[nightly_backtest_schedule, nightly_archive_schedule, prune_vector_memory_schedule],
