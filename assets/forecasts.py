@@ -56,7 +56,7 @@ def forecasts(context: dg.AssetExecutionContext, market_data: MarketDataResource
                            start=start, end=end, symbols=symbols)
 
     closes = warehouse.read_window("bars_1m", start, None, symbols).select("symbol", "ts", "close")
-    evaluation = _evaluate(frame, closes)
+    evaluation = evaluate_against(frame, closes)
     return dg.MaterializeResult(
         metadata={
             **frame_metadata(frame),
@@ -68,18 +68,19 @@ def forecasts(context: dg.AssetExecutionContext, market_data: MarketDataResource
             "evaluation": dg.MetadataValue.md(markdown_table(evaluation)) if evaluation.height else "no realised prices yet",
             **({"forecast_fan": forecast_fan_png(frame, closes)} if frame.height else {}),
         },
-        check_results=[_evaluation_check(evaluation)],
+        check_results=[evaluation_check(evaluation)],
     )
 
 
-def _evaluate(frame: pl.DataFrame, closes: pl.DataFrame) -> pl.DataFrame:
+def evaluate_against(frame: pl.DataFrame, closes: pl.DataFrame) -> pl.DataFrame:
+    """Coverage and pinball loss of ``frame`` against the realised ``closes`` (symbol, ts, close) so far."""
     if not frame.height or not closes.height:
         return pl.DataFrame()
     as_of = closes["ts"].max()
     return evaluate_forecasts(frame, closes, as_of=as_of, by=())
 
 
-def _evaluation_check(evaluation: pl.DataFrame) -> dg.AssetCheckResult:
+def evaluation_check(evaluation: pl.DataFrame) -> dg.AssetCheckResult:
     if not evaluation.height or evaluation["status"][0] == "NO_DATA":
         return dg.AssetCheckResult(check_name=EVAL_CHECK, passed=True, severity=dg.AssetCheckSeverity.WARN,
                                    description="no realised prices to score yet")

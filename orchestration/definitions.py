@@ -10,6 +10,7 @@ from assets.signals import signals
 from assets.bars import bars_1m
 from assets.features import features
 from assets.forecasts import forecasts
+from assets.forecasts_daily import forecasts_daily
 from assets.physics import physics_states
 from assets.quality import QUALITY_TABLE_SPECS
 from assets.ticks import ticks
@@ -29,7 +30,7 @@ from sensors.microbatch import microbatch_sensor
 microbatch_job = build_microbatch_job(embed_window=lancedb_embed_window, embed_resource_keys=LANCEDB_EMBED_KEYS)
 
 defs = dg.Definitions(
-    assets=[ticks, bars_1m, features, physics_states, forecasts, market_state_embeddings, signals,
+    assets=[ticks, bars_1m, features, physics_states, forecasts, forecasts_daily, market_state_embeddings, signals,
             nightly_backtest_assets, archives, dbt_warehouse_models, *QUALITY_TABLE_SPECS],
     jobs=[main_job, nightly_backtest_job, dbt_models_job, prune_vector_memory, microbatch_job],
     sensors=[microbatch_sensor, alert_sensor],

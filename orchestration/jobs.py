@@ -8,9 +8,12 @@ from assets.partitions import daily_partitions
 
 MAIN_GROUPS = ("ingest", "bars", "features", "physics", "forecasts", "embeddings", "signals")
 
+# unpartitioned and downstream of dbt's bars_1d: built by dbt_models, after the rollups
+FORECASTS_DAILY_KEY = dg.AssetKey(["duckdb", "forecasts_daily"])
+
 main_job = dg.define_asset_job(
     "main",
-    selection=dg.AssetSelection.groups(*MAIN_GROUPS),
+    selection=dg.AssetSelection.groups(*MAIN_GROUPS) - dg.AssetSelection.assets(FORECASTS_DAILY_KEY),
     partitions_def=daily_partitions,
     description="One trading day end to end: ticks -> bars_1m with quality checks (and every later layer).",
 )
@@ -26,8 +29,9 @@ nightly_backtest_job = dg.define_asset_job(
 
 dbt_models_job = dg.define_asset_job(
     "dbt_models",
-    selection=dg.AssetSelection.groups("rollups", "marts"),
-    description="dbt build: 5m/15m/1h/1d rollups of bars_1m and the marts, with dbt tests as asset checks.",
+    selection=dg.AssetSelection.groups("rollups", "marts") | dg.AssetSelection.assets(FORECASTS_DAILY_KEY),
+    description="dbt build: 5m/15m/1h/1d rollups of bars_1m and the marts, with dbt tests as asset checks; "
+                "then the daily forecast from bars_1d.",
 )
 
 

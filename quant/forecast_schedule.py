@@ -60,3 +60,33 @@ def stacked_histories(bars: pl.DataFrame, issues: pl.DataFrame, context_length: 
 def split_series(forecasts: pl.DataFrame) -> pl.DataFrame:
     """Replace the ``series`` key in ``symbol`` by the real symbol (inverse of ``stacked_histories``)."""
     return forecasts.with_columns(pl.col("symbol").str.split(SERIES_SEPARATOR).list.first().alias("symbol"))
+
+
+def daily_history(rolled_up: pl.DataFrame, imported: pl.DataFrame, before) -> pl.DataFrame:
+    """Daily closes (symbol, ts, close, source) for the daily forecast, complete days only.
+
+    ``rolled_up``: dbt's ``bars_1d`` (UTC-day buckets of ``bars_1m``, ts = 00:00 UTC);
+    ``imported``: vendor daily bars from ``bars_daily`` (either may be empty). A symbol with
+    any imported daily bar uses only those (one consistent series: a vendor's session bar and
+    a UTC-day rollup of minute bars differ, e.g. in extended hours); the others use the
+    rollup. ``before``: a bar is kept only when it starts before this UTC day, because the
+    bar of the current day is still growing and would leak a partial close into the history.
+    """
+    columns = {"symbol": pl.Utf8, "ts": pl.Datetime("us", "UTC"), "close": pl.Float64, "source": pl.Utf8}
+
+    def part(frame: pl.DataFrame, source: str) -> pl.DataFrame:
+        if not frame.height:
+            return pl.DataFrame(schema=columns)
+        return frame.select(pl.col("symbol").cast(pl.Utf8), pl.col("ts").dt.convert_time_zone("UTC").cast(
+            pl.Datetime("us", "UTC")), pl.col("close").cast(pl.Float64), pl.lit(source).alias("source"))
+
+    vendor = part(imported, "bars_daily")
+    rollup = part(rolled_up, "bars_1d").filter(~pl.col("symbol").is_in(vendor["symbol"].unique().implode()))
+    out = pl.concat([vendor, rollup]).filter(pl.col("ts") < before)
+    return out.unique(["symbol", "ts"], keep="first").sort("symbol", "ts")
+
+
+def last_bars_per_symbol(history: pl.DataFrame, n: int) -> pl.DataFrame:
+    """(symbol, issue_ts) of each symbol's last ``n`` bars of ``history`` (symbol, ts)."""
+    return (history.select("symbol", "ts").sort("symbol", "ts")
+            .group_by("symbol", maintain_order=True).tail(n).rename({"ts": "issue_ts"}))

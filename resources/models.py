@@ -19,11 +19,19 @@ class ForecasterResource(dg.ConfigurableResource):
     context_length: int = Field(default=512, description="Closes of history per series.")
     issue_every_minutes: int = Field(default=15, description="Cadence of issue times; 0 = every bar.")
     latency_budget_ms_per_series: float = Field(default=50.0, description="Alert above this latency.")
+    daily_horizon: int = Field(default=5, description="Steps ahead of the daily forecast (daily bars).")
+    daily_step: str = Field(default="1bd", description="Spacing of daily targets: '1bd' weekdays (equities) "
+                                                       "or '1d' calendar days (24/7 markets).")
+    daily_issue_days: int = Field(default=20, description="Daily forecasts are (re)issued at each of the last "
+                                                          "N complete daily bars per symbol.")
+    daily_min_history: int = Field(default=20, description="Symbols with fewer complete daily bars are skipped.")
 
-    def forecaster(self):
+    def forecaster(self, min_history: int | None = None):
         from resources.forecaster import Forecaster
 
-        return Forecaster(model=self.model)
+        if min_history is None:
+            return Forecaster(model=self.model)
+        return Forecaster(model=self.model, min_history=min_history)
 
 
 class EmbedderResource(dg.ConfigurableResource):

@@ -17,6 +17,8 @@ KNOWN_TABLES = frozenset(
         "features",
         "physics_states",
         "forecasts",
+        "forecasts_daily",
+        "bars_1d",
         "signals",
         "alerts",
         "backtest_runs",

@@ -1,0 +1,83 @@
+"""``forecasts_daily``: Chronos quantile forecasts of the daily close from daily bars."""
+
+import time
+from datetime import datetime, timedelta, timezone
+
+import dagster as dg
+import polars as pl
+
+from assets.forecasts import EVAL_CHECK, evaluation_check, evaluate_against
+from assets.metadata import frame_metadata, markdown_table
+from assets.plots import forecast_fan_png
+from quant.forecast_schedule import daily_history, last_bars_per_symbol, split_series, stacked_histories
+from resources.market_data import MarketDataResource
+from resources.models import ForecasterResource
+from resources.warehouse import WRITER_POOL, WarehouseResource
+
+FORECASTS_DAILY_KEY = dg.AssetKey(["duckdb", "forecasts_daily"])
+BARS_1D_KEY = dg.AssetKey(["duckdb", "bars_1d"])
+
+
+@dg.asset(
+    key=FORECASTS_DAILY_KEY,
+    deps=[BARS_1D_KEY],
+    group_name="forecasts",
+    pool=WRITER_POOL,
+    kinds={"duckdb", "pytorch"},
+    check_specs=[dg.AssetCheckSpec(EVAL_CHECK, asset=FORECASTS_DAILY_KEY,
+                                   description="Coverage of [P10, P90] and pinball loss vs a naive baseline")],
+    description=(
+        "P10/P50/P90 and mean of the daily close for each of the next 5 trading days, issued at each of the "
+        "last 20 complete daily bars per symbol from the daily closes up to that bar (dbt's bars_1d rollup of "
+        "bars_1m, or imported vendor daily bars from bars_daily when a symbol has them). Same model and "
+        "fallback as forecasts; today's growing bar is never used."
+    ),
+)
+def forecasts_daily(context: dg.AssetExecutionContext, market_data: MarketDataResource,
+                    warehouse: WarehouseResource, forecaster: ForecasterResource) -> dg.MaterializeResult:
+    symbols = market_data.universe()
+    today = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    history = daily_history(warehouse.read_window("bars_1d", None, None, symbols),
+                            warehouse.read_window("bars_daily", None, None, symbols), before=today)
+    issues = last_bars_per_symbol(history, forecaster.daily_issue_days)
+    frame, model_label, fallback, skipped, latency_ms = pl.DataFrame(), "none", False, [], 0.0
+    if issues.height:
+        model = forecaster.forecaster(min_history=forecaster.daily_min_history)
+        histories = stacked_histories(history, issues, forecaster.context_length)
+        started = time.perf_counter()
+        report = model.forecast_report(histories.drop("symbol").rename({"series": "symbol"}),
+                                       horizon=forecaster.daily_horizon, context_length=forecaster.context_length,
+                                       step=forecaster.daily_step)
+        latency_ms = (time.perf_counter() - started) * 1000 / issues.height
+        frame, model_label, fallback = split_series(report.frame), report.model, report.is_fallback
+        skipped = report.skipped
+        if fallback:
+            context.log.warning(f"Chronos unavailable, using the statistical fallback: {report.fallback_reason}")
+    if skipped:
+        context.log.info(f"{len(skipped)} daily series skipped, e.g. {skipped[0]['reason']}")
+    if issues.height:
+        # the issue window moves every day: replace exactly the (symbol, issue day) range recomputed
+        warehouse.write_window("forecasts_daily", frame.with_columns(pl.col("issue_ts").alias("ts"))
+                               if frame.height else frame, start=issues["issue_ts"].min(),
+                               end=issues["issue_ts"].max() + timedelta(days=1), symbols=symbols)
+    stored = warehouse.read_window("forecasts_daily", None, None, symbols)
+    evaluation = evaluate_against(stored, history.select("symbol", "ts", "close"))
+    sources = history.group_by("source").agg(pl.col("symbol").n_unique().alias("symbols"),
+                                             pl.len().alias("daily_bars")) if history.height else pl.DataFrame()
+    return dg.MaterializeResult(
+        metadata={
+            **frame_metadata(frame),
+            "model": model_label,
+            "fallback": fallback,
+            "issues": issues.height,
+            "skipped_series": len(skipped),
+            "skip_reasons": dg.MetadataValue.md(markdown_table(pl.DataFrame(skipped).head(10)))
+            if skipped else "none",
+            "daily_history": dg.MetadataValue.md(markdown_table(sources)) if sources.height else "no daily bars yet",
+            "latency_ms_per_series": round(latency_ms, 3),
+            "evaluation": dg.MetadataValue.md(markdown_table(evaluation)) if evaluation.height else
+            "no realised daily closes yet",
+            **({"forecast_fan": forecast_fan_png(frame, history)} if frame.height else {}),
+        },
+        check_results=[evaluation_check(evaluation)],
+    )
