@@ -84,15 +84,40 @@ def _short(exc: BaseException, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _missing_without_torch(model: str, allow_download: bool) -> str | None:
+    """Why ``model`` cannot load, found without importing torch (~8 s), or None if it may load.
+
+    A process that will only use the fallback (no local weights, downloads off) then never
+    pays for the torch and chronos imports.
+    """
+    local = Path(model).expanduser()
+    if local.exists():
+        return None
+    if model.startswith((".", "/", "~")):
+        return f"model path {model} does not exist"
+    if allow_download:
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    try:
+        cached = try_to_load_from_cache(model, "config.json")
+    except Exception:  # noqa: BLE001 - an id the hub library rejects: let from_pretrained say why
+        return None
+    return None if isinstance(cached, str) else f"{model}: not in local HF cache; downloads off"
+
+
 def _load(model: str, allow_download: bool) -> _Loaded:
+    missing = _missing_without_torch(model, allow_download)
+    if missing:
+        return _Loaded(None, missing)
     try:
         import torch
         from chronos import BaseChronosPipeline
     except Exception as exc:  # noqa: BLE001 - any import problem means "use the fallback"
         return _Loaded(None, f"chronos not importable ({_short(exc)})")
     local = Path(model).expanduser()
-    if model.startswith((".", "/", "~")) and not local.exists():
-        return _Loaded(None, f"model path {model} does not exist")
     source = str(local) if local.exists() else model
     try:
         pipeline = BaseChronosPipeline.from_pretrained(
