@@ -7,7 +7,7 @@ import dagster as dg
 
 from quant.validation import ValidationInputError
 from resources.market_data import SourceConfigError
-from resources.sources.alpaca import AlpacaSourceError
+from resources.sources.errors import AlpacaSourceError
 from resources.sources.files import InputFileError
 
 USER_ERRORS = (AlpacaSourceError, InputFileError, SourceConfigError, ValidationInputError)

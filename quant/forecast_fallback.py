@@ -33,7 +33,7 @@ from datetime import timedelta
 import numpy as np
 import polars as pl
 from scipy.signal import lfilter
-from scipy.stats import norm
+from scipy.special import ndtri  # the standard normal ppf, without importing scipy.stats
 
 from quant.schema import TS_DTYPE
 
@@ -197,7 +197,7 @@ def lognormal_quantiles(
     ``last`` and ``sigma`` are (n,) arrays: last price and one-bar log-return volatility.
     """
     h = np.arange(1, horizon + 1, dtype=np.float64)
-    z = norm.ppf(np.asarray(QUANTILE_LEVELS))
+    z = ndtri(np.asarray(QUANTILE_LEVELS))
     spread = sigma[:, None] * np.sqrt(h)[None, :]  # (n, horizon)
     quantiles = last[:, None, None] * np.exp(z[None, None, :] * spread[:, :, None])
     mean = last[:, None] * np.exp(0.5 * spread**2)

@@ -42,6 +42,7 @@ from alpaca.data.requests import StockBarsRequest, StockTradesRequest
 from alpaca.data.timeframe import TimeFrame
 
 from quant.schema import BAR_SCHEMA, TICK_SCHEMA, TS_DTYPE, is_valid_symbol
+from resources.sources.errors import AlpacaSourceError
 
 logger = logging.getLogger(__name__)
 
@@ -63,13 +64,10 @@ _RFC3339 = "%Y-%m-%dT%H:%M:%S%.f%#z"
 _RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504})
 # Keeps each query string well below common URL length limits.
 SYMBOLS_PER_REQUEST = 100
+# consecutive empty pages that still carry a next_page_token before the fetch gives up
+MAX_EMPTY_PAGES = 20
 
 
-class AlpacaSourceError(ValueError):
-    """Alpaca data could not be fetched; the message is one line and never contains the keys."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(" ".join(str(message).split()))
 
 
 @dataclass(frozen=True)
@@ -137,7 +135,7 @@ def fetch_stock_bars(
                                    feed=feed_enum)
         raw = _call(client.get_stock_bars, request)
         frames.append(_frame_from_raw(raw, _BAR_FIELDS, _BAR_RENAME, ALPACA_BAR_SCHEMA))
-    return _finish(frames, ALPACA_BAR_SCHEMA, end)
+    return _finish(frames, ALPACA_BAR_SCHEMA, start, end)
 
 
 def fetch_stock_trades(
@@ -170,7 +168,7 @@ def fetch_stock_trades(
         request = StockTradesRequest(symbol_or_symbols=chunk, start=start, end=end, feed=feed_enum)
         raw = _call(client.get_stock_trades, request)
         frames.append(_frame_from_raw(raw, _TRADE_FIELDS, _TRADE_RENAME, ALPACA_TRADE_SCHEMA))
-    return _finish(frames, ALPACA_TRADE_SCHEMA, end)
+    return _finish(frames, ALPACA_TRADE_SCHEMA, start, end)
 
 
 # ---- request plumbing -------------------------------------------------------------------------
@@ -197,6 +195,8 @@ class _AlpacaDataClient(StockHistoricalDataClient):
         super().__init__(api_key=api_key, secret_key=secret_key, raw_data=True, url_override=url_override)
         self._policy = policy
         self._secrets = (api_key, secret_key)
+        self._tokens_seen: set[str] = set()  # alpaca-py follows next_page_token until it is null
+        self._empty_pages = 0
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={str(self._base_url)!r})"
@@ -250,8 +250,27 @@ class _AlpacaDataClient(StockHistoricalDataClient):
                 raise AlpacaSourceError(f"Alpaca answered {path} with a body that is not JSON") from None
             if not isinstance(body, dict):
                 raise AlpacaSourceError(f"Alpaca answered {path} with JSON that is not an object")
+            self._check_pagination(body, path)
             return _null_data_as_empty(body)
         raise AssertionError("unreachable: the loop returns or raises")
+
+    def _check_pagination(self, body: dict, path: str) -> None:
+        """Stop a server that hands out a token it handed out before, or pages that never end, instead of
+        letting alpaca-py's loop (it stops only on a null token) run forever."""
+        token = body.get("next_page_token")
+        if token is None:
+            return
+        if not isinstance(token, str) or not token:
+            raise AlpacaSourceError(f"Alpaca answered {path} with an invalid next_page_token ({type(token).__name__})")
+        if token in self._tokens_seen:
+            raise AlpacaSourceError(f"Alpaca repeated a next_page_token on {path} (a pagination loop); stopping after "
+                                    f"{len(self._tokens_seen) + 1} pages")
+        self._tokens_seen.add(token)
+        data = body.get("bars", body.get("trades"))
+        self._empty_pages = 0 if data else self._empty_pages + 1
+        if self._empty_pages > MAX_EMPTY_PAGES:
+            raise AlpacaSourceError(f"Alpaca sent {self._empty_pages} empty pages in a row on {path}, each with a "
+                                    "next_page_token; stopping")
 
     def _sleep_before_retry(self, wait: float, what: str, path: str, attempt: int, attempts: int) -> None:
         logger.warning("Alpaca %s on %s; retrying in %.2f s (attempt %d of %d)", what, path, wait, attempt + 1, attempts)
@@ -351,8 +370,8 @@ def _frame_from_raw(raw: dict[str, list[dict[str, Any]]], fields: dict[str, pl.D
             continue
         if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
             raise AlpacaSourceError(f"Alpaca sent data for {str(symbol)[:30]!r} that is not a list of records")
-        # strict=False: a malformed value becomes null (and is quarantined downstream) instead of failing the batch.
-        frame = pl.from_dicts(rows, schema=fields, strict=False).rename(rename)
+        # a malformed value becomes null (and is quarantined downstream) instead of failing the batch
+        frame = pl.from_dicts(_typed_rows(rows, fields, symbol), schema=fields, strict=False).rename(rename)
         frame = frame.with_columns(
             pl.lit(symbol, dtype=pl.Utf8).alias("symbol"),
             pl.col("ts").str.to_datetime(_RFC3339, time_unit="ns", time_zone="UTC", strict=False)
@@ -366,9 +385,57 @@ def _frame_from_raw(raw: dict[str, list[dict[str, Any]]], fields: dict[str, pl.D
     return pl.concat(frames, how="vertical")
 
 
-def _finish(frames: list[pl.DataFrame], schema: dict[str, pl.DataType], end: datetime) -> pl.DataFrame:
+_JSON_TYPES: dict[pl.DataType, tuple[type, ...]] = {pl.Utf8: (str,), pl.Float64: (int, float), pl.Int64: (int,)}
+_INT64 = (-2**63, 2**63)
+
+
+def _typed_rows(rows: list[dict[str, Any]], fields: dict[str, pl.DataType], symbol: Any) -> list[dict[str, Any]]:
+    """``rows`` with every value of the wrong JSON type set to null: text or a boolean where a number
+    belongs, a list or object anywhere, an id beyond 64 bits or with a fraction. polars alone would
+    fail the whole page on some of these and silently turn ``true`` into 1.0 or ``"12"`` into 12.0.
+    Alpaca sends numbers as JSON numbers and times as text, so valid pages pass through untouched."""
+    checks = [(key, _JSON_TYPES[dtype]) for key, dtype in fields.items()]
+    out: list[dict[str, Any]] | None = None
+    n_bad, example = 0, ""
+    for index, row in enumerate(rows):
+        fixed = None
+        for key, allowed in checks:
+            value = row.get(key)
+            if value is None:
+                continue
+            kind = type(value)
+            if kind in allowed and (kind is not int or _INT64[0] <= value < _INT64[1]):
+                continue
+            if fixed is None:
+                fixed = dict(row)
+            fixed[key] = None
+            n_bad += 1
+            example = example or f"{key}: {type(value).__name__}"
+        if fixed is not None:
+            if out is None:
+                out = list(rows[:index])
+            out.append(fixed)
+        elif out is not None:
+            out.append(row)
+    if n_bad:
+        logger.warning("Alpaca sent %d value(s) of an unexpected type for %s (e.g. %s); they are null and their "
+                       "rows will be quarantined", n_bad, str(symbol)[:30], example)
+    return rows if out is None else out
+
+
+def _finish(frames: list[pl.DataFrame], schema: dict[str, pl.DataType], start: datetime,
+            end: datetime) -> pl.DataFrame:
     frame = pl.concat(frames, how="vertical") if frames else pl.DataFrame(schema=schema)
+    start_utc = pl.lit(start.astimezone(timezone.utc)).cast(TS_DTYPE)
     end_utc = pl.lit(end.astimezone(timezone.utc)).cast(TS_DTYPE)
-    # Alpaca's end is inclusive; a null ts is kept for the validator to quarantine.
+    # rows the API was not asked for mean it ignored the query: refuse the batch rather than drop them
+    # silently or store them under the wrong day (``end`` itself is expected: the API's end is inclusive)
+    outside = frame.filter((pl.col("ts") < start_utc) | (pl.col("ts") > end_utc))
+    if outside.height:
+        first = outside.row(0, named=True)
+        raise AlpacaSourceError(
+            f"Alpaca sent {outside.height} rows outside the requested range {start.isoformat()} .. {end.isoformat()}"
+            f" (e.g. {str(first['symbol'])[:30]} at {first['ts'].isoformat()}); refusing the batch")
+    # a null ts is kept for the validator to quarantine
     frame = frame.filter(pl.col("ts").is_null() | (pl.col("ts") < end_utc))
     return frame.sort(["symbol", "ts"], maintain_order=True, nulls_last=True)
