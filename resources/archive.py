@@ -483,7 +483,7 @@ class ArchiveResource(dg.ConfigurableResource):
 
     def _write_batch(self, layout: TableLayout, rows: pl.DataFrame, batch: _Batch, superseded: set[str],
                      run_id: str, report: TableReport) -> None:
-        parts = rows.partition_by(list(layout.keys), as_dict=True, maintain_order=True)
+        parts = _split_partitions(rows, list(layout.keys))
         fs, root = self.filesystem()
         local = isinstance(fs, LocalFileSystem)
         table_root = self.table_root(layout.table)
@@ -498,7 +498,7 @@ class ArchiveResource(dg.ConfigurableResource):
 
         workers = min(8, 2 * (os.cpu_count() or 1))
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(write, item) for item in parts.items()]
+            futures = [pool.submit(write, item) for item in parts]
             for n_done, future in enumerate(as_completed(futures), start=1):
                 key, written = future.result()
                 batch.written[key] = written
@@ -881,14 +881,33 @@ def _sync_filesystem(path: str) -> None:
         os.close(fd)
 
 
+def _split_partitions(rows: pl.DataFrame, keys: list[str]) -> list[tuple[tuple[Any, ...], pl.DataFrame]]:
+    """(key values, rows) per partition. Rows usually arrive grouped by partition (tables are written
+    per symbol and day), and then zero-copy slices of the runs are ~4x cheaper than ``partition_by``;
+    when a key occurs in more than one run, ``partition_by`` groups them."""
+    if not rows.height:
+        return []
+    change = pl.any_horizontal([pl.col(k).ne_missing(pl.col(k).shift(1)) for k in keys])
+    starts = rows.select(change.fill_null(True).arg_true()).to_series().to_numpy()
+    run_keys = rows.select(keys)[starts.tolist()]
+    if run_keys.n_unique() == len(starts):
+        ends = [*starts[1:].tolist(), rows.height]
+        return [(tuple(k), rows.slice(a, b - a)) for k, a, b in zip(run_keys.iter_rows(), starts.tolist(), ends)]
+    return list(rows.partition_by(keys, as_dict=True, maintain_order=True).items())
+
+
 def _stage_local(table_root: str, table: str, rel_dir: str, part: pl.DataFrame, run_id: str) -> _Written:
     """Write a partition to a hidden temporary file in its final folder (invisible to ``*.parquet`` globs)."""
     folder = f"{table_root}/{rel_dir}"
-    os.makedirs(folder, exist_ok=True)
+    try:
+        os.mkdir(folder)  # a new partition folder: nothing stale to look for
+    except FileExistsError:
+        for name in os.listdir(folder):  # a crashed run's temporary file: never visible, safe to drop
+            if name.endswith(".tmp"):
+                os.unlink(f"{folder}/{name}")
+    except FileNotFoundError:
+        os.makedirs(folder, exist_ok=True)
     stem = partition_file_stem(table, rel_dir)
-    for name in os.listdir(folder):  # a crashed run's temporary file: never visible, safe to drop
-        if name.endswith(".tmp"):
-            os.unlink(f"{folder}/{name}")
     tmp = f"{folder}/.{stem}.{run_id}.tmp"
     part.write_parquet(tmp, compression="zstd", statistics=True)
     return _Written(rel_dir, f"{folder}/{stem}.parquet", part.height, os.path.getsize(tmp), staged=tmp)

@@ -332,3 +332,17 @@ def test_archives_asset_materializes_with_metadata(warehouse, archive):
     assert meta["rows_archived"].value == 2 * 4 and meta["rows_archived.bars_1m"].value == 2 * 4
     assert meta["partitions_moved"].value == 2 and meta["bytes_written"].value > 0
     assert "| bars_1m |" in meta["tables"].value
+
+
+def test_partition_split_equals_partition_by_for_grouped_and_interleaved_rows():
+    from resources.archive import _split_partitions
+
+    rng = np.random.default_rng(4)
+    frame = pl.DataFrame({"symbol": np.repeat(["A", "B", "C"], 40), "date": np.tile(np.repeat([1, 2, 3, 4], 10), 3),
+                          "x": rng.normal(size=120)})
+    for rows in (frame, frame.sample(fraction=1.0, shuffle=True, seed=1), frame.reverse()):
+        got = {k: v for k, v in _split_partitions(rows, ["symbol", "date"])}
+        expected = rows.partition_by(["symbol", "date"], as_dict=True, maintain_order=True)
+        assert got.keys() == expected.keys()
+        assert all(got[k].equals(expected[k]) for k in expected)
+    assert _split_partitions(frame.clear(), ["symbol", "date"]) == []
