@@ -64,6 +64,7 @@ TICK_RULES: tuple[str, ...] = (
     "size_not_numeric",
     "size_not_finite",
     "size_not_positive",
+    "size_absurd",
     "unknown_side",
     "duplicate_trade",
 )
@@ -109,6 +110,10 @@ UNKNOWN_SIDE_VALUES: frozenset[str] = frozenset({"", "unknown", "none", "null", 
 # Upper sanity bound for any price. The dearest listed share (BRK.A) trades below 1e6
 # and BTC below 1e6; a 1e7+ print is a unit error (cents, deci-cents, satoshis).
 DEFAULT_MAX_PRICE = 1e7
+# Upper sanity bound for one trade's size: a trillion shares is more than any company has
+# outstanding (Apple: ~1.5e10) and far above the largest coin prints; such a size is a
+# corrupt feed value (an overflowed counter, a notional in the size field).
+DEFAULT_MAX_SIZE = 1e12
 # Epoch zero (and negative epochs) are the usual placeholders for "no time" and
 # the result of reading an epoch with the wrong unit; real data here starts in 1998.
 DEFAULT_MIN_TS = datetime(1970, 1, 2, tzinfo=timezone.utc)
@@ -538,6 +543,7 @@ def validate_ticks(
     max_price: float = DEFAULT_MAX_PRICE,
     min_ts: datetime = DEFAULT_MIN_TS,
     table_name: str = "ticks",
+    max_size: float = DEFAULT_MAX_SIZE,
 ) -> ValidationResult:
     """Validate trade ticks.
 
@@ -561,7 +567,7 @@ def validate_ticks(
     rules = _Rules()
     _key_rules(rules, ts_raw_dtype=raw.schema.get("ts_raw"), now=now_utc, max_future=max_future, min_ts=min_ts)
     _number_rules(rules, raw, "price", ["price"], positive=True, max_value=max_price)
-    _number_rules(rules, raw, "size", ["size"], positive=True)
+    _number_rules(rules, raw, "size", ["size"], positive=True, max_value=max_size)
     rules.add(
         "unknown_side",
         pl.col("_side_bad"),
