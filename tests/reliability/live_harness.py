@@ -1,0 +1,164 @@
+"""Shared pieces of the reliability tests that drive live micro-batches.
+
+A real ``DagsterInstance`` in a temporary DAGSTER_HOME, the real ``microbatch_sensor`` evaluated through
+``build_sensor_context`` and the real ``microbatch`` job executed for what it requests, on an accelerated
+clock: the test appends one simulated minute of trades to the Redis stream, evaluates the sensor and runs
+the windows it closed. The oracle is one batch computation over the same ticks (as in
+``tests/e2e/test_microbatch.py``).
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+
+from assets.signals import GROSS_CAP, MAX_DRAWDOWN
+from orchestration.microbatch import microbatch_job, microbatch_resources
+from quant.bars import ticks_to_bars
+from quant.features import compute_features
+from quant.forecast_schedule import issue_points, split_series, stacked_histories
+from quant.physics import compute_physics
+from quant.portfolio import limit_over_time
+from quant.signals import make_signals
+from quant.simulator import simulate_ticks
+from resources.alerts import AlertingResource
+from resources.forecaster import Forecaster
+from resources.market_data import session_windows
+from resources.models import ForecasterResource
+from sensors.microbatch import MicrobatchSettings, build_microbatch_sensor
+
+SYMBOLS = ["AAA", "BBB"]
+SEED = 11
+HISTORY_DAY, LIVE_DAY = date(2024, 3, 5), date(2024, 3, 6)
+ISSUE_EVERY = 5
+MINUTE = timedelta(minutes=1)
+
+
+def make_instance(home: Path, consolidated: bool = True) -> dg.DagsterInstance:
+    """A persistent instance in ``home`` (other processes open it with DAGSTER_HOME=home)."""
+    home.mkdir(parents=True, exist_ok=True)
+    text = "telemetry:\n  enabled: false\n"
+    if consolidated:  # one event-log database for all runs: a new per-run sqlite file costs ~1.3 s per run
+        text += ("event_log_storage:\n  module: dagster._core.storage.event_log\n"
+                 f"  class: ConsolidatedSqliteEventLogStorage\n  config:\n    base_dir: {home / 'history'}\n")
+    (home / "dagster.yaml").write_text(text)
+    return dg.DagsterInstance.from_config(str(home))
+
+
+def microbatch_run_resources(warehouse, hot_state, tmp_path: Path, **extra) -> dict:
+    return {
+        "warehouse": warehouse,
+        "hot_state": hot_state,
+        "alerting": AlertingResource(),
+        "forecaster": ForecasterResource(model=str(tmp_path / "no-chronos-here"), issue_every_minutes=ISSUE_EVERY),
+        **microbatch_resources(),
+        **extra,
+    }
+
+
+def settings_for(stream: str, **overrides) -> MicrobatchSettings:
+    base = dict(stream=stream, lateness_s=0.0, idle_close_s=1e9, no_data_alert_s=0, max_runs_per_tick=3)
+    return MicrobatchSettings(**{**base, **overrides})
+
+
+class Harness:
+    """Drives the sensor through ``build_sensor_context`` and executes what it requests."""
+
+    def __init__(self, instance, resources, settings, job=microbatch_job):
+        self.instance = instance
+        self.resources = resources
+        self.job = job
+        self.sensor = build_microbatch_sensor(settings=settings)
+        self.sensor_resources = {k: resources[k] for k in ("hot_state", "warehouse", "alerting")}
+        self.cursor: str | None = None
+        self.requested: list[str] = []
+        self.results: list = []
+
+    def evaluate(self, cursor=None):
+        context = dg.build_sensor_context(instance=self.instance, cursor=cursor, resources=self.sensor_resources)
+        result = self.sensor(context)
+        return list(result.run_requests or []), result.cursor
+
+    def tick(self, execute=True):
+        requests, self.cursor = self.evaluate(self.cursor)
+        self.requested += [r.run_key for r in requests]
+        if execute:
+            for request in requests:
+                self.results.append(self.execute(request))
+        return requests
+
+    def execute(self, request):
+        return self.job.execute_in_process(
+            run_config=request.run_config, instance=self.instance, resources=self.resources,
+            tags={**request.tags, "dagster/run_key": request.run_key}, raise_on_error=False)
+
+
+def live_session():
+    return session_windows(LIVE_DAY)[0]
+
+
+def write_history(warehouse, live_open: datetime) -> pl.DataFrame:
+    """The previous session and the live session up to ``live_open``, written by the batch path."""
+    open_, close = session_windows(HISTORY_DAY)[0]
+    ticks = simulate_ticks(SYMBOLS, [(open_, close)], seed=SEED)
+    warehouse.replace_window("bars_1m", ticks_to_bars(ticks), start=open_, end=close)
+    session = live_session()
+    before = simulate_ticks(SYMBOLS, [session], seed=SEED).filter(pl.col("ts") < live_open)
+    warehouse.replace_window("bars_1m", ticks_to_bars(before), start=session[0], end=live_open)
+    return pl.concat([ticks, before])
+
+
+def live_ticks(live_open: datetime) -> pl.DataFrame:
+    """Trades of the live session from ``live_open`` on, in arrival (time) order."""
+    return simulate_ticks(SYMBOLS, [live_session()], seed=SEED).filter(pl.col("ts") >= live_open).sort(
+        "ts", maintain_order=True)
+
+
+def minute_of(ticks: pl.DataFrame, start: datetime) -> pl.DataFrame:
+    return ticks.filter((pl.col("ts") >= start) & (pl.col("ts") < start + MINUTE))
+
+
+def daily_signals(raw: pl.DataFrame, bars: pl.DataFrame) -> pl.DataFrame:
+    """What the daily ``signals`` asset does after make_signals: one pass of the portfolio limits."""
+    limited = limit_over_time(raw, bars.select("symbol", "ts", "close"), gross_cap=GROSS_CAP, max_drawdown=MAX_DRAWDOWN)
+    return limited.with_columns(
+        pl.when(pl.col("limited_by").fill_null("") != "")
+        .then(pl.col("reason") + pl.lit("; limited by ") + pl.col("limited_by")).otherwise(pl.col("reason")),
+        pl.when(pl.col("size").abs() < 1e-12).then(pl.lit("HOLD")).otherwise(pl.col("side")).alias("side"),
+    ).with_columns(pl.col(pl.Float64).fill_nan(None)).sort("symbol", "ts")
+
+
+def batch_oracle(all_ticks: pl.DataFrame, start: datetime, end: datetime) -> dict[str, pl.DataFrame]:
+    """One batch computation over every tick before ``end``; the rows of [start, end) of each table."""
+    ticks = all_ticks.filter(pl.col("ts") < end).sort(["symbol", "ts"], maintain_order=True)
+    bars = ticks_to_bars(ticks)
+    features = compute_features(bars)
+    physics = compute_physics(features)
+    issues = issue_points(bars, ISSUE_EVERY, start, end)
+    report = Forecaster(model="/nonexistent/chronos").forecast_report(
+        stacked_histories(bars, issues, 512).drop("symbol").rename({"series": "symbol"}), horizon=10,
+        context_length=512)
+    forecasts = split_series(report.frame)
+    signals = daily_signals(make_signals(forecasts, physics, None, step="1m"), bars)
+
+    def window(frame, column="ts"):
+        return frame.filter((pl.col(column) >= start) & (pl.col(column) < end)).sort("symbol", column)
+
+    return {"ticks": window(ticks), "bars_1m": window(bars), "features": window(features),
+            "physics_states": window(physics), "forecasts": window(forecasts, "issue_ts"),
+            "signals": window(signals), "all_physics": physics}
+
+
+def stored(warehouse, table: str, start: datetime, end: datetime, sort=("symbol", "ts")) -> pl.DataFrame:
+    frame = warehouse.read_window(table, start, end, order_by_symbol_ts=False)
+    return frame.sort(list(sort), maintain_order=True)
+
+
+def hot_states(client) -> dict[str, dict]:
+    """Every ``physics:state:*`` key of a Redis server, parsed."""
+    import json
+
+    return {key.decode(): json.loads(client.get(key)) for key in sorted(client.scan_iter("physics:state:*"))}
