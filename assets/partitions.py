@@ -12,9 +12,9 @@ from datetime import date
 
 import dagster as dg
 
-from resources.paths import env_or
+from resources.env_config import env_date
 
-PARTITIONS_START = env_or("FEYNMAN_PARTITIONS_START", "2008-01-01")
+PARTITIONS_START = env_date("FEYNMAN_PARTITIONS_START", "2008-01-01")
 
 daily_partitions = dg.DailyPartitionsDefinition(start_date=PARTITIONS_START, end_offset=1)
 

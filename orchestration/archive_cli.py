@@ -165,7 +165,7 @@ def _backup_redis(hot_state: HotStateResource, out: Path) -> dict[str, Any]:
     version = client.info("server").get("redis_version")
     folder = out / "redis"
     folder.mkdir()
-    if not hot_state.redis_url:
+    if not hot_state.url():
         _wait_bgsave(client)  # a save already running predates our request: let it finish first
         client.bgsave()
         info = _wait_bgsave(client)
@@ -288,7 +288,7 @@ def _stop_embedded(server: Any) -> None:
 def _restore_redis(hot_state: HotStateResource, folder: Path, manifest: dict[str, Any]) -> str:
     red = manifest["redis"]
     if red["mode"] == "embedded":
-        if hot_state.redis_url:
+        if hot_state.url():
             raise BackupError("this backup holds the embedded Redis (dump.rdb) but REDIS_URL points at a server; "
                               "unset REDIS_URL to restore it")
         server = hot_state.embedded()

@@ -126,6 +126,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
             os.environ[name] = value
     if args.source == "files" and not os.environ.get("FEYNMAN_FILES_PATH"):
         raise UsageError("--source files needs --path")
+    if os.environ.get("FEYNMAN_SOURCE") == "alpaca":  # refuse now, not in every day's run
+        from resources.sources.alpaca import alpaca_credentials_from_env
+
+        alpaca_credentials_from_env()
     from orchestration.run_main import format_summary, run_main
 
     summary = run_main(args.days, args.end_date)
@@ -210,7 +214,7 @@ def _cmd_redis_stop(args: argparse.Namespace) -> int:
     from orchestration.resources import build_resources
 
     hot = build_resources()["hot_state"]
-    if hot.redis_url:
+    if hot.url():
         raise UsageError("REDIS_URL points at an external server; feynman only stops its embedded one")
     print("stopped embedded redis" if hot.embedded().stop() else "embedded redis was not running")
     return 0
@@ -234,6 +238,9 @@ COMMANDS = {"run": _cmd_run, "backtest": _cmd_backtest, "archive": _cmd_archive,
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        from resources.env_config import check_environment
+
+        check_environment()  # a bad variable is refused here, in one line, before any work starts
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print("feynman: interrupted", file=sys.stderr)

@@ -4,7 +4,7 @@
 |---|---|---|
 | FEYNMAN_DATA_DIR | ``<repo>/data`` | every embedded store |
 | FEYNMAN_DUCKDB | ``$FEYNMAN_DATA_DIR/warehouse.duckdb`` | warehouse |
-| REDIS_URL | empty: embedded redis under ``$FEYNMAN_DATA_DIR/redis`` | hot_state |
+| REDIS_URL | empty: embedded redis under ``$FEYNMAN_DATA_DIR/redis`` | hot_state, read through dg.EnvVar (may hold a password) |
 | FEYNMAN_LANCEDB | ``$FEYNMAN_DATA_DIR/lancedb`` | vector_store |
 | FEYNMAN_SOURCE | ``sim`` | market_data |
 | FEYNMAN_SYMBOLS | 10 large US symbols | market_data |
@@ -27,6 +27,7 @@ from typing import Any
 import dagster as dg
 
 from resources.alerts import alerting_from_env
+from resources.env_config import check_environment, env_number
 from resources.archive import ArchiveResource
 from resources.backtest_config import BacktestConfig
 from resources.hot_state import HotStateResource
@@ -44,10 +45,11 @@ def _secret(name: str) -> Any:
 
 
 def build_resources(**overrides: Any) -> dict[str, Any]:
+    check_environment()  # one line naming the variable, instead of a failure inside every run
     market = dict(
         source=env_or("FEYNMAN_SOURCE", "sim"),
         symbols=env_or("FEYNMAN_SYMBOLS", DEFAULT_SYMBOLS),
-        seed=int(env_or("FEYNMAN_SEED", "42")),
+        seed=int(env_number("FEYNMAN_SEED", 42, integer=True)),
         files_path=env_or("FEYNMAN_FILES_PATH", ""),
         files_tz=env_or("FEYNMAN_FILES_TZ", "UTC"),
         files_bar_label=env_or("FEYNMAN_FILES_BAR_LABEL", "start"),
@@ -60,7 +62,8 @@ def build_resources(**overrides: Any) -> dict[str, Any]:
     market.update(overrides.pop("market_data", {}))
     resources: dict[str, Any] = {
         "warehouse": WarehouseResource(database=duckdb_path()),
-        "hot_state": HotStateResource(redis_url=env_or("REDIS_URL", ""), embedded_dir=str(redis_dir())),
+        # REDIS_URL may carry a password: EnvVar keeps it out of the resource config the UI shows
+        "hot_state": HotStateResource(redis_url=_secret("REDIS_URL") or "", embedded_dir=str(redis_dir())),
         "market_data": MarketDataResource(**market),
         "forecaster": ForecasterResource(),
         "embedder": EmbedderResource(),

@@ -50,6 +50,7 @@ import polars as pl
 
 from quant.schema import QUARANTINE_SCHEMA, TS_DTYPE
 from resources.alerts import AlertingResource
+from resources.env_config import MICROBATCH_NUMBERS, env_number
 from resources.hot_state import TICK_STREAM, HotStateResource
 from resources.live import ENTRY_SCHEMA, entries_frame
 from resources.warehouse import WarehouseResource, checked_table
@@ -88,8 +89,9 @@ CREATE TABLE IF NOT EXISTS staged_ticks (
 
 
 def _env_float(name: str, default: float) -> float:
-    value = os.environ.get(name, "").strip()
-    return float(value) if value else default
+    # text, NaN or a value below the variable's bound is refused with a line naming the variable
+    integer, minimum, strict = MICROBATCH_NUMBERS[name]
+    return env_number(name, default, integer=integer, minimum=minimum, strictly_above=strict)
 
 
 @dataclass(frozen=True)
