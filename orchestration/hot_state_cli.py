@@ -7,6 +7,7 @@ from resources.warehouse import WarehouseResource
 
 def rebuild_hot_state(warehouse: WarehouseResource, hot_state: HotStateResource) -> int:
     """SET the latest stored physics state of every symbol (the warehouse is the source of truth)."""
+    hot_state.client()  # reach Redis first: a wrong REDIS_URL is an error even when there is nothing to write
     if not warehouse.table_exists("physics_states"):
         return 0
     columns = ", ".join(HOT_STATE_FIELDS)
