@@ -18,6 +18,7 @@ the variable name, not the value), kept out of ``repr`` and never written to a l
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import logging
 import urllib.error
@@ -115,11 +116,21 @@ def _store(warehouse: Any, alert: dict[str, Any]) -> None:
 
 
 def post_webhook(url: str, payload: dict[str, Any], timeout_s: float = 5.0) -> None:
-    """POST ``payload`` as JSON; raises ``OSError`` with a message that does not contain the URL."""
-    body = json.dumps(payload, default=str).encode()
-    request = urllib.request.Request(url, data=body, method="POST",
-                                     headers={"Content-Type": "application/json", "User-Agent": "feynman-alerts"})
+    """POST ``payload`` as JSON to an http(s) URL; raises ``OSError`` with a message that does not contain
+    the URL (urllib would also open file:// or ftp:// URLs, and raise ValueError for a malformed one)."""
+    from urllib.parse import urlsplit
+
     try:
+        parts = urlsplit(url)
+        valid = parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        valid = False
+    if not valid:
+        raise OSError(f"{WEBHOOK_ENV} is not an http(s) URL with a host")
+    body = json.dumps(payload, default=str).encode()
+    try:
+        request = urllib.request.Request(url, data=body, method="POST",
+                                         headers={"Content-Type": "application/json", "User-Agent": "feynman-alerts"})
         with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310 - URL is operator config
             if not 200 <= response.status < 300:
                 raise OSError(f"webhook answered HTTP {response.status}")
@@ -128,6 +139,8 @@ def post_webhook(url: str, payload: dict[str, Any], timeout_s: float = 5.0) -> N
     except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
         reason = getattr(exc, "reason", exc)
         raise OSError(f"webhook unreachable ({type(reason).__name__})") from None
+    except (ValueError, http.client.HTTPException) as exc:  # e.g. a port that is not a number, a broken reply
+        raise OSError(f"webhook request failed ({type(exc).__name__})") from None
 
 
 def raise_alert(
