@@ -361,8 +361,16 @@ class MicrobatchCoordinator:
             return False
         frame = entries_frame(entries).unique("entry_id", keep="first", maintain_order=True)
         now_us = int(now * _US)
-        horizon_us = (state.watermark_us or -2**62) - int(self.s.late_horizon_s * _US)
         ts_us = pl.col("ts").dt.epoch("us")
+        reference = state.watermark_us
+        if reference is None:
+            # the very first entries: judge lateness against the newest of them, as the watermark will be;
+            # otherwise an epoch-0 placeholder is staged, pruned past the horizon in this same tick before
+            # its run reads it, and left pending
+            usable = frame.filter(pl.col("ts").is_not_null() & (ts_us <= now_us + int(self.s.max_future_s * _US)))
+            if usable.height:
+                reference = int(usable["ts"].dt.epoch("us").max()) - int(self.s.lateness_s * _US)
+        horizon_us = (reference if reference is not None else -2**62) - int(self.s.late_horizon_s * _US)
         rule = (pl.when(pl.col("ts").is_null() & (pl.col("ts_raw").is_null() | (pl.col("ts_raw") == "")))
                 .then(pl.lit("missing_ts"))
                 .when(pl.col("ts").is_null()).then(pl.lit("unparseable_ts"))
