@@ -110,6 +110,10 @@ def run_live(
     if duration is not None and duration <= 0:
         raise LiveSourceError(f"duration must be positive, got {duration}")
     symbols = _symbols(symbols)
+    if source == "sim":  # refuse bad arguments before starting or reaching Redis
+        start = _parse_start(start)
+        if not speed > 0:
+            raise LiveSourceError(f"speed must be positive, got {speed}")
     if hot_state is None:
         from orchestration.resources import build_resources
 
