@@ -114,7 +114,7 @@ def load_real_trades(symbols: list[str], start: datetime, end: datetime) -> pl.D
 class Fault:
     status: int | None  # None: answer normally, but only after ``delay`` seconds
     headers: dict[str, str] = field(default_factory=dict)
-    body: dict | None = None
+    body: dict | list | bytes | None = None  # bytes: sent as they are (an HTML error page, broken JSON)
     delay: float = 0.0
 
 
@@ -187,7 +187,9 @@ class FakeAlpacaServer:
 
     # programmable faults, consumed in order by the next requests
     def fail_next(self, count: int, status: int, *, headers: dict[str, str] | None = None,
-                  body: dict | None = None) -> None:
+                  body: dict | list | bytes | None = None) -> None:
+        """Answer the next ``count`` requests with ``status`` and ``body`` (JSON, or raw ``bytes`` with the
+        Content-Type given in ``headers``, default text/html)."""
         with self._lock:
             for _ in range(count):
                 self._faults.append(Fault(status, dict(headers or {}), body))
@@ -232,7 +234,8 @@ class FakeAlpacaServer:
         fault = self._next_fault()
         delay = fault.delay if fault else 0.0
         if fault is not None and fault.status is not None:
-            status, extra, body = fault.status, fault.headers, fault.body or {"message": f"fake fault {fault.status}"}
+            body = fault.body if isinstance(fault.body, bytes) else fault.body or {"message": f"fake fault {fault.status}"}
+            status, extra = fault.status, fault.headers
         else:
             status, extra, body = self._answer(method, split.path, params, headers)
         self._record(RecordedRequest(time.monotonic(), method, split.path, params,
@@ -353,10 +356,14 @@ class _Handler(BaseHTTPRequestHandler):
         status, extra, body, delay = self.server.fake.handle(method, self.path, self.headers)  # type: ignore[attr-defined]
         if delay:
             time.sleep(delay)
-        payload = json.dumps(body).encode()
+        extra = dict(extra)
+        if isinstance(body, bytes):
+            payload, content_type = body, extra.pop("Content-Type", "text/html; charset=UTF-8")
+        else:
+            payload, content_type = json.dumps(body).encode(), "application/json; charset=UTF-8"
         try:
             self.send_response(status)
-            self.send_header("Content-Type", "application/json; charset=UTF-8")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(payload)))
             for name, value in extra.items():
                 self.send_header(name, value)
