@@ -47,7 +47,7 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 N_WINDOWS = 30
-MAX_WINDOWS = 90  # the micro-batches keep going while the other jobs run, up to this many windows
+MAX_WINDOWS = 240  # the micro-batches keep going while the other jobs run, up to this many windows
 LIVE_OFFSET = timedelta(minutes=30)
 OLD_DAYS = [date(2024, 1, 22), date(2024, 1, 23), date(2024, 1, 29), date(2024, 1, 30)]
 RETENTION_DAYS = 40  # cutoff 2024-01-26: Jan 22-23 go cold, Jan 29-30 stay hot (and the live days)

@@ -24,6 +24,7 @@ At the end every table equals the reference's and one batch computation over the
 import os
 import subprocess
 import sys
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -157,13 +158,16 @@ def test_redis_outage_during_a_microbatch(stop_at, comes_back, platforms, monkey
         reference.warehouse.query(sql, [window.isoformat()]).sort("symbol"))
 
     # while Redis is down: the sensor fails with one line and leaves an alert row in DuckDB
+    hours = {int(time.time() // 3600)}
     for _ in range(2):
         with pytest.raises(Exception) as failed:
             live.harness.tick()
         text = str(failed.value).strip()
         assert len(text.splitlines()) == 1 and "redis" in text.lower(), text
+    hours.add(int(time.time() // 3600))
     alerts = live.warehouse.query("SELECT kind, severity, message FROM alerts WHERE kind = 'redis_unavailable'")
-    assert alerts.height == 1 and alerts["severity"][0] == "critical", alerts  # once per outage hour
+    assert 1 <= alerts.height <= len(hours), alerts  # one per server and hour, not one per evaluation
+    assert set(alerts["severity"]) == {"critical"}
     assert "rebuild-hot-state" in alerts["message"][0]
     if stop_at == "mid_run":  # (a CLI process costs seconds: once is enough)
         down = live.cli("rebuild-hot-state")
