@@ -29,9 +29,10 @@ MAX_DRAWDOWN = 0.15
 def similar_outcomes(states: pl.DataFrame, vector_store: Any, embedder: Any, closes: pl.DataFrame) -> pl.DataFrame:
     """Per state (symbol, ts): mean realised return, ups and count of its k nearest *past* states.
 
-    Each lookup gets only the closes it can read (the matched symbols from the first match's ts to
-    the last one's plus the horizon): handing the whole look-back to every lookup cost ~0.13 s per
-    state. ``quant.retrieval.attach_outcomes`` keeps outcomes not yet realised at ``ts`` out."""
+    States that share a ts (every symbol at one issue bar) are looked up in one batched LanceDB
+    query and scored in one ``quant.retrieval.attach_outcomes`` call, which keeps outcomes not
+    yet realised at that ts out; each batch reads only the closes of its matched symbols from
+    the first match's ts to the last one's plus the horizon."""
     from quant.retrieval import attach_outcomes
 
     schema = {"symbol": pl.Utf8, "ts": pl.Datetime("us", "UTC"), "mean_return": pl.Float64, "n_up": pl.Int64,
@@ -41,24 +42,28 @@ def similar_outcomes(states: pl.DataFrame, vector_store: Any, embedder: Any, clo
         return pl.DataFrame(schema=schema)
     horizon = embedder.outcome_horizon_minutes
     column = f"fwd_return_{horizon}m"
-    by_symbol = closes.select("symbol", "ts", "close").sort("symbol", "ts").partition_by("symbol", as_dict=True)
+    closes = closes.select("symbol", "ts", "close")
+    valid = valid.with_row_index("_state")
     vectors = embedder.embedder().embed(state_texts(valid))
-    rows = []
-    for (symbol, ts), vector in zip(valid.select("symbol", "ts").iter_rows(), vectors):
-        matches = vector_store.similar_states(np.asarray(vector), before=ts, k=embedder.k_similar,
-                                              horizon_minutes=horizon)
-        known = pl.Series([], dtype=pl.Float64)
+    parts = []
+    for (ts,), group in valid.partition_by("ts", as_dict=True, maintain_order=True).items():
+        rows = group["_state"].to_numpy()
+        matches = vector_store.similar_states_many(vectors[rows], before=ts, k=embedder.k_similar)
+        scored = pl.DataFrame(schema={"_state": pl.UInt32, column: pl.Float64})
         if matches.height:
             low, high = matches["ts"].min(), matches["ts"].max() + timedelta(minutes=horizon)
-            parts = [by_symbol[(s,)].filter(pl.col("ts").is_between(low, high))
-                     for s in matches["symbol"].unique().to_list() if (s,) in by_symbol]
-            window = pl.concat(parts) if parts else closes.clear().select("symbol", "ts", "close")
-            matches = attach_outcomes(matches, window, horizon, ts)
-            known = matches.filter(pl.col("outcome_status") == "ok")[column]
-        rows.append({"symbol": symbol, "ts": ts, "mean_return": known.mean() if known.len() else None,
-                     "n_up": int((known > 0).sum()), "n": known.len()})
-    return pl.DataFrame(rows, schema=schema)
-
+            window = closes.filter(pl.col("symbol").is_in(matches["symbol"].unique().implode())
+                                   & pl.col("ts").is_between(low, high))
+            known = attach_outcomes(matches, window, horizon, ts).filter(pl.col("outcome_status") == "ok")
+            scored = known.select(pl.Series("_state", rows[known["query_index"].to_numpy()], dtype=pl.UInt32),
+                                  known[column])
+        parts.append(group.select("_state", "symbol", "ts").join(
+            scored.group_by("_state").agg(pl.col(column).mean().alias("mean_return"),
+                                          (pl.col(column) > 0).sum().cast(pl.Int64).alias("n_up"),
+                                          pl.len().cast(pl.Int64).alias("n")),
+            on="_state", how="left"))
+    out = pl.concat(parts).sort("_state").with_columns(pl.col("n_up").fill_null(0), pl.col("n").fill_null(0))
+    return out.select("symbol", pl.col("ts").cast(pl.Datetime("us", "UTC")), "mean_return", "n_up", "n").cast(schema)
 
 
 def finalize_signals(raw: pl.DataFrame, earlier: pl.DataFrame, closes: pl.DataFrame) -> pl.DataFrame:

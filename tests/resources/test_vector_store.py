@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from quant.state_text import state_text
+from quant.state_text import state_text, state_texts
 from resources.embedder import EMBED_DIM, StateEmbedder, default_model_source
 from resources.vector_store import (
     VectorStoreError,
@@ -270,3 +270,44 @@ def test_ensure_index_waits_for_enough_rows(tmp_path):
     store.upsert_states(_rows(_unit(np.random.default_rng(0), 50)))
     assert store.ensure_index(min_rows=100) == {"action": "none", "rows": 50, "duration_s": pytest.approx(0, abs=5)}
     assert store.similar_states(_unit(np.random.default_rng(1), 1)[0], before=T0 + timedelta(days=1), k=5).height == 5
+
+
+def test_batched_lookups_equal_one_query_each(tmp_path):
+    store = VectorStoreResource(uri=str(tmp_path))
+    rng = np.random.default_rng(7)
+    store.upsert_states(_rows(_unit(rng, 600)))
+    queries = _unit(rng, 20)
+    before = T0 + timedelta(minutes=400)
+    many = store.similar_states_many(queries, before=before, k=5)
+    assert many["query_index"].n_unique() == 20 and (many["ts"] < before).all()
+    for i, q in enumerate(queries):
+        one = store.similar_states(q, before=before, k=5)
+        assert many.filter(pl.col("query_index") == i)["state_key"].to_list() == one["state_key"].to_list()
+    with pytest.raises(VectorStoreError, match="must be \\(n, 384\\)"):
+        store.similar_states_many(queries[:, :10], before=before)
+
+
+def test_similar_outcomes_equal_the_per_state_reference(tmp_path):
+    from assets.signals import similar_outcomes
+    from orchestration.benchmarks.vectors import synthetic_states
+    from resources.models import EmbedderResource
+
+    states = synthetic_states(300, n_symbols=3, step_minutes=5)
+    store = VectorStoreResource(uri=str(tmp_path))
+    store.embed_states(states.head(240))
+    rng = np.random.default_rng(2)
+    closes = states.select("symbol", "ts").with_columns(
+        pl.Series("close", 100 * np.exp(np.cumsum(rng.normal(0, 1e-3, states.height)))))
+    resource = EmbedderResource(k_similar=4, outcome_horizon_minutes=10)
+    queries = states.tail(60)  # 20 issue times x 3 symbols
+    got = similar_outcomes(queries, store, resource, closes)
+    assert got.height == queries.height and got["n"].sum() > 0
+    vectors = resource.embedder().embed(state_texts(queries))
+    for row, vector in zip(got.iter_rows(named=True), vectors):
+        ref = store.similar_states(vector, before=row["ts"], k=4, closes=closes, horizon_minutes=10)
+        ok = ref.filter(pl.col("outcome_status") == "ok")["fwd_return_10m"]
+        assert row["n"] == ok.len() and row["n_up"] == int((ok > 0).sum())
+        if ok.len():
+            assert row["mean_return"] == pytest.approx(ok.mean(), rel=1e-12)
+        else:
+            assert row["mean_return"] is None
