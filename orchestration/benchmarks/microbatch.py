@@ -21,7 +21,9 @@ loop overhead and its gRPC sensor call (the sensor code runs in this process ins
 Figures per window: ``e2e`` = run end (success) minus the moment simulated time passed the window's
 end (allowed lateness 0, so that is the close); ``compute_s`` = the run's tag ``feynman/compute_s``
 (the steps' own work: DuckDB reads/writes, validation, bars, features, physics, forecasts,
-signals, Redis publishing; excluding model load and Dagster/process overhead).
+signals, Redis publishing; excluding one-off loads per run process - the forecaster and
+embedding models and the lancedb library import, reported as ``model_load_s`` - and
+Dagster/process overhead).
 ``value`` = median e2e over the windows; ``compute_s`` = median compute.
 """
 
