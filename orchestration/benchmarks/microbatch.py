@@ -6,7 +6,8 @@ its full look-back); then 6 live one-minute windows (the session's minutes 11-16
 15-minute forecast issue and embedding bucket) streamed by the simulator producer into the real
 embedded Redis on an accelerated clock (one simulated minute every ``cadence_s`` = 20 wall s).
 The job is wired with the LanceDB embedding hook (as recommended for the code location); the
-vector store starts empty, so similar-state lookups run but find nothing.
+vector store holds the history's states (every 15 minutes per symbol and at regime changes, as
+the daily assets embed them; not timed), so similar-state lookups find and score neighbours.
 ``quick=True``: 10 symbols, 1 session of history, 2 windows, cadence 8 s.
 
 Path measured, as the Dagster daemon runs it: the micro-batch sensor's work
@@ -104,6 +105,22 @@ def _seed_history(warehouse, symbols: list[str], history_days: list[date], live_
     return n
 
 
+def _seed_vector_memory(warehouse, symbols: list[str]) -> int:
+    """The states of the seeded history, embedded into LanceDB as the daily assets would have done
+    (every 15 minutes per symbol and at regime changes): the steady state of a running platform,
+    so the live windows' similar-state lookups find and score real neighbours."""
+    from quant.features import compute_features
+    from quant.physics import compute_physics
+    from quant.state_text import select_embedding_rows, split_valid_states
+    from resources.paths import lancedb_uri
+    from resources.vector_store import VectorStoreResource
+
+    physics = compute_physics(compute_features(warehouse.read_window("bars_1m", None, None, symbols)))
+    valid, _ = split_valid_states(select_embedding_rows(physics.select(
+        "symbol", "ts", "mass", "momentum", "friction", "entropy", "nash_dist", "alpha", "regime")))
+    return VectorStoreResource(uri=lancedb_uri()).embed_states(valid)["rows"]
+
+
 class _Launcher:
     """Creates and submits runs the way the sensor daemon does, against a real code location."""
 
@@ -185,6 +202,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         warehouse.ensure_schema()
         hot = HotStateResource(embedded_dir=str(redis_dir()))
         seeded = _seed_history(warehouse, symbols, history_days, live_session, first_window)
+        seeded_states = _seed_vector_memory(warehouse, symbols)
 
         instance = dg.DagsterInstance.get()
         launcher = _Launcher(instance)
@@ -261,7 +279,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
             "targets": {"e2e_s": 15.0, "compute_s": 1.0},
             "workload": {
                 "symbols": n_symbols, "windows": n_windows, "history_sessions": n_history,
-                "bars_seeded": seeded, "lookback_bars": warmup_bars(), "cadence_s": cadence_s,
+                "bars_seeded": seeded, "states_seeded": seeded_states, "lookback_bars": warmup_bars(), "cadence_s": cadence_s,
                 "sensor_interval_s": interval_s, "lateness_s": 0.0,
                 "instance": "sqlite, consolidated event log, DefaultRunCoordinator + DefaultRunLauncher",
                 "run_process": "fresh process per run via a dagster api grpc code server",
