@@ -410,8 +410,7 @@ def lancedb_embed_window(context: dg.OpExecutionContext, work: WindowWork,
     resources ``vector_store`` and ``embedder`` (``LANCEDB_EMBED_KEYS``); the embedding model loads
     (once per process) only when there is a state to embed or an issue to look up."""
     from assets.embeddings import STATE_COLUMNS, forecast_summary
-    from quant.state_text import select_embedding_rows, split_valid_states, state_texts
-    from resources.vector_store import embedding_rows
+    from quant.state_text import select_embedding_rows, split_valid_states
 
     vector_store, embedder = context.resources.vector_store, context.resources.embedder
     physics = work.physics.select(STATE_COLUMNS)
@@ -430,9 +429,8 @@ def lancedb_embed_window(context: dg.OpExecutionContext, work: WindowWork,
     vector_store.open()
     work.model_load_s += time.perf_counter() - started
     with _timed(work, "embeddings"):
-        if valid.height:
-            texts = state_texts(valid)
-            vector_store.upsert_states(embedding_rows(valid, embedder.embedder().embed(texts), texts))
+        if valid.height:  # texts the store already holds reuse their stored vectors
+            vector_store.embed_states(valid, embedder.embedder())
         outcomes = similar_outcomes(issue_states, vector_store, embedder, work.bars.select("symbol", "ts", "close")) \
             if issue_states.height else None
     context.log.info(f"{work.label}: {valid.height} states embedded, {issue_states.height} similar-state lookups")

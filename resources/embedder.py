@@ -208,6 +208,18 @@ class StateEmbedder:
                         self._cache.popitem(last=False)
         return np.stack([found[t] for t in texts]).astype(np.float32, copy=False)
 
+    def remember(self, vectors: dict[str, np.ndarray]) -> None:
+        """Put vectors known from elsewhere (the store keeps every text it has embedded) into the
+        LRU cache, so a later ``embed`` of those texts in this process does not encode them."""
+        if not self.cache_size:
+            return
+        with self._lock:
+            for text, vector in vectors.items():
+                self._cache[text] = np.asarray(vector, dtype=np.float32)
+                self._cache.move_to_end(text)
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+
     def embed_one(self, text: str) -> np.ndarray:
         """float32 vector (384,) of unit norm."""
         return self.embed([text])[0]

@@ -320,6 +320,8 @@ class VectorStoreResource(dg.ConfigurableResource):
         texts = state_texts(states)
         distinct = list(dict.fromkeys(texts))
         known = self.stored_vectors(distinct)
+        if known and hasattr(embedder, "remember"):
+            embedder.remember(known)  # later lookups of these states in this process reuse them too
         todo = [t for t in distinct if t not in known]
         if todo:
             if embedder is None:

@@ -147,6 +147,9 @@ def test_embed_states_reuses_stored_vectors_and_encodes_only_new_texts(tmp_path,
     second = store.embed_states(pl.concat([day1.with_columns(pl.col("ts") + timedelta(days=1)), day2.head(1)]), fresh)
     assert second["reused_from_store"] == 2 and second["encoded"] == 1
     assert [len(c) for c in counting.calls] == [1]
+    # the reused vectors are remembered: embedding those states again in this process encodes nothing
+    fresh.embed([state_text(r) for r in day1.head(2).to_dicts()])
+    assert [len(c) for c in counting.calls] == [1]
     stored = store.read_all()
     assert stored.height == 12
     ref = embedder.model.encode(stored["text"].to_list(), normalize_embeddings=True)
