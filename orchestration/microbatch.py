@@ -413,14 +413,16 @@ def lancedb_embed_window(context: dg.OpExecutionContext, work: WindowWork,
     from quant.state_text import select_embedding_rows, split_valid_states
 
     vector_store, embedder = context.resources.vector_store, context.resources.embedder
-    physics = work.physics.select(STATE_COLUMNS)
-    in_range = (pl.col("ts") >= work.start) & (pl.col("ts") < work.recompute_end)
-    chosen = select_embedding_rows(physics.filter(in_range), embedder.every_minutes,
-                                   context=physics.filter(pl.col("ts") < work.start))
-    chosen = chosen.join(forecast_summary(forecasts), on=["symbol", "ts"], how="left")
-    valid, _ = split_valid_states(chosen)
-    issue_states = physics.join(forecasts.select("symbol", pl.col("issue_ts").alias("ts")).unique(),
-                                on=["symbol", "ts"], how="inner")
+    with _timed(work, "embeddings_select"):
+        physics = work.physics.select(STATE_COLUMNS)
+        in_range = (pl.col("ts") >= work.start) & (pl.col("ts") < work.recompute_end)
+        # the selection compares a bar with the previous bar of its symbol only: that bar is context enough
+        before = physics.filter(pl.col("ts") < work.start).group_by("symbol").agg(pl.all().sort_by("ts").last())
+        chosen = select_embedding_rows(physics.filter(in_range), embedder.every_minutes, context=before)
+        chosen = chosen.join(forecast_summary(forecasts), on=["symbol", "ts"], how="left")
+        valid, _ = split_valid_states(chosen)
+        issue_states = physics.join(forecasts.select("symbol", pl.col("issue_ts").alias("ts")).unique(),
+                                    on=["symbol", "ts"], how="inner")
     if not valid.height and not issue_states.height:
         return None
     started = time.perf_counter()
@@ -431,6 +433,7 @@ def lancedb_embed_window(context: dg.OpExecutionContext, work: WindowWork,
     with _timed(work, "embeddings"):
         if valid.height:  # texts the store already holds reuse their stored vectors
             vector_store.embed_states(valid, embedder.embedder())
+    with _timed(work, "similar_states"):
         outcomes = similar_outcomes(issue_states, vector_store, embedder, work.bars.select("symbol", "ts", "close")) \
             if issue_states.height else None
     context.log.info(f"{work.label}: {valid.height} states embedded, {issue_states.height} similar-state lookups")
