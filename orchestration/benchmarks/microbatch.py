@@ -7,7 +7,8 @@ its full look-back); then 6 live one-minute windows (the session's minutes 11-16
 embedded Redis on an accelerated clock (one simulated minute every ``cadence_s`` = 20 wall s).
 The job is wired with the LanceDB embedding hook (as recommended for the code location); the
 vector store holds the history's states (every 15 minutes per symbol and at regime changes, as
-the daily assets embed them; not timed), so similar-state lookups find and score neighbours.
+the daily assets embed them, then indexed as that asset does; not timed), so similar-state
+lookups find and score neighbours.
 ``quick=True``: 10 symbols, 1 session of history, 2 windows, cadence 8 s.
 
 Path measured, as the Dagster daemon runs it: the micro-batch sensor's work
@@ -118,7 +119,10 @@ def _seed_vector_memory(warehouse, symbols: list[str]) -> int:
     physics = compute_physics(compute_features(warehouse.read_window("bars_1m", None, None, symbols)))
     valid, _ = split_valid_states(select_embedding_rows(physics.select(
         "symbol", "ts", "mass", "momentum", "friction", "entropy", "nash_dist", "alpha", "regime")))
-    return VectorStoreResource(uri=lancedb_uri()).embed_states(valid)["rows"]
+    store = VectorStoreResource(uri=lancedb_uri())
+    rows = store.embed_states(valid)["rows"]
+    store.ensure_index()  # as the daily embeddings asset does after its upsert
+    return rows
 
 
 class _Launcher:
