@@ -17,29 +17,26 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from assets.signals import GROSS_CAP, MAX_DRAWDOWN
 from orchestration.microbatch import microbatch_job, microbatch_resources
 from quant.bars import ticks_to_bars
 from quant.features import compute_features
-from quant.forecast_schedule import issue_points, split_series, stacked_histories
 from quant.physics import compute_physics
-from quant.portfolio import limit_over_time
 from quant.signals import make_signals, to_redis_message
 from quant.simulator import simulate_ticks
 from resources.alerts import AlertingResource
-from resources.forecaster import Forecaster
 from resources.hot_state import CHANNEL_SIGNALS, CHANNEL_STATE
 from resources.live import TickStreamWriter, replay_simulated, trade_fields
 from resources.market_data import session_windows
 from resources.models import ForecasterResource
 from sensors.microbatch import GROUP, TAG_KEY, TAG_WINDOW, MicrobatchSettings, build_microbatch_sensor
+from tests.microbatch_oracle import ISSUE_EVERY, batch_oracle, daily_signals
+from tests.microbatch_oracle import stored as stored_window
 
 SYMBOLS = ["AAA", "BBB"]
 SEED = 11
 HISTORY_DAY, LIVE_DAY = date(2024, 3, 5), date(2024, 3, 6)
 N_WINDOWS = 14
 LIVE_OFFSET = timedelta(minutes=88)  # stream from 15:58 UTC: AAA enters the Critical regime at 16:00
-ISSUE_EVERY = 5
 
 
 class Harness:
@@ -110,41 +107,6 @@ def _history(warehouse, live_open):
     before = simulate_ticks(SYMBOLS, [live_session], seed=SEED).filter(pl.col("ts") < live_open)
     warehouse.replace_window("bars_1m", ticks_to_bars(before), start=live_session[0], end=live_open)
     return pl.concat([ticks, before])
-
-
-def _daily_signals(raw: pl.DataFrame, bars: pl.DataFrame) -> pl.DataFrame:
-    """What the daily ``signals`` asset does after make_signals: one pass of the portfolio limits."""
-    limited = limit_over_time(raw, bars.select("symbol", "ts", "close"), gross_cap=GROSS_CAP, max_drawdown=MAX_DRAWDOWN)
-    return limited.with_columns(
-        pl.when(pl.col("limited_by").fill_null("") != "")
-        .then(pl.col("reason") + pl.lit("; limited by ") + pl.col("limited_by")).otherwise(pl.col("reason")),
-        pl.when(pl.col("size").abs() < 1e-12).then(pl.lit("HOLD")).otherwise(pl.col("side")).alias("side"),
-    ).with_columns(pl.col(pl.Float64).fill_nan(None)).sort("symbol", "ts")
-
-
-def _batch_oracle(all_ticks: pl.DataFrame, start: datetime, end: datetime):
-    ticks = all_ticks.filter(pl.col("ts") < end).sort(["symbol", "ts"], maintain_order=True)
-    bars = ticks_to_bars(ticks)
-    features = compute_features(bars)
-    physics = compute_physics(features)
-    issues = issue_points(bars, ISSUE_EVERY, start, end)
-    report = Forecaster(model="/nonexistent/chronos").forecast_report(
-        stacked_histories(bars, issues, 512).drop("symbol").rename({"series": "symbol"}), horizon=10,
-        context_length=512)
-    forecasts = split_series(report.frame)
-    signals = _daily_signals(make_signals(forecasts, physics, None, step="1m"), bars)
-
-    def window(frame, column="ts"):
-        return frame.filter((pl.col(column) >= start) & (pl.col(column) < end)).sort("symbol", column)
-
-    return {"ticks": window(ticks), "bars_1m": window(bars), "features": window(features),
-            "physics_states": window(physics), "forecasts": window(forecasts, "issue_ts"),
-            "signals": window(signals), "all_physics": physics}
-
-
-def _stored(warehouse, table, start, end, sort=("symbol", "ts")):
-    frame = warehouse.read_window(table, start, end, order_by_symbol_ts=False)
-    return frame.sort(list(sort), maintain_order=True)
 
 
 def test_stream_microbatches_equal_one_batch_computation(live_setup, warehouse, embedded_redis, monkeypatch):
@@ -231,22 +193,22 @@ def test_stream_microbatches_equal_one_batch_computation(live_setup, warehouse, 
     end = done_windows[-1] + timedelta(minutes=1)
     live_ticks = simulate_ticks(SYMBOLS, [session], seed=SEED).filter(pl.col("ts") >= live_open)
     late_row = pl.DataFrame([late], schema=history.schema)
-    oracle = _batch_oracle(pl.concat([history, live_ticks, late_row]), live_open, end)
+    oracle = batch_oracle(pl.concat([history, live_ticks, late_row]), live_open, end)
 
     stored_ticks = warehouse.read_window("ticks", live_open, end)  # (symbol, ts, insertion order)
     assert_frame_equal(stored_ticks, oracle["ticks"], check_exact=True)
-    assert_frame_equal(_stored(warehouse, "bars_1m", live_open, end), oracle["bars_1m"], check_exact=True)
-    stored_features = _stored(warehouse, "features", live_open, end)
+    assert_frame_equal(stored_window(warehouse, "bars_1m", live_open, end), oracle["bars_1m"], check_exact=True)
+    stored_features = stored_window(warehouse, "features", live_open, end)
     assert_frame_equal(stored_features, oracle["features"].select(stored_features.columns), check_exact=True)
-    assert_frame_equal(_stored(warehouse, "physics_states", live_open, end), oracle["physics_states"],
+    assert_frame_equal(stored_window(warehouse, "physics_states", live_open, end), oracle["physics_states"],
                        check_exact=True)
-    stored_forecasts = _stored(warehouse, "forecasts", live_open, end, sort=("symbol", "issue_ts", "horizon_step"))
+    stored_forecasts = stored_window(warehouse, "forecasts", live_open, end, sort=("symbol", "issue_ts", "horizon_step"))
     assert oracle["forecasts"].height > 0
     # the model label carries the fallback reason, which names the (different) missing model paths
     assert stored_forecasts["model"].str.starts_with("fallback:").all()
     assert_frame_equal(stored_forecasts.drop("ts", "model"),
                        oracle["forecasts"].sort("symbol", "issue_ts", "horizon_step").drop("model"), check_exact=True)
-    stored_signals = _stored(warehouse, "signals", live_open, end)
+    stored_signals = stored_window(warehouse, "signals", live_open, end)
     assert oracle["signals"].height > 0
     assert_frame_equal(stored_signals.drop("model"), oracle["signals"].drop("model"), check_exact=True)
     assert warehouse.query("SELECT count(*) AS n FROM quarantine")["n"][0] == 0
@@ -369,7 +331,7 @@ def test_embedding_hook_stores_states_and_feeds_similar_outcomes_to_signals(live
                                                 on=["symbol", "ts"])
     outcomes = similar_outcomes(issues, vector_store, embedder, bars.select("symbol", "ts", "close"))
     assert (outcomes["n"] > 0).all()
-    expected = _daily_signals(make_signals(forecasts, physics, outcomes, step="1m"), bars)
+    expected = daily_signals(make_signals(forecasts, physics, outcomes, step="1m"), bars)
     stored = warehouse.read_window("signals", window, window + timedelta(minutes=1))
     assert_frame_equal(stored.drop("model"), expected.drop("model"), check_exact=True)
     assert stored["reason"].str.contains("similar states avg").all()

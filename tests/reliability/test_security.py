@@ -22,10 +22,8 @@ import socket
 import stat
 import subprocess
 import sys
-import threading
 import time
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import dagster as dg
@@ -34,6 +32,7 @@ import pytest
 from dagster._serdes import serialize_value
 
 from tests.fakes.alpaca_server import FakeAlpacaServer, MarketData
+from tests.fakes.webhook import Webhook as _Webhook
 
 UTC = timezone.utc
 REPO = Path(__file__).resolve().parents[2]
@@ -56,39 +55,9 @@ def assert_no_secret(text: str, what: str, extra: tuple[str, ...] = ()) -> None:
         assert secret not in text, f"{what} contains a secret: ...{text[max(0, text.find(secret) - 200):][:300]}..."
 
 
-class Webhook:
-    """Local HTTP endpoint answering every POST with ``status``; its URL carries tokens in path and query."""
-
-    def __init__(self, status: int):
-        self.status, self.paths = status, []
-        hook = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                hook.paths.append(self.path)
-                self.send_response(hook.status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/hooks/{HOOK_TOKEN}?token={HOOK_QUERY_TOKEN}"
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
+def Webhook(status: int) -> _Webhook:  # noqa: N802
+    """Local webhook answering every POST with ``status``; its URL carries tokens in path and query."""
+    return _Webhook(status=status, path=f"/hooks/{HOOK_TOKEN}?token={HOOK_QUERY_TOKEN}")
 
 
 def _trades(n: int = 120) -> pl.DataFrame:

@@ -4,9 +4,7 @@ instance, and the seed alerts raised where their condition is detected."""
 
 import json
 import logging
-import threading
 from datetime import date, datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import dagster as dg
 import polars as pl
@@ -19,46 +17,14 @@ from resources.market_data import session_windows
 from resources.warehouse import WarehouseError, WarehouseResource
 from sensors.alerts import alert_sensor
 from sensors.microbatch import MicrobatchCoordinator, MicrobatchSettings
+from tests.fakes.webhook import Webhook as _Webhook
 
 SECRET_PATH = "/hooks/T0KEN-s3cret-123"
 
 
-class Webhook:
-    """A local HTTP server that records JSON POSTs and answers ``status``."""
-
-    def __init__(self, status: int = 200):
-        self.status = status
-        self.bodies: list[dict] = []
-        self.paths: list[str] = []
-        hook = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                hook.bodies.append(json.loads(body))
-                hook.paths.append(self.path)
-                assert self.headers["Content-Type"] == "application/json"
-                self.send_response(hook.status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}{SECRET_PATH}"
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
+def Webhook(status: int = 200) -> _Webhook:  # noqa: N802  (reads like the class it builds)
+    """The local webhook at the secret path."""
+    return _Webhook(status=status, path=SECRET_PATH)
 
 
 def _alerts(warehouse) -> pl.DataFrame:
@@ -99,6 +65,7 @@ def test_alert_goes_to_table_redis_and_webhook_once_per_dedup_key(warehouse, emb
     assert (row["symbol"], row["severity"], json.loads(row["details"])) == ("SPY", "warning", {"alpha": 1.7})
     assert [b["alert_id"] for b in hook.bodies] == rows["alert_id"].to_list()
     assert hook.paths == [SECRET_PATH, SECRET_PATH]
+    assert hook.content_types == ["application/json"] * 2
     assert hook.bodies[0]["message"] == "SPY entered the Critical regime" and hook.bodies[0]["kind"] == "critical_regime"
     published = _drain(pubsub)
     pubsub.close()
