@@ -1,6 +1,7 @@
 """``forecasts``: Chronos quantile forecasts of the close, per symbol and issue time."""
 
 import time
+from dataclasses import dataclass, field
 
 import dagster as dg
 import polars as pl
@@ -41,17 +42,9 @@ def forecasts(context: dg.AssetExecutionContext, market_data: MarketDataResource
     symbols = market_data.universe()
     bars, start, end = bars_with_warmup(warehouse, day, symbols)
     issues = issue_points(bars, forecaster.issue_every_minutes, start, end) if bars.height else pl.DataFrame()
-    frame, model_label, fallback, skipped, latency_ms = pl.DataFrame(), "none", False, [], 0.0
-    if issues.height:
-        model = forecaster.forecaster()
-        histories = stacked_histories(bars, issues, forecaster.context_length)
-        started = time.perf_counter()
-        report = model.forecast_report(histories.drop("symbol").rename({"series": "symbol"}),
-                                       horizon=forecaster.horizon, context_length=forecaster.context_length)
-        latency_ms = (time.perf_counter() - started) * 1000 / max(issues.height, 1)
-        frame, model_label, fallback, skipped = split_series(report.frame), report.model, report.is_fallback, report.skipped
-        if fallback:
-            context.log.warning(f"Chronos unavailable, using the statistical fallback: {report.fallback_reason}")
+    run = forecast_issues(context, forecaster.forecaster(), bars, issues, context_length=forecaster.context_length,
+                          horizon=forecaster.horizon)
+    frame, model_label, fallback, skipped, latency_ms = run.frame, run.model, run.fallback, run.skipped, run.latency_ms
     warehouse.write_window("forecasts", frame.with_columns(pl.col("issue_ts").alias("ts")) if frame.height else frame,
                            start=start, end=end, symbols=symbols)
 
@@ -70,6 +63,31 @@ def forecasts(context: dg.AssetExecutionContext, market_data: MarketDataResource
         },
         check_results=[evaluation_check(evaluation)],
     )
+
+
+@dataclass
+class IssuedForecasts:
+    frame: pl.DataFrame
+    model: str = "none"
+    fallback: bool = False
+    skipped: list = field(default_factory=list)
+    latency_ms: float = 0.0
+
+
+def forecast_issues(context: dg.AssetExecutionContext, model, history: pl.DataFrame, issues: pl.DataFrame, *,
+                    context_length: int, horizon: int, step: str = "1m") -> IssuedForecasts:
+    """One batched forecast per issue (symbol, issue_ts) from the closes of ``history`` up to it; says in
+    the run log when the statistical fallback stands in for Chronos. ``latency_ms`` is per series."""
+    if not issues.height:
+        return IssuedForecasts(pl.DataFrame())
+    histories = stacked_histories(history, issues, context_length)
+    started = time.perf_counter()
+    report = model.forecast_report(histories.drop("symbol").rename({"series": "symbol"}), horizon=horizon,
+                                   context_length=context_length, step=step)
+    latency_ms = (time.perf_counter() - started) * 1000 / issues.height
+    if report.is_fallback:
+        context.log.warning(f"Chronos unavailable, using the statistical fallback: {report.fallback_reason}")
+    return IssuedForecasts(split_series(report.frame), report.model, report.is_fallback, report.skipped, latency_ms)
 
 
 def evaluate_against(frame: pl.DataFrame, closes: pl.DataFrame) -> pl.DataFrame:

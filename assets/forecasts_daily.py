@@ -1,15 +1,14 @@
 """``forecasts_daily``: Chronos quantile forecasts of the daily close from daily bars."""
 
-import time
 from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 import polars as pl
 
-from assets.forecasts import EVAL_CHECK, evaluation_check, evaluate_against
+from assets.forecasts import EVAL_CHECK, evaluate_against, evaluation_check, forecast_issues
 from assets.metadata import frame_metadata, markdown_table
 from assets.plots import forecast_fan_png
-from quant.forecast_schedule import daily_history, last_bars_per_symbol, split_series, stacked_histories
+from quant.forecast_schedule import daily_history, last_bars_per_symbol
 from resources.market_data import MarketDataResource
 from resources.models import ForecasterResource
 from resources.warehouse import WRITER_POOL, WarehouseResource
@@ -40,19 +39,10 @@ def forecasts_daily(context: dg.AssetExecutionContext, market_data: MarketDataRe
     history = daily_history(warehouse.read_window("bars_1d", None, None, symbols),
                             warehouse.read_window("bars_daily", None, None, symbols), before=today)
     issues = last_bars_per_symbol(history, forecaster.daily_issue_days)
-    frame, model_label, fallback, skipped, latency_ms = pl.DataFrame(), "none", False, [], 0.0
-    if issues.height:
-        model = forecaster.forecaster(min_history=forecaster.daily_min_history)
-        histories = stacked_histories(history, issues, forecaster.context_length)
-        started = time.perf_counter()
-        report = model.forecast_report(histories.drop("symbol").rename({"series": "symbol"}),
-                                       horizon=forecaster.daily_horizon, context_length=forecaster.context_length,
-                                       step=forecaster.daily_step)
-        latency_ms = (time.perf_counter() - started) * 1000 / issues.height
-        frame, model_label, fallback = split_series(report.frame), report.model, report.is_fallback
-        skipped = report.skipped
-        if fallback:
-            context.log.warning(f"Chronos unavailable, using the statistical fallback: {report.fallback_reason}")
+    run = forecast_issues(context, forecaster.forecaster(min_history=forecaster.daily_min_history), history, issues,
+                          context_length=forecaster.context_length, horizon=forecaster.daily_horizon,
+                          step=forecaster.daily_step)
+    frame, model_label, fallback, skipped, latency_ms = run.frame, run.model, run.fallback, run.skipped, run.latency_ms
     if skipped:
         context.log.info(f"{len(skipped)} daily series skipped, e.g. {skipped[0]['reason']}")
     if issues.height:
