@@ -529,13 +529,14 @@ class ArchiveResource(dg.ConfigurableResource):
                 key = "symbol, " if layout.by_symbol else ""
                 found = _dicts(conn, (
                     f"SELECT {key}date, count(*) AS n_rows, CAST(sum({layout.row_hash_sql()}) AS VARCHAR) AS checksum, "
-                    f"list(DISTINCT {_FILE_COL}) AS files FROM read_parquet({_list_literal(sorted(owner))}, "
+                    f"min({_FILE_COL}) AS first_file, max({_FILE_COL}) AS last_file "
+                    f"FROM read_parquet({_list_literal(sorted(owner))}, "
                     f"hive_partitioning = false, union_by_name = true, filename = '{_FILE_COL}') GROUP BY ALL"))
             finally:
                 conn.close()
             for row in found:
                 key_ = _key(row, layout.by_symbol)
-                in_own_file = [owner.get(f) for f in row["files"]] == [key_]
+                in_own_file = row["first_file"] == row["last_file"] and owner.get(row["first_file"]) == key_
                 if in_own_file and (int(row["n_rows"]), str(row["checksum"])) == batch.figures[key_]:
                     verified.add(key_)
             by_day = sorted(verified, key=lambda k: (k[1], k[0] or ""))
