@@ -11,8 +11,9 @@ from datetime import date
 from tqdm import tqdm
 
 
-# the progress bar reports progress; the full event log is in the UI
-QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+# the progress bar reports progress and each warning or failure is echoed as one line (no stack
+# traces on the terminal); the full event log, traces included, is in the UI
+QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
 @dataclass
@@ -56,6 +57,8 @@ def run_main(days: int, end: date | None, echo=print) -> RunSummary:
     for pk in tqdm(partitions, desc="days", unit="day"):
         result = job.execute_in_process(instance=instance, partition_key=pk, raise_on_error=False,
                                         run_config=QUIET_CONSOLE)
+        for line in run_problems(instance, result.run_id):
+            echo(f"{pk}: {line}")
         if not result.success:
             summary.failed_runs.append(f"{pk} (run {result.run_id})")
         _count_checks(summary, result)
@@ -63,6 +66,8 @@ def run_main(days: int, end: date | None, echo=print) -> RunSummary:
     # dbt rollups and marts are unpartitioned: one incremental build after the days, not one per day
     dbt_result = defs.resolve_job_def("dbt_models").execute_in_process(instance=instance, raise_on_error=False,
                                                                        run_config=QUIET_CONSOLE)
+    for line in run_problems(instance, dbt_result.run_id):
+        echo(f"dbt_models: {line}")
     if not dbt_result.success:
         summary.failed_runs.append(f"dbt_models (run {dbt_result.run_id})")
     _count_checks(summary, dbt_result)
@@ -70,6 +75,34 @@ def run_main(days: int, end: date | None, echo=print) -> RunSummary:
     summary.rows = defs.resources["warehouse"].count_rows()
     summary.elapsed_s = time.perf_counter() - started
     return summary
+
+
+def run_problems(instance, run_id: str) -> list[str]:
+    """One line per warning or failure logged by the run: the step and the first line of its message
+    (for a failed step, of the error it raised). Repeated lines are given once."""
+    import logging
+
+    lines: list[str] = []
+    for entry in instance.all_logs(run_id):
+        if entry.level < logging.WARNING:
+            continue
+        event = entry.dagster_event
+        if event is None:  # a warning or error the step logged itself
+            text = (entry.user_message or "").strip().splitlines()[0] if (entry.user_message or "").strip() else ""
+            if text.startswith("Dependencies for step"):
+                continue  # the engine skipping what depends on a failed step: that failure says why
+        elif event.event_type_value == "STEP_FAILURE" and getattr(event.event_specific_data, "error", None):
+            error = event.event_specific_data.error
+            text = f"failed: {error.message.strip().splitlines()[0] if error.message.strip() else error.cls_name}"
+            # dagster prefixes a user Failure with its class path
+            text = text.replace("dagster._core.definitions.events.Failure: ", "")
+        else:  # framework events: skipped downstream steps, the run's own failure (the step's says why)
+            continue
+        step = entry.step_key or "run"
+        line = f"{step} {'ERROR' if entry.level >= logging.ERROR else 'WARNING'} {text}"
+        if text and line not in lines:
+            lines.append(line)
+    return lines
 
 
 def _count_checks(summary: RunSummary, result) -> None:
