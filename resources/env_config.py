@@ -22,7 +22,6 @@ from urllib.parse import urlsplit
 
 SOURCES = ("sim", "files", "alpaca")
 ALPACA_DATA_KINDS = ("bars", "trades")
-EMBED_BACKENDS = ("auto", "onnx", "torch")  # as resources.embedder.BACKENDS (not imported: keep this light)
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 WEBHOOK_SCHEMES = ("http", "https")
 CRON_VARIABLES = ("FEYNMAN_BACKTEST_CRON", "FEYNMAN_ARCHIVE_CRON", "FEYNMAN_PRUNE_CRON")
@@ -112,6 +111,8 @@ def check_environment(environ: Mapping[str, str] | None = None) -> None:
     if data_kind and data_kind not in ALPACA_DATA_KINDS:
         raise EnvConfigError(f"FEYNMAN_ALPACA_DATA must be one of {', '.join(ALPACA_DATA_KINDS)}, "
                              f"got {data_kind[:40]!r}")
+    from resources.embedder import BACKENDS as EMBED_BACKENDS  # numpy only at import
+
     backend = _get("FEYNMAN_EMBED_BACKEND", environ).lower()
     if backend and backend not in EMBED_BACKENDS:
         raise EnvConfigError(f"FEYNMAN_EMBED_BACKEND must be one of {', '.join(EMBED_BACKENDS)}, got {backend[:40]!r}")

@@ -166,6 +166,21 @@ def _vectors_of(rows: pl.DataFrame) -> np.ndarray:
     return col.cast(pl.Array(pl.Float32, VECTOR_DIM)).to_numpy().astype(np.float32, copy=False)
 
 
+def _nearest(table: Any, query: Any, where: str, k: int) -> pa.Table:
+    """The k nearest rows by cosine distance among those matching ``where`` (applied before the
+    search), for one vector or a list of them (LanceDB then adds ``query_index``)."""
+    return (
+        table.search(query, vector_column_name="vector")
+        .distance_type("cosine")
+        .where(where, prefilter=True)
+        .maximum_nprobes(0)  # no ceiling: a narrow filter may need more partitions
+        .minimum_nprobes(MIN_NPROBES)
+        .limit(k)
+        .select(_RESULT_COLUMNS)
+        .to_arrow()
+    )
+
+
 def embedding_rows(states: pl.DataFrame, vectors: np.ndarray, texts: list[str]) -> pl.DataFrame:
     """Rows for :meth:`VectorStoreResource.upsert_states` from the embedded states.
 
@@ -415,16 +430,7 @@ class VectorStoreResource(dg.ConfigurableResource):
             matches = pl.DataFrame(schema={"state_key": pl.Utf8, "symbol": pl.Utf8, "ts": TS_DTYPE,
                                            "text": pl.Utf8, "metadata": pl.Utf8, "distance": pl.Float32})
         else:
-            arrow = (
-                table.search(vector, vector_column_name="vector")
-                .distance_type("cosine")
-                .where(" AND ".join(filters), prefilter=True)
-                .maximum_nprobes(0)  # no ceiling: a narrow filter may need more partitions
-                .minimum_nprobes(MIN_NPROBES)
-                .limit(k)
-                .select(_RESULT_COLUMNS)
-                .to_arrow()
-            )
+            arrow = _nearest(table, vector, " AND ".join(filters), k)
             matches = (
                 pl.from_arrow(arrow.select(_RESULT_COLUMNS))
                 .rename({"_distance": "distance"})
@@ -457,16 +463,7 @@ class VectorStoreResource(dg.ConfigurableResource):
         if len(queries) == 1:  # LanceDB adds query_index only for several vectors
             one = self.similar_states(queries[0], before=before, k=k)
             return one.with_columns(pl.lit(0, dtype=pl.Int64).alias("query_index")).select(list(schema))
-        arrow = (
-            table.search([q for q in queries], vector_column_name="vector")
-            .distance_type("cosine")
-            .where(f"ts < {_ts_literal(before)}", prefilter=True)
-            .maximum_nprobes(0)
-            .minimum_nprobes(MIN_NPROBES)
-            .limit(k)
-            .select(_RESULT_COLUMNS)
-            .to_arrow()
-        )
+        arrow = _nearest(table, [q for q in queries], f"ts < {_ts_literal(before)}", k)
         return (
             pl.from_arrow(arrow.select(["query_index", *_RESULT_COLUMNS]))
             .rename({"_distance": "distance"})

@@ -17,7 +17,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from orchestration.microbatch import microbatch_job, microbatch_resources
+from orchestration.microbatch import microbatch_resources
 from quant.bars import ticks_to_bars
 from quant.features import compute_features
 from quant.physics import compute_physics
@@ -28,8 +28,8 @@ from resources.hot_state import CHANNEL_SIGNALS, CHANNEL_STATE
 from resources.live import TickStreamWriter, replay_simulated, trade_fields
 from resources.market_data import session_windows
 from resources.models import ForecasterResource
-from sensors.microbatch import GROUP, TAG_KEY, TAG_WINDOW, MicrobatchSettings, build_microbatch_sensor
-from tests.microbatch_oracle import ISSUE_EVERY, batch_oracle, daily_signals
+from sensors.microbatch import GROUP, TAG_KEY, TAG_WINDOW, MicrobatchSettings
+from tests.microbatch_oracle import ISSUE_EVERY, Harness, batch_oracle, daily_signals
 from tests.microbatch_oracle import stored as stored_window
 
 SYMBOLS = ["AAA", "BBB"]
@@ -37,37 +37,6 @@ SEED = 11
 HISTORY_DAY, LIVE_DAY = date(2024, 3, 5), date(2024, 3, 6)
 N_WINDOWS = 14
 LIVE_OFFSET = timedelta(minutes=88)  # stream from 15:58 UTC: AAA enters the Critical regime at 16:00
-
-
-class Harness:
-    """Drives the sensor through ``build_sensor_context`` and executes what it requests."""
-
-    def __init__(self, instance, resources, settings, stream):
-        self.instance = instance
-        self.resources = resources
-        self.sensor = build_microbatch_sensor(settings=settings)
-        self.sensor_resources = {k: resources[k] for k in ("hot_state", "warehouse", "alerting")}
-        self.stream = stream
-        self.cursor = None
-        self.requested: list[str] = []
-
-    def evaluate(self, cursor=None):
-        context = dg.build_sensor_context(instance=self.instance, cursor=cursor, resources=self.sensor_resources)
-        result = self.sensor(context)
-        return list(result.run_requests or []), result.cursor
-
-    def tick(self, execute=True):
-        requests, self.cursor = self.evaluate(self.cursor)
-        self.requested += [r.run_key for r in requests]
-        if execute:
-            for request in requests:
-                self.execute(request)
-        return requests
-
-    def execute(self, request):
-        return microbatch_job.execute_in_process(
-            run_config=request.run_config, instance=self.instance, resources=self.resources,
-            tags={**request.tags, "dagster/run_key": request.run_key}, raise_on_error=False)
 
 
 @pytest.fixture()
@@ -112,7 +81,7 @@ def _history(warehouse, live_open):
 def test_stream_microbatches_equal_one_batch_computation(live_setup, warehouse, embedded_redis, monkeypatch):
     instance, resources, settings, stream = live_setup
     client = embedded_redis.client()
-    harness = Harness(instance, resources, settings, stream)
+    harness = Harness(instance, resources, settings)
     session = session_windows(LIVE_DAY)[0]
     live_open = session[0] + LIVE_OFFSET
     history = _history(warehouse, live_open)
@@ -260,7 +229,7 @@ def test_lost_cursor_and_bad_entries(live_setup, warehouse, embedded_redis):
     otherwise) and acknowledged, never silently dropped."""
     instance, resources, settings, stream = live_setup
     client = embedded_redis.client()
-    harness = Harness(instance, resources, settings, stream)
+    harness = Harness(instance, resources, settings)
     session = session_windows(LIVE_DAY)[0]
     w0 = session[0] + timedelta(minutes=60)
     ticks = simulate_ticks(SYMBOLS, [session], seed=SEED).sort("ts", maintain_order=True).filter(
@@ -313,7 +282,7 @@ def test_embedding_hook_stores_states_and_feeds_similar_outcomes_to_signals(live
         (pl.col("ts") >= window) & (pl.col("ts") < window + timedelta(minutes=1, seconds=20)))
     TickStreamWriter(resources["hot_state"].client(), stream=stream).add_ticks(ticks)
     job = build_microbatch_job(embed_window=lancedb_embed_window, embed_resource_keys=LANCEDB_EMBED_KEYS)
-    harness = Harness(instance, {**resources, "vector_store": vector_store, "embedder": embedder}, settings, stream)
+    harness = Harness(instance, {**resources, "vector_store": vector_store, "embedder": embedder}, settings)
     (request,) = harness.evaluate(None)[0]
     result = job.execute_in_process(run_config=request.run_config, instance=instance, resources=harness.resources,
                                     tags=request.tags)

@@ -15,14 +15,14 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from orchestration.microbatch import microbatch_job, microbatch_resources
+from orchestration.microbatch import microbatch_resources
 from quant.bars import ticks_to_bars
 from quant.simulator import simulate_ticks
 from resources.alerts import AlertingResource
 from resources.market_data import session_windows
 from resources.models import ForecasterResource
-from sensors.microbatch import MicrobatchSettings, build_microbatch_sensor
-from tests.microbatch_oracle import ISSUE_EVERY, batch_oracle, daily_signals, stored  # noqa: F401  (re-exported)
+from sensors.microbatch import MicrobatchSettings
+from tests.microbatch_oracle import ISSUE_EVERY, Harness, batch_oracle, daily_signals, stored  # noqa: F401  (re-exported)
 
 SYMBOLS = ["AAA", "BBB"]
 SEED = 11
@@ -55,38 +55,6 @@ def microbatch_run_resources(warehouse, hot_state, tmp_path: Path, **extra) -> d
 def settings_for(stream: str, **overrides) -> MicrobatchSettings:
     base = dict(stream=stream, lateness_s=0.0, idle_close_s=1e9, no_data_alert_s=0, max_runs_per_tick=3)
     return MicrobatchSettings(**{**base, **overrides})
-
-
-class Harness:
-    """Drives the sensor through ``build_sensor_context`` and executes what it requests."""
-
-    def __init__(self, instance, resources, settings, job=microbatch_job):
-        self.instance = instance
-        self.resources = resources
-        self.job = job
-        self.sensor = build_microbatch_sensor(settings=settings)
-        self.sensor_resources = {k: resources[k] for k in ("hot_state", "warehouse", "alerting")}
-        self.cursor: str | None = None
-        self.requested: list[str] = []
-        self.results: list = []
-
-    def evaluate(self, cursor=None):
-        context = dg.build_sensor_context(instance=self.instance, cursor=cursor, resources=self.sensor_resources)
-        result = self.sensor(context)
-        return list(result.run_requests or []), result.cursor
-
-    def tick(self, execute=True):
-        requests, self.cursor = self.evaluate(self.cursor)
-        self.requested += [r.run_key for r in requests]
-        if execute:
-            for request in requests:
-                self.results.append(self.execute(request))
-        return requests
-
-    def execute(self, request):
-        return self.job.execute_in_process(
-            run_config=request.run_config, instance=self.instance, resources=self.resources,
-            tags={**request.tags, "dagster/run_key": request.run_key}, raise_on_error=False)
 
 
 def live_session():
