@@ -35,3 +35,16 @@ def ensure_dagster_home() -> str:
 def local_instance() -> dg.DagsterInstance:
     ensure_dagster_home()
     return dg.DagsterInstance.get()
+
+
+def record_table_write(asset_key: "dg.AssetKey | list[str]", *, partitions: "list[str] | None" = None,
+                       metadata: "dict | None" = None, description: str | None = None,
+                       instance: "dg.DagsterInstance | None" = None) -> None:
+    """Record a table write made outside a run (a CLI command) as a materialisation of its asset, so
+    the UI's status, staleness and event history include it. One event per partition (none for an
+    unpartitioned asset). Metadata must be JSON-serialisable values or ``dg.MetadataValue``."""
+    key = asset_key if isinstance(asset_key, dg.AssetKey) else dg.AssetKey(asset_key)
+    instance = instance or local_instance()
+    for partition in partitions or [None]:
+        instance.report_runless_asset_event(dg.AssetMaterialization(
+            asset_key=key, partition=partition, metadata=metadata or {}, description=description))
