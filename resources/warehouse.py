@@ -13,6 +13,7 @@ caller-supplied text is ever formatted into SQL.
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 import time
@@ -32,6 +33,7 @@ from resources.paths import duckdb_path
 from resources.warehouse_schema import CORE_DDL, KNOWN_TABLES
 
 WRITER_POOL = "duckdb_writer"
+_log = logging.getLogger(__name__)
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
@@ -44,6 +46,34 @@ def checked_table(name: str) -> str:
     if name not in KNOWN_TABLES or not _IDENTIFIER.match(name):
         raise ValueError(f"unknown warehouse table {name!r}")
     return name
+
+
+def _cause(exc: BaseException) -> str:
+    """The first line of ``exc``, with the OS reason spelled out when the disk is full.
+
+    DuckDB reports a full disk as e.g. "IO Error: Could not write file ...: No space left on device";
+    some paths only carry the errno, so ENOSPC/EFBIG/EDQUOT found anywhere in the chain are named.
+    """
+    import errno
+    import os
+
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    seen: BaseException | None = exc
+    while seen is not None:
+        code = getattr(seen, "errno", None)
+        if code in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            reason = os.strerror(code)
+            return text if reason in text else f"{text} ({reason})"
+        seen = seen.__cause__ or seen.__context__
+    return text
+
+
+def _rollback_quietly(conn: duckdb.DuckDBPyConnection) -> None:
+    """ROLLBACK, ignoring its own failure so the error that caused it is the one reported."""
+    try:
+        conn.execute("ROLLBACK")
+    except duckdb.Error as exc:
+        _log.debug("rollback after a failed write: %s", str(exc).splitlines()[0] if str(exc) else exc)
 
 
 def _is_lock_error(exc: BaseException) -> bool:
@@ -276,8 +306,8 @@ class WarehouseResource(DuckDBResource):
                     conn.execute(f"INSERT INTO {table} BY NAME SELECT * FROM incoming_frame")
                 conn.execute("COMMIT")
             except Exception as exc:
-                conn.execute("ROLLBACK")
-                raise WarehouseError(f"write to {table} failed: {str(exc).splitlines()[0]}") from exc
+                _rollback_quietly(conn)  # after a failed COMMIT there is no transaction left to roll back
+                raise WarehouseError(f"write to {table} failed: {_cause(exc)}") from exc
             finally:
                 conn.unregister("incoming_frame")
         return frame.height
