@@ -130,9 +130,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from resources.sources.alpaca import alpaca_credentials_from_env
 
         alpaca_credentials_from_env()
-    from orchestration.run_main import format_summary, run_main
+    from orchestration.run_main import RunInterrupted, format_summary, run_main
 
-    summary = run_main(args.days, args.end_date)
+    try:
+        summary = run_main(args.days, args.end_date)
+    except RunInterrupted as stopped:  # Ctrl-C / SIGTERM: 130 / 143, the run is canceled in the instance
+        print(f"\n{stopped.message}", file=sys.stderr)
+        return stopped.exit_code
     print(format_summary(summary))
     return 1 if summary.failed_runs else 0
 

@@ -11,7 +11,7 @@ import dagster as dg
 
 from resources.paths import dagster_home
 
-_DAGSTER_YAML = """\
+_OLD_DAGSTER_YAML = """\
 telemetry:
   enabled: false
 concurrency:
@@ -21,12 +21,25 @@ concurrency:
     default_limit: 1
 """
 
+# run monitoring (the daemon of `make ui`): a run whose worker process died is failed and, 60 s after any
+# run ends, the pool slots it still holds are freed; `feynman run` does the same for its own dead runs
+# when it starts (orchestration/run_main.py reap_dead_runs)
+_DAGSTER_YAML = _OLD_DAGSTER_YAML + """\
+run_monitoring:
+  enabled: true
+  start_timeout_seconds: 180
+  cancel_timeout_seconds: 60
+  max_resume_run_attempts: 0
+  poll_interval_seconds: 30
+  free_slots_after_run_end_seconds: 60
+"""
+
 
 def ensure_dagster_home() -> str:
     home = dagster_home()
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
-    if not config.exists():
+    if not config.exists() or config.read_text() == _OLD_DAGSTER_YAML:  # the default of older versions
         config.write_text(_DAGSTER_YAML)
     os.environ["DAGSTER_HOME"] = str(home)
     return str(home)

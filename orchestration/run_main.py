@@ -39,13 +39,27 @@ def choose_partitions(source: str, days: int, end: date | None) -> list[str]:
     return [d.isoformat() for d in recent_sessions(days, end=end)]
 
 
-def run_main(days: int, end: date | None, echo=print) -> RunSummary:
+class RunInterrupted(KeyboardInterrupt):
+    """``feynman run`` stopped by SIGINT/SIGTERM: no further days, no dbt; ``exit_code`` is 128 + signal."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + signum
+        self.message = message
+
+
+def run_main(days: int, end: date | None, echo=print, dbt: bool = True) -> RunSummary:
+    """Run the ``main`` job for each day, then ``dbt_models`` (unless ``dbt=False``).
+
+    Each day is an ordinary run of the deployed job (``launch_run``): the UI lists it under the job
+    of the code location that ``make ui`` loads. Runs of dead ``feynman run`` processes are failed and
+    their pool slots freed first (``reap_dead_runs``). SIGINT/SIGTERM stop within seconds and raise
+    ``RunInterrupted`` (the current run is marked canceled, no further day or dbt runs)."""
     from orchestration.definitions import defs
     from orchestration.instance import local_instance
-
     started = time.perf_counter()
     instance = local_instance()
-    job = defs.resolve_job_def("main")
     market = defs.resources["market_data"]
     partitions = choose_partitions(market.source, days, end)
     if not partitions:
@@ -53,28 +67,30 @@ def run_main(days: int, end: date | None, echo=print) -> RunSummary:
     groups = {key.to_python_identifier(): node.group_name
               for key, node in ((k, defs.resolve_asset_graph().get(k)) for k in defs.resolve_asset_graph().get_all_asset_keys())}
     summary = RunSummary(partitions=partitions)
+    for line in reap_dead_runs(instance):
+        echo(line)
     echo(f"Running job 'main' on {market.describe()} for {len(partitions)} day(s): {partitions[0]} .. {partitions[-1]}")
-    for pk in tqdm(partitions, desc="days", unit="day"):
-        result = job.execute_in_process(instance=instance, partition_key=pk, raise_on_error=False,
-                                        run_config=QUIET_CONSOLE)
-        for line in run_problems(instance, result.run_id):
-            echo(f"{pk}: {line}")
-        if not result.success:
-            summary.failed_runs.append(f"{pk} (run {result.run_id})")
-        _count_checks(summary, result)
-        _add_layer_times(summary, instance, result.run_id, groups)
-    # dbt rollups and marts are unpartitioned: one incremental build after the days, not one per day
-    dbt_result = defs.resolve_job_def("dbt_models").execute_in_process(instance=instance, raise_on_error=False,
-                                                                       run_config=QUIET_CONSOLE)
-    for line in run_problems(instance, dbt_result.run_id):
-        echo(f"dbt_models: {line}")
-    if not dbt_result.success:
-        summary.failed_runs.append(f"dbt_models (run {dbt_result.run_id})")
-    _count_checks(summary, dbt_result)
-    _add_layer_times(summary, instance, dbt_result.run_id, groups)
+    with StopOnSignal(instance, echo=echo) as stop:
+        for pk in tqdm(partitions, desc="days", unit="day"):
+            run_id, success = launch_run(instance, "main", partition=pk, run_config=QUIET_CONSOLE, stop=stop,
+                                         echo=echo)
+            _collect(summary, instance, run_id, success, pk, groups, echo)
+        if dbt:
+            # dbt rollups and marts are unpartitioned: one incremental build after the days, not one per day
+            run_id, success = launch_run(instance, "dbt_models", run_config=QUIET_CONSOLE, stop=stop, echo=echo)
+            _collect(summary, instance, run_id, success, "dbt_models", groups, echo)
     summary.rows = defs.resources["warehouse"].count_rows()
     summary.elapsed_s = time.perf_counter() - started
     return summary
+
+
+def _collect(summary: RunSummary, instance, run_id: str, success: bool, label: str, groups, echo) -> None:
+    for line in run_problems(instance, run_id):
+        echo(f"{label}: {line}")
+    if not success:
+        summary.failed_runs.append(f"{label} (run {run_id})")
+    _count_checks(summary, instance, run_id)
+    _add_layer_times(summary, instance, run_id, groups)
 
 
 def run_problems(instance, run_id: str) -> list[str]:
@@ -105,8 +121,12 @@ def run_problems(instance, run_id: str) -> list[str]:
     return lines
 
 
-def _count_checks(summary: RunSummary, result) -> None:
-    for evaluation in result.get_asset_check_evaluations():
+def _count_checks(summary: RunSummary, instance, run_id: str) -> None:
+    import dagster as dg
+
+    for record in instance.get_records_for_run(
+            run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION, limit=100_000).records:
+        evaluation = record.event_log_entry.dagster_event.event_specific_data
         if evaluation.passed:
             summary.checks_passed += 1
         else:
@@ -144,3 +164,355 @@ def format_summary(summary: RunSummary) -> str:
         lines.append("FAILED runs: " + "; ".join(summary.failed_runs))
     lines.append("open the UI with: make ui   (http://127.0.0.1:3000)")
     return "\n".join(lines)
+
+
+# ---- runs of the deployed job, recorded like the UI's ------------------------------------------------
+
+PID_TAG = "feynman/pid"  # the process executing the run: a later `feynman run` fails the run if it is gone
+PID_STARTED_TAG = "feynman/pid_started"  # that process's start time (a reused pid is not mistaken for it)
+HOST_TAG = "feynman/host"
+LAUNCHED_BY_TAG = "feynman/launched_by"
+ACTIVE_STATUSES = ("NOT_STARTED", "STARTING", "STARTED", "CANCELING")
+
+
+def workspace_yaml() -> str:
+    from resources.paths import PROJECT_ROOT
+
+    return str(PROJECT_ROOT / "workspace.yaml")
+
+
+def code_location_origin():
+    """The code location origin ``make ui`` (``dagster dev -w workspace.yaml``) builds: same loader, same name."""
+    from dagster._core.workspace.load import location_origins_from_yaml_paths
+
+    (origin,) = location_origins_from_yaml_paths([workspace_yaml()])
+    return origin
+
+
+def job_origins(job_name: str):
+    """(remote job origin, reconstructable job) of ``job_name`` in the workspace's code location."""
+    from dagster._core.definitions.reconstruct import ReconstructableRepository
+    from dagster._core.remote_origin import RemoteRepositoryOrigin
+
+    from orchestration.definitions import defs
+
+    origin = code_location_origin()
+    target = origin.loadable_target_origin
+    recon_repo = ReconstructableRepository.for_module(target.module_name, target.attribute,
+                                                      working_directory=target.working_directory or os.getcwd())
+    repository_name = defs.get_repository_def().name
+    remote = RemoteRepositoryOrigin(code_location_origin=origin, repository_name=repository_name).get_job_origin(job_name)
+    return remote, recon_repo.get_reconstructable_job(job_name)
+
+
+def _process_tags() -> dict[str, str]:
+    import socket
+
+    import psutil
+
+    return {PID_TAG: str(os.getpid()), PID_STARTED_TAG: f"{psutil.Process().create_time():.2f}",
+            HOST_TAG: socket.gethostname(), LAUNCHED_BY_TAG: "feynman run"}
+
+
+def create_job_run(instance, job_name: str, *, partition: str | None = None, run_config=None, tags=None):
+    """A NOT_STARTED run of the deployed job, as the Launchpad creates it: remote job origin of the
+    workspace's code location (so the UI lists it under the job and re-executes it), the job's snapshot,
+    ``dagster/partition`` for a partitioned job, plus this process's pid (see ``reap_dead_runs``)."""
+    from orchestration.definitions import defs
+
+    remote_origin, recon_job = job_origins(job_name)
+    run_tags = {**_process_tags(), **(tags or {})}
+    if partition is not None:
+        run_tags["dagster/partition"] = partition
+    return instance.create_run_for_job(
+        defs.resolve_job_def(job_name), run_config=run_config or {}, tags=run_tags,
+        remote_job_origin=remote_origin, job_code_origin=recon_job.get_python_origin()), recon_job
+
+
+def launch_run(instance, job_name: str, *, partition: str | None = None, run_config=None, stop=None,
+               echo=print) -> tuple[str, bool]:
+    """Create a run of the deployed job and execute it in this process (the job's own executor);
+    returns (run id, success). While a step waits for a pool slot, says which run holds it."""
+    from dagster._core.execution.api import execute_run
+
+    run, recon_job = create_job_run(instance, job_name, partition=partition, run_config=run_config)
+    if stop is not None:
+        stop.current_run_id = run.run_id
+    watcher = SlotWaitReporter(instance, run.run_id, echo)
+    watcher.start()
+    try:
+        if stop is not None:
+            stop.raise_if_stopped()
+        result = execute_run(recon_job, run, instance, raise_on_error=False)
+    finally:
+        watcher.stop()
+    if stop is not None:
+        stop.raise_if_stopped()  # an interrupt dagster turned into a failed/canceled step ends the command
+        stop.current_run_id = None
+    return run.run_id, result.success
+
+
+def _process_alive(pid: int, started: float | None) -> bool:
+    import psutil
+
+    try:
+        process = psutil.Process(pid)
+        return started is None or abs(process.create_time() - started) < 1.0
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return False
+    except psutil.AccessDenied:
+        return True
+
+
+def reap_dead_runs(instance) -> list[str]:
+    """Fail the active runs of this instance whose ``feynman run`` process is gone (killed, crashed) and
+    free their pool slots; also free slots still held by finished runs. Returns one line per action.
+
+    Only runs that carry this host's ``feynman/pid`` tag are judged (runs launched from the UI are the
+    run monitoring daemon's, see the dagster.yaml written by orchestration/instance.py)."""
+    import socket
+
+    import dagster as dg
+
+    lines = []
+    host = socket.gethostname()
+    runs = instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus[s] for s in ACTIVE_STATUSES]))
+    for run in runs:
+        pid = run.tags.get(PID_TAG)
+        if not pid or run.tags.get(HOST_TAG) != host or int(pid) == os.getpid():
+            continue
+        started = run.tags.get(PID_STARTED_TAG)
+        if _process_alive(int(pid), float(started) if started else None):
+            continue
+        label = f"{run.job_name}" + (f" {run.tags['dagster/partition']}" if "dagster/partition" in run.tags else "")
+        instance.report_run_failed(run, message=f"the feynman run process (pid {pid}) that ran this run is gone "
+                                                f"(killed or crashed); marked failed by feynman run (pid {os.getpid()})")
+        free_run_slots(instance, run.run_id)
+        lines.append(f"run {run.run_id} ({label}) was left {run.status.value} by a feynman run process (pid {pid}) "
+                     f"that is gone: marked failed, its pool slots freed")
+    lines += free_slots_of_finished_runs(instance)
+    return lines
+
+
+def free_run_slots(instance, run_id: str) -> None:
+    storage = instance.event_log_storage
+    if storage.supports_global_concurrency_limits:
+        storage.free_concurrency_slots_for_run(run_id)
+
+
+def free_slots_of_finished_runs(instance) -> list[str]:
+    from resources.warehouse import WRITER_POOL
+
+    storage = instance.event_log_storage
+    if not storage.supports_global_concurrency_limits:
+        return []
+    lines = []
+    for pool in dict.fromkeys([WRITER_POOL, *storage.get_concurrency_keys()]):
+        for run_id in storage.get_concurrency_info(pool).active_run_ids:
+            run = instance.get_run_by_id(run_id)
+            if run is None or run.is_finished:
+                storage.free_concurrency_slots_for_run(run_id)
+                lines.append(f"pool {pool}: freed the slot of run {run_id} "
+                             f"({'deleted' if run is None else run.status.value})")
+    return lines
+
+
+def describe_run(instance, run_id: str) -> str:
+    run = instance.get_run_by_id(run_id)
+    if run is None:
+        return f"run {run_id} (deleted)"
+    where = f" partition {run.tags['dagster/partition']}" if "dagster/partition" in run.tags else ""
+    pid = run.tags.get(PID_TAG)
+    who = f", feynman run pid {pid}" if pid else (", launched from the UI or a schedule" if run.remote_job_origin else "")
+    return f"run {run_id} (job {run.job_name}{where}, {run.status.value}{who})"
+
+
+class SlotWaitReporter:
+    """While a run has steps waiting for a pool slot, print once per holder which run holds it and why."""
+
+    def __init__(self, instance, run_id: str, echo, poll_s: float = 2.0):
+        import threading
+
+        self.instance, self.run_id, self.echo, self.poll_s = instance, run_id, echo, poll_s
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="slot-wait-reporter", daemon=True)
+        self._told: set[tuple[str, str]] = set()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while not self._done.wait(self.poll_s):
+            try:
+                self.check()
+            except Exception:  # a report must never break the run
+                pass
+
+    def check(self) -> None:
+        storage = self.instance.event_log_storage
+        if not storage.supports_global_concurrency_limits:
+            return
+        for pool in storage.get_concurrency_keys():
+            info = storage.get_concurrency_info(pool)
+            if self.run_id not in info.pending_run_ids:
+                continue
+            for slot in info.claimed_slots:
+                if slot.run_id == self.run_id or (pool, slot.run_id) in self._told:
+                    continue
+                self._told.add((pool, slot.run_id))
+                waiting = sorted(s.step_key for s in info.pending_steps if s.run_id == self.run_id)
+                self.echo(f"waiting for pool {pool} (limit {info.limit}; DuckDB has one writer): step "
+                          f"{', '.join(waiting)} waits for {describe_run(self.instance, slot.run_id)}, "
+                          f"which holds it in step {slot.step_key}")
+
+
+def _descendants():
+    import psutil
+
+    try:
+        return psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def kill_children(timeout_s: float = 2.0) -> None:
+    """Stop this process's child processes (dbt's process group first): TERM, then KILL."""
+    import signal
+
+    import psutil
+
+    children = _descendants()
+    for child in children:
+        try:
+            if os.getpgid(child.pid) == child.pid:  # dbt runs in its own process group
+                os.killpg(child.pid, signal.SIGTERM)
+            else:
+                child.terminate()
+        except (OSError, psutil.Error):
+            pass
+    _, alive = psutil.wait_procs(children, timeout=timeout_s)
+    for child in alive:
+        try:
+            child.kill()
+        except psutil.Error:
+            pass
+
+
+class StopOnSignal:
+    """SIGINT/SIGTERM stop ``feynman run`` within a few seconds.
+
+    The Python handler raises KeyboardInterrupt (dagster's own handler, active during a run, raises it in
+    the step). Because a handler only runs when the main thread reaches Python code again, the signal
+    also wakes a watcher thread (``signal.set_wakeup_fd``), which marks the current run CANCELING and, if
+    the main thread has not unwound after ``grace_s`` (a step waiting for a pool slot, a long DuckDB
+    call), marks the run CANCELED, frees its pool slots, stops the child processes and exits."""
+
+    def __init__(self, instance, echo=print, grace_s: float = 3.0):
+        import threading
+
+        self.instance, self.echo, self.grace_s = instance, echo, grace_s
+        self.signum: int | None = None
+        self.current_run_id: str | None = None
+        self._finished = threading.Event()
+        self._old: dict = {}
+        self._old_wakeup = -1
+
+    def __enter__(self) -> "StopOnSignal":
+        import signal
+        import socket
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        self._reader, self._writer = socket.socketpair()
+        self._reader.setblocking(True)
+        self._writer.setblocking(False)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.getsignal(sig)
+            signal.signal(sig, self._handler)
+        self._old_wakeup = signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
+        threading.Thread(target=self._watch, name="feynman-stop-on-signal", daemon=True).start()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        import signal
+
+        interrupted = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
+        if interrupted:
+            self._cancel_current_run()
+            kill_children()
+        self._finished.set()
+        if self._old:
+            signal.set_wakeup_fd(self._old_wakeup)
+            for sig, handler in self._old.items():
+                signal.signal(sig, handler)
+            self._writer.close()
+        if interrupted and not isinstance(exc, RunInterrupted):
+            raise self._interrupted() from None
+        return False
+
+    def _handler(self, signum, frame) -> None:
+        self.signum = self.signum or signum
+        raise KeyboardInterrupt
+
+    def _watch(self) -> None:
+        import signal
+
+        while True:
+            try:
+                data = self._reader.recv(64)
+            except OSError:
+                return
+            if not data:
+                return
+            signums = [b for b in data if b in (signal.SIGINT, signal.SIGTERM)]
+            if not signums or self._finished.is_set():
+                continue
+            self.signum = self.signum or signums[0]
+            run_id = self.current_run_id
+            if run_id:
+                run = self.instance.get_run_by_id(run_id)
+                if run is not None and not run.is_finished and run.status.value != "CANCELING":
+                    self.instance.report_run_canceling(run, message=f"feynman run got {signal.Signals(self.signum).name}")
+            if not self._finished.wait(self.grace_s):
+                self._hard_stop()
+                return
+
+    def _cancel_current_run(self) -> None:
+        import signal
+
+        run = self.instance.get_run_by_id(self.current_run_id) if self.current_run_id else None
+        if run is not None and not run.is_finished:
+            name = signal.Signals(self.signum or signal.SIGINT).name
+            self.instance.report_run_canceled(run, message=f"feynman run stopped by {name}")
+        if run is not None:
+            free_run_slots(self.instance, run.run_id)
+
+    def _interrupted(self) -> RunInterrupted:
+        import signal
+
+        signum = self.signum or signal.SIGINT
+        run = f"; run {self.current_run_id} marked canceled" if self.current_run_id else ""
+        return RunInterrupted(signum, f"feynman run: stopped by {signal.Signals(signum).name}{run}; "
+                                      f"no further days or dbt")
+
+    def raise_if_stopped(self) -> None:
+        if self.signum is not None:
+            self._cancel_current_run()
+            raise self._interrupted()
+
+    def _hard_stop(self) -> None:
+        import sys
+
+        try:
+            self._cancel_current_run()
+        except Exception:
+            pass
+        kill_children()
+        error = self._interrupted()
+        print(f"\n{error.message} (forced: the run did not unwind in {self.grace_s:.0f} s)", file=sys.stderr, flush=True)
+        os._exit(error.exit_code)
