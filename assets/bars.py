@@ -9,7 +9,7 @@ import polars as pl
 from assets.errors import source_errors_as_failures
 from assets.metadata import flatten_counts, frame_metadata
 from assets.plots import price_chart_png
-from assets.partitions import daily_partitions, partition_day
+from assets.partitions import daily_partitions
 from assets.quality import GE_CHECK, check_results, check_specs, run_ge_suite, store_outcomes, summary_table
 from assets.quarantine import store_quarantine
 from assets.ticks import TICKS_KEY
@@ -17,7 +17,9 @@ from quant.bars import ticks_to_bars
 from quant.quality import bar_rules
 from quant.schema import BAR_SCHEMA
 from quant.validation import validate_bars
-from resources.market_data import MarketDataResource, day_bounds
+from assets.scope import layer_scope
+from resources.live_window import LiveWindow
+from resources.market_data import MarketDataResource
 from resources.warehouse import WRITER_POOL, WarehouseResource
 
 BARS_KEY = dg.AssetKey(["duckdb", "bars_1m"])
@@ -35,45 +37,48 @@ BAR_CHECKS = [GE_CHECK, "duplicate_keys", "timestamps_increasing", "large_one_mi
     check_specs=check_specs(BARS_KEY, BAR_CHECKS, blocking={GE_CHECK, "duplicate_keys", "timestamps_increasing"}),
     description=(
         "One-minute OHLCV bars (ts = bar start, UTC) with VWAP, trade count and buy/sell volume "
-        "(aggressor flag, else the tick rule), via `quant.bars.ticks_to_bars`. Sources that deliver bars "
+        "(aggressor flag, else the tick rule), via `quant.bars.ticks_to_bars`, for a day or a live minute window. Sources that deliver bars "
         "write here directly through the same validation and quarantine."
     ),
 )
-def bars_1m(context: dg.AssetExecutionContext, market_data: MarketDataResource,
-            warehouse: WarehouseResource) -> dg.MaterializeResult:
-    day = partition_day(context)
-    start, end = day_bounds(day)
-    with source_errors_as_failures():
-        symbols = market_data.universe()
-        batch = market_data.load_day(day) if market_data.delivers_bars() else None
-        result = validate_bars(batch.raw, source=batch.source, now=datetime.now(timezone.utc)) if batch else None
-    if batch is not None and result is not None:
+def bars_1m(context: dg.AssetExecutionContext, market_data: MarketDataResource, warehouse: WarehouseResource,
+            live_window: LiveWindow) -> dg.MaterializeResult:
+    scope = layer_scope(context, market_data, live_window, warehouse)
+    batch = None
+    if not scope.is_window and market_data.delivers_bars():
+        with source_errors_as_failures():
+            batch = market_data.load_day(scope.day)
+            result = validate_bars(batch.raw, source=batch.source, now=datetime.now(timezone.utc))
+    if batch is not None:
         bars, counts = result.accepted, result.counts
         store_quarantine(warehouse, result.quarantined, table_name="bars_1m", source=batch.source,
-                         partition_key=context.partition_key)
+                         partition_key=scope.quality_key)
         origin = f"bars from {batch.source}"
     else:
-        day_ticks = warehouse.read_window("ticks", start, end, symbols)
-        bars = ticks_to_bars(day_ticks, every="1m") if day_ticks.height else pl.DataFrame(schema=BAR_SCHEMA)
-        counts = {"n_ticks": day_ticks.height, "n_bars": bars.height}
+        ticks = warehouse.read_window("ticks", scope.start, scope.end, scope.symbols) if scope.symbols else pl.DataFrame()
+        bars = ticks_to_bars(ticks, every="1m") if ticks.height else pl.DataFrame(schema=BAR_SCHEMA)
+        counts = {"n_ticks": ticks.height, "n_bars": bars.height}
         origin = "built from ticks"
-    warehouse.replace_window("bars_1m", bars, start=start, end=end, symbols=symbols)
-    context.log.info(f"{day}: {bars.height} bars ({origin}) for {len(symbols)} symbols")
+    if scope.symbols:
+        warehouse.write_window("bars_1m", bars, start=scope.start, end=scope.end, symbols=scope.symbols)
+    context.log.info(f"{scope.label}: {bars.height} bars ({origin}) for {len(scope.symbols)} symbols")
 
-    stored = warehouse.read_window("bars_1m", start, end, symbols)
+    stored = warehouse.read_window("bars_1m", scope.start, scope.end, scope.symbols) if scope.symbols else pl.DataFrame()
     if not stored.height:
         stored = pl.DataFrame(schema=BAR_SCHEMA)
-    previous = warehouse.read_with_lookback("bars_1m", start, start, symbols, 1)
+    previous = warehouse.read_with_lookback("bars_1m", scope.start, scope.start, scope.symbols, 1)
     outcomes = [run_ge_suite("bars_1m", stored),
-                *bar_rules(stored, market_data.sessions(day), symbols, now=datetime.now(timezone.utc),
+                *bar_rules(stored, market_data.sessions(scope.day), scope.symbols, now=scope.rules_now(),
                            previous=previous)]
-    store_outcomes(warehouse, "bars_1m", context.partition_key, outcomes, context.run.run_id)
+    store_outcomes(warehouse, "bars_1m", scope.quality_key, outcomes, context.run.run_id)
+    chart = {"price_chart": price_chart_png(stored)} if stored.height and not scope.is_window else {}
     return dg.MaterializeResult(
         metadata={
             **frame_metadata(stored),
             **flatten_counts(counts),
+            **scope.metadata(stored.height),
             "origin": origin,
-            **({"price_chart": price_chart_png(stored)} if stored.height else {}),
+            **chart,
             "quality": dg.MetadataValue.md(summary_table(outcomes)),
         },
         check_results=check_results(BARS_KEY, outcomes),

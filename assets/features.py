@@ -6,11 +6,13 @@ import polars as pl
 
 from assets.bars import BARS_KEY
 from assets.metadata import frame_metadata
-from assets.partitions import daily_partitions, partition_day
+from assets.partitions import daily_partitions
 from assets.quality import check_results, check_specs, store_outcomes, summary_table
 from quant.quality import ERROR, RuleOutcome, no_nan_after_warmup, within_range
 from quant.features import compute_features, warmup_bars
-from resources.market_data import MarketDataResource, day_bounds
+from assets.scope import Scope, layer_scope
+from resources.live_window import LiveWindow
+from resources.market_data import MarketDataResource
 from resources.warehouse import WRITER_POOL, WarehouseResource
 
 FEATURES_KEY = dg.AssetKey(["duckdb", "features"])
@@ -19,9 +21,11 @@ FEATURES_KEY = dg.AssetKey(["duckdb", "features"])
 WARMUP_BARS = warmup_bars()
 
 
-def bars_with_warmup(warehouse: WarehouseResource, day, symbols: list[str]) -> tuple[pl.DataFrame, object, object]:
-    start, end = day_bounds(day)
-    return warehouse.read_with_lookback("bars_1m", start, end, symbols, WARMUP_BARS), start, end
+def bars_with_warmup(warehouse: WarehouseResource, scope: Scope, lookback: int = WARMUP_BARS) -> pl.DataFrame:
+    """Bars of ``scope`` plus the ``lookback`` bars before it per symbol (sorted by symbol, ts)."""
+    if not scope.symbols:
+        return pl.DataFrame()
+    return warehouse.read_with_lookback("bars_1m", scope.start, scope.end, scope.symbols, lookback)
 
 
 CORE_INDICATORS = ["sma_20", "ema_12", "ema_26", "rsi_14", "macd", "macd_signal", "macd_hist", "bb_upper",
@@ -43,32 +47,34 @@ FEATURE_CHECKS = ["no_nan_after_warmup", "rsi_14_in_range"]
         "Per symbol and minute: SMA/EMA/RSI/MACD/Bollinger/ATR (TA-Lib conventions), realised volatility, "
         "1/5/15-minute returns, tick imbalance, order-flow ratio, Kyle's lambda, VPIN, Amihud illiquidity, "
         "Hurst exponent and confirmed Williams fractals. Computed from bars_1m with a warm-up look-back of "
-        f"{WARMUP_BARS} bars per symbol, so a day equals a full recompute; nothing at minute t uses data after "
+        f"{WARMUP_BARS} bars per symbol, so a day (or a live window) equals a full recompute; nothing at minute t uses data after "
         "the close of t."
     ),
 )
-def features(context: dg.AssetExecutionContext, market_data: MarketDataResource,
-             warehouse: WarehouseResource) -> dg.MaterializeResult:
-    day = partition_day(context)
-    symbols = market_data.universe()
-    bars, start, end = bars_with_warmup(warehouse, day, symbols)
+def features(context: dg.AssetExecutionContext, market_data: MarketDataResource, warehouse: WarehouseResource,
+             live_window: LiveWindow) -> dg.MaterializeResult:
+    scope = layer_scope(context, market_data, live_window, warehouse).through_newest_bar(warehouse)
+    bars = bars_with_warmup(warehouse, scope)
     computed = compute_features(bars) if bars.height else bars
-    in_day_expr = (pl.col("ts") >= start) & (pl.col("ts") < end)
-    in_day = computed.filter(in_day_expr) if computed.height else computed
-    warehouse.write_window("features", in_day, start=start, end=end, symbols=symbols)
-    context.log.info(f"{day}: features for {in_day.height} bars ({bars.height - in_day.height} warm-up bars read)")
+    in_range_expr = (pl.col("ts") >= scope.start) & (pl.col("ts") < scope.end)
+    in_range = computed.filter(in_range_expr) if computed.height else computed
+    if scope.symbols:
+        warehouse.write_window("features", in_range, start=scope.start, end=scope.end, symbols=scope.symbols)
+    context.log.info(f"{scope.label}: features for {in_range.height} bars ({bars.height - in_range.height} "
+                     "warm-up bars read)")
 
-    past_warmup = computed.filter((pl.int_range(pl.len()).over("symbol") >= CORE_WARMUP_ROWS) & in_day_expr) \
+    past_warmup = computed.filter((pl.int_range(pl.len()).over("symbol") >= CORE_WARMUP_ROWS) & in_range_expr) \
         if computed.height else computed
     outcomes = [no_nan_after_warmup(past_warmup, CORE_INDICATORS, 0),
-                within_range(in_day, "rsi_14", 0.0, 100.0)] if in_day.height else [
-        RuleOutcome(name, ERROR, 0, "no bars on this day") for name in FEATURE_CHECKS]
-    store_outcomes(warehouse, "features", context.partition_key, outcomes, context.run.run_id)
+                within_range(in_range, "rsi_14", 0.0, 100.0)] if in_range.height else [
+        RuleOutcome(name, ERROR, 0, "no bars in this range") for name in FEATURE_CHECKS]
+    store_outcomes(warehouse, "features", scope.quality_key, outcomes, context.run.run_id)
     preview = [c for c in ("symbol", "ts", "close", "sma_20", "ema_12", "rsi_14", "macd", "atr_14",
-                           "realized_vol_30", "vpin", "hurst") if c in in_day.columns]
+                           "realized_vol_30", "vpin", "hurst") if c in in_range.columns]
     return dg.MaterializeResult(
-        metadata={**frame_metadata(in_day.select(preview) if in_day.height else in_day),
-                  "warmup_bars_read": bars.height - in_day.height, "columns": len(in_day.columns),
+        metadata={**frame_metadata(in_range.select(preview) if in_range.height else in_range),
+                  **scope.metadata(in_range.height),
+                  "warmup_bars_read": bars.height - in_range.height, "columns": len(in_range.columns),
                   "quality": dg.MetadataValue.md(summary_table(outcomes))},
         check_results=check_results(FEATURES_KEY, outcomes),
     )

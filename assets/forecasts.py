@@ -9,10 +9,13 @@ import polars as pl
 from assets.bars import BARS_KEY
 from assets.features import bars_with_warmup
 from assets.metadata import frame_metadata, markdown_table
-from assets.partitions import daily_partitions, partition_day
+from assets.partitions import daily_partitions
+from assets.scope import layer_scope
 from assets.plots import forecast_fan_png
 from quant.forecast_eval import evaluate_forecasts
 from quant.forecast_schedule import issue_points, split_series, stacked_histories
+from resources.alerts import AlertingResource
+from resources.live_window import LiveWindow
 from resources.market_data import MarketDataResource
 from resources.models import ForecasterResource
 from resources.warehouse import WRITER_POOL, WarehouseResource
@@ -37,29 +40,39 @@ EVAL_CHECK = "forecast_coverage_and_skill"
     ),
 )
 def forecasts(context: dg.AssetExecutionContext, market_data: MarketDataResource, warehouse: WarehouseResource,
-              forecaster: ForecasterResource) -> dg.MaterializeResult:
-    day = partition_day(context)
-    symbols = market_data.universe()
-    bars, start, end = bars_with_warmup(warehouse, day, symbols)
-    issues = issue_points(bars, forecaster.issue_every_minutes, start, end) if bars.height else pl.DataFrame()
+              forecaster: ForecasterResource, alerting: AlertingResource, live_window: LiveWindow) -> dg.MaterializeResult:
+    scope = layer_scope(context, market_data, live_window, warehouse).through_newest_bar(warehouse)
+    # the closes each issue reads: context_length bars before the range are enough
+    bars = bars_with_warmup(warehouse, scope, lookback=forecaster.context_length)
+    issues = issue_points(bars, forecaster.issue_every_minutes, scope.start, scope.end) if bars.height else pl.DataFrame()
     run = forecast_issues(context, forecaster.forecaster(), bars, issues, context_length=forecaster.context_length,
                           horizon=forecaster.horizon)
-    frame, model_label, fallback, skipped, latency_ms = run.frame, run.model, run.fallback, run.skipped, run.latency_ms
-    warehouse.write_window("forecasts", frame.with_columns(pl.col("issue_ts").alias("ts")) if frame.height else frame,
-                           start=start, end=end, symbols=symbols)
+    frame = run.frame
+    if scope.symbols:
+        warehouse.write_window("forecasts", frame.with_columns(pl.col("issue_ts").alias("ts")) if frame.height else frame,
+                               start=scope.start, end=scope.end, symbols=scope.symbols)
+    if scope.is_window and issues.height and run.latency_ms > forecaster.latency_budget_ms_per_series:
+        alerting.raise_alert(
+            "forecast_latency", f"forecasts took {run.latency_ms:.1f} ms per series (budget "
+            f"{forecaster.latency_budget_ms_per_series:g} ms) in micro-batch {scope.label}",
+            severity="warning", details={"latency_ms": run.latency_ms, "series": issues.height, "model": run.model},
+            run_id=context.run_id, dedup_key=f"{scope.start.isoformat()}:{scope.revision}", warehouse=warehouse)
 
-    closes = warehouse.read_window("bars_1m", start, None, symbols).select("symbol", "ts", "close")
+    closes = warehouse.read_window("bars_1m", scope.start, None, scope.symbols).select("symbol", "ts", "close") \
+        if scope.symbols and not scope.is_window else pl.DataFrame()
     evaluation = evaluate_against(frame, closes)
+    fan = {"forecast_fan": forecast_fan_png(frame, closes)} if frame.height and closes.height else {}
     return dg.MaterializeResult(
         metadata={
             **frame_metadata(frame),
-            "model": model_label,
-            "fallback": fallback,
+            **scope.metadata(frame.height),
+            "model": run.model,
+            "fallback": run.fallback,
             "issues": issues.height,
-            "skipped_series": len(skipped),
-            "latency_ms_per_series": round(latency_ms, 3),
+            "skipped_series": len(run.skipped),
+            "latency_ms_per_series": round(run.latency_ms, 3),
             "evaluation": dg.MetadataValue.md(markdown_table(evaluation)) if evaluation.height else "no realised prices yet",
-            **({"forecast_fan": forecast_fan_png(frame, closes)} if frame.height else {}),
+            **fan,
         },
         check_results=[evaluation_check(evaluation)],
     )
@@ -81,6 +94,7 @@ def forecast_issues(context: dg.AssetExecutionContext, model, history: pl.DataFr
     if not issues.height:
         return IssuedForecasts(pl.DataFrame())
     histories = stacked_histories(history, issues, context_length)
+    _ = model.pipeline  # load (or fail over to the fallback) before timing: latency is per forecast, not per load
     started = time.perf_counter()
     report = model.forecast_report(histories.drop("symbol").rename({"series": "symbol"}), horizon=horizon,
                                    context_length=context_length, step=step)

@@ -4,14 +4,16 @@
 import dagster as dg
 import polars as pl
 
-from assets.features import FEATURES_KEY, bars_with_warmup
+from assets.features import FEATURES_KEY
 from assets.metadata import frame_metadata, markdown_table
-from assets.partitions import daily_partitions, partition_day
+from assets.partitions import daily_partitions
+from assets.scope import Scope, layer_scope
 from assets.quality import check_results, check_specs, store_outcomes, summary_table
-from quant.features import compute_features
 from quant.physics import PHYSICS_COLUMNS, PHYSICS_WARMUP_BARS, compute_physics
 from quant.quality import critical_regime_entries, no_nan_after_warmup, regime_consistent, within_range
+from resources.alerts import AlertingResource
 from resources.hot_state import HotStateError, HotStateResource
+from resources.live_window import LiveWindow
 from resources.market_data import MarketDataResource
 from resources.warehouse import WRITER_POOL, WarehouseResource
 
@@ -48,40 +50,66 @@ def latest_states(physics: pl.DataFrame) -> list[dict]:
     ),
 )
 def physics_states(context: dg.AssetExecutionContext, market_data: MarketDataResource,
-                   warehouse: WarehouseResource, hot_state: HotStateResource) -> dg.MaterializeResult:
-    day = partition_day(context)
-    symbols = market_data.universe()
-    bars, start, end = bars_with_warmup(warehouse, day, symbols)
-    physics = compute_physics(compute_features(bars)) if bars.height else pl.DataFrame()
-    in_day = physics.filter((pl.col("ts") >= start) & (pl.col("ts") < end)) if physics.height else physics
-    warehouse.write_window("physics_states", in_day, start=start, end=end, symbols=symbols)
+                   warehouse: WarehouseResource, hot_state: HotStateResource, alerting: AlertingResource,
+                   live_window: LiveWindow) -> dg.MaterializeResult:
+    scope = layer_scope(context, market_data, live_window, warehouse).through_newest_bar(warehouse)
+    # the stored features of the range plus the physics look-back before it (features are warm there)
+    features = warehouse.read_with_lookback("features", scope.start, scope.end, scope.symbols, PHYSICS_WARMUP_BARS) \
+        if scope.symbols else pl.DataFrame()
+    physics = compute_physics(features) if features.height else pl.DataFrame()
+    in_range = physics.filter((pl.col("ts") >= scope.start) & (pl.col("ts") < scope.end)) if physics.height else physics
+    if scope.symbols:
+        warehouse.write_window("physics_states", in_range, start=scope.start, end=scope.end, symbols=scope.symbols)
 
     published, hot_note = 0, "no states"
-    if in_day.height:
+    if in_range.height:
         try:
-            published = hot_state.publish_states(latest_states(in_day))
+            published = hot_state.publish_states(latest_states(in_range))
             hot_note = f"{published} newer states published to {hot_state.describe()}"
         except HotStateError as exc:  # the warehouse is the source of truth; `feynman rebuild-hot-state` repairs
             hot_note = f"hot state not updated: {exc}"
             context.log.warning(hot_note)
+    if scope.is_window:  # live: page on entering the Critical regime (a backfill only reports it in its check)
+        critical_regime_alerts(alerting, warehouse, hot_state, physics, scope, context.run_id)
 
+    # rows within PHYSICS_WARMUP_BARS of the first row read are null by design (too little history)
     past_warmup = physics.filter(
-        (pl.int_range(pl.len()).over("symbol") >= PHYSICS_WARMUP_BARS) & (pl.col("ts") >= start) & (pl.col("ts") < end)
-    ) if physics.height else physics
+        (pl.int_range(pl.len()).over("symbol") >= PHYSICS_WARMUP_BARS) & (pl.col("ts") >= scope.start)
+        & (pl.col("ts") < scope.end)) if physics.height else physics
     outcomes = [
         no_nan_after_warmup(past_warmup, NUMERIC_PHYSICS_COLUMNS, 0),
-        within_range(in_day, "alpha", 0.0, None, name="alpha_positive", strict_low=True),
-        regime_consistent(in_day),
-        critical_regime_entries(in_day),
+        within_range(in_range, "alpha", 0.0, None, name="alpha_positive", strict_low=True),
+        regime_consistent(in_range),
+        critical_regime_entries(in_range),
     ]
-    store_outcomes(warehouse, "physics_states", context.partition_key, outcomes, context.run.run_id)
-    regimes = (in_day.group_by("regime").len().sort("regime") if in_day.height else pl.DataFrame())
+    store_outcomes(warehouse, "physics_states", scope.quality_key, outcomes, context.run.run_id)
+    regimes = (in_range.group_by("regime").len().sort("regime") if in_range.height else pl.DataFrame())
     return dg.MaterializeResult(
         metadata={
-            **frame_metadata(in_day),
+            **frame_metadata(in_range),
+            **scope.metadata(in_range.height),
             "hot_state": hot_note,
             "regime_minutes": dg.MetadataValue.md(markdown_table(regimes)) if regimes.height else "none",
             "quality": dg.MetadataValue.md(summary_table(outcomes)),
         },
         check_results=check_results(PHYSICS_KEY, outcomes),
     )
+
+
+def critical_regime_alerts(alerting: AlertingResource, warehouse: WarehouseResource, hot_state: HotStateResource,
+                           physics: pl.DataFrame, scope: Scope, run_id: str) -> int:
+    """A ``critical_regime`` alert per symbol and minute of ``scope`` that enters the Critical regime
+    (deduplicated per symbol and minute, so a re-run of the window does not page twice)."""
+    if not physics.height:
+        return 0
+    entered = physics.sort("symbol", "ts").filter(
+        (pl.col("regime") == "Critical") & (pl.col("regime").shift(1).over("symbol") != "Critical")
+        & (pl.col("ts") >= scope.start) & (pl.col("ts") < scope.end))
+    for row in entered.iter_rows(named=True):
+        alerting.raise_alert(
+            "critical_regime", f"{row['symbol']} entered the Critical regime at {row['ts']:%Y-%m-%d %H:%M}Z "
+            f"(alpha {row['alpha']:.2f} < 2): risk sizing vetoes new positions",
+            severity="warning", symbol=row["symbol"], details={"ts": row["ts"].isoformat(), "alpha": row["alpha"]},
+            run_id=run_id, dedup_key=f"{row['symbol']}:{row['ts'].isoformat()}",
+            warehouse=warehouse, hot_state=hot_state)
+    return entered.height

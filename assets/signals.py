@@ -1,6 +1,7 @@
 """``signals``: forecast + physics regime + outcomes of similar past states -> side, size, reasoning."""
 
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 import dagster as dg
@@ -10,13 +11,18 @@ import polars as pl
 from assets.embeddings import EMBEDDINGS_KEY, STATE_COLUMNS
 from assets.forecasts import FORECASTS_KEY
 from assets.metadata import frame_metadata, markdown_table
-from assets.partitions import daily_partitions, partition_day
+from assets.partitions import daily_partitions
+from assets.quality import check_results, check_specs, store_outcomes, summary_table
+from assets.scope import layer_scope
 from assets.physics import PHYSICS_KEY
 from quant.portfolio import limit_over_time
-from quant.signals import make_signals, to_redis_message
+from quant.quality import ERROR, WARN, RuleOutcome, example_rows
+from quant.risk import MAX_POSITION
+from quant.signals import SIGNAL_SCHEMA, make_signals, to_redis_message
 from quant.state_text import split_valid_states, state_texts
 from resources.hot_state import HotStateError, HotStateResource
-from resources.market_data import MarketDataResource, day_bounds
+from resources.live_window import LiveWindow
+from resources.market_data import MarketDataResource
 from resources.models import EmbedderResource
 from resources.vector_store import VectorStoreResource
 from resources.warehouse import WRITER_POOL, WarehouseResource
@@ -26,13 +32,15 @@ GROSS_CAP = 1.0
 MAX_DRAWDOWN = 0.15
 
 
-def similar_outcomes(states: pl.DataFrame, vector_store: Any, embedder: Any, closes: pl.DataFrame) -> pl.DataFrame:
+def similar_outcomes(states: pl.DataFrame, vector_store: Any, embedder: Any,
+                     closes_between: Callable[[list[str], datetime, datetime], pl.DataFrame]) -> pl.DataFrame:
     """Per state (symbol, ts): mean realised return, ups and count of its k nearest *past* states.
 
     States that share a ts (every symbol at one issue bar) are looked up in one batched LanceDB
     query and scored in one ``quant.retrieval.attach_outcomes`` call, which keeps outcomes not
     yet realised at that ts out; each batch reads only the closes of its matched symbols from
-    the first match's ts to the last one's plus the horizon."""
+    the first match's ts to the last one's plus the horizon, through ``closes_between(symbols, low,
+    high)`` (symbol, ts, close with low <= ts <= high)."""
     from quant.retrieval import attach_outcomes
 
     schema = {"symbol": pl.Utf8, "ts": pl.Datetime("us", "UTC"), "mean_return": pl.Float64, "n_up": pl.Int64,
@@ -42,7 +50,6 @@ def similar_outcomes(states: pl.DataFrame, vector_store: Any, embedder: Any, clo
         return pl.DataFrame(schema=schema)
     horizon = embedder.outcome_horizon_minutes
     column = f"fwd_return_{horizon}m"
-    closes = closes.select("symbol", "ts", "close")
     valid = valid.with_row_index("_state")
     vectors = embedder.embedder().embed(state_texts(valid))
     parts = []
@@ -52,8 +59,7 @@ def similar_outcomes(states: pl.DataFrame, vector_store: Any, embedder: Any, clo
         scored = pl.DataFrame(schema={"_state": pl.UInt32, column: pl.Float64})
         if matches.height:
             low, high = matches["ts"].min(), matches["ts"].max() + timedelta(minutes=horizon)
-            window = closes.filter(pl.col("symbol").is_in(matches["symbol"].unique().implode())
-                                   & pl.col("ts").is_between(low, high))
+            window = closes_between(matches["symbol"].unique().to_list(), low, high)
             known = attach_outcomes(matches, window, horizon, ts).filter(pl.col("outcome_status") == "ok")
             scored = known.select(pl.Series("_state", rows[known["query_index"].to_numpy()], dtype=pl.UInt32),
                                   known[column])
@@ -85,6 +91,9 @@ def finalize_signals(raw: pl.DataFrame, earlier: pl.DataFrame, closes: pl.DataFr
 
 
 
+SIGNAL_CHECKS = ["size_within_cap", "veto_when_alpha_below_2", "no_trade_in_critical_regime", "low_confidence"]
+
+
 @dg.asset(
     key=SIGNALS_KEY,
     deps=[FORECASTS_KEY, PHYSICS_KEY, EMBEDDINGS_KEY],
@@ -92,32 +101,51 @@ def finalize_signals(raw: pl.DataFrame, earlier: pl.DataFrame, closes: pl.DataFr
     partitions_def=daily_partitions,
     pool=WRITER_POOL,
     kinds={"duckdb", "redis"},
+    check_specs=[*check_specs(SIGNALS_KEY, SIGNAL_CHECKS[:3], blocking=set()),
+                 dg.AssetCheckSpec("low_confidence", asset=SIGNALS_KEY,
+                                   description="BUY/SELL signals with confidence below 0.5 (WARN)")],
     description=(
         "BUY/SELL/HOLD per symbol at each forecast issue time with strength, confidence and a machine-written "
         "reason. Size: lambda = alpha - 2; ES(95%) from the forecast quantiles; size = lambda (E[R] - r_f over the "
         "horizon) / ES, capped at 20% per position, vetoed when alpha < 2; then a gross exposure cap and a 15% "
-        "drawdown circuit breaker on the paper book. Uses only information up to the signal's ts. The newest "
+        "drawdown circuit breaker on the day's paper book. Uses only information up to the signal's ts. The newest "
         "signal per symbol is published on Redis `signals`."
     ),
 )
 def signals(context: dg.AssetExecutionContext, market_data: MarketDataResource, warehouse: WarehouseResource,
             vector_store: VectorStoreResource, embedder: EmbedderResource,
-            hot_state: HotStateResource) -> dg.MaterializeResult:
-    day = partition_day(context)
-    start, end = day_bounds(day)
-    symbols = market_data.universe()
-    forecasts = warehouse.read_window("forecasts", start, end, symbols) if warehouse.table_exists("forecasts") else pl.DataFrame()
+            hot_state: HotStateResource, live_window: LiveWindow) -> dg.MaterializeResult:
+    scope = layer_scope(context, market_data, live_window, warehouse).through_newest_bar(warehouse)
+    forecasts = warehouse.read_window("forecasts", scope.start, scope.end, scope.symbols) \
+        if scope.symbols and warehouse.table_exists("forecasts") else pl.DataFrame()
     if not forecasts.height:
-        warehouse.delete_window("signals", start=start, end=end, symbols=symbols)
-        return dg.MaterializeResult(metadata={"dagster/row_count": 0, "note": "no forecasts for this day"})
-    physics = warehouse.read_with_lookback("physics_states", start, end, symbols, 1).select(STATE_COLUMNS)
-    closes = warehouse.read_window("bars_1m", None, end, symbols).select("symbol", "ts", "close")
+        if scope.symbols:
+            warehouse.delete_window("signals", start=scope.start, end=scope.end, symbols=scope.symbols)
+        outcomes = signal_checks(pl.DataFrame(schema=SIGNAL_SCHEMA))
+        return dg.MaterializeResult(metadata={"dagster/row_count": 0, **scope.metadata(0),
+                                              "note": "no forecasts in this range"},
+                                    check_results=check_results(SIGNALS_KEY, outcomes))
+    physics = warehouse.read_with_lookback("physics_states", scope.start, scope.end, scope.symbols, 1).select(STATE_COLUMNS)
     issue_states = physics.join(forecasts.select("symbol", pl.col("issue_ts").alias("ts")).unique(),
                                 on=["symbol", "ts"], how="inner")
-    outcomes = similar_outcomes(issue_states, vector_store, embedder, closes)
-    raw = make_signals(forecasts.drop("ts"), physics, outcomes, step="1m")
-    final = finalize_signals(raw, raw.clear(), closes)
-    warehouse.write_window("signals", final, start=start, end=end, symbols=symbols)
+
+    def closes_between(symbols: list[str], low: datetime, high: datetime) -> pl.DataFrame:
+        return warehouse.query("SELECT symbol, ts, close FROM bars_1m WHERE list_contains(?, symbol) "
+                               "AND ts >= ? AND ts <= ? ORDER BY symbol, ts", [symbols, low, high])
+
+    outcomes_similar = similar_outcomes(issue_states, vector_store, embedder, closes_between) \
+        if issue_states.height else None
+    raw = make_signals(forecasts.drop("ts"), physics, outcomes_similar, step="1m")
+    # the day's paper book: earlier signals of the day (a window's predecessors) then these
+    day_start = scope.start.replace(hour=0, minute=0)
+    earlier = warehouse.query(
+        "SELECT symbol, ts, target_size AS size FROM signals WHERE ts >= ? AND ts < ? ORDER BY ts, symbol",
+        [day_start, scope.start]) if scope.is_window and warehouse.table_exists("signals") else raw.clear()
+    path_symbols = sorted(set(raw["symbol"].to_list()) | set(earlier["symbol"].to_list() if earlier.height else []))
+    closes = warehouse.query("SELECT symbol, ts, close FROM bars_1m WHERE list_contains(?, symbol) AND ts >= ? "
+                             "AND ts < ? ORDER BY symbol, ts", [path_symbols, day_start, scope.end])
+    final = finalize_signals(raw, earlier, closes)
+    warehouse.write_window("signals", final, start=scope.start, end=scope.end, symbols=scope.symbols)
 
     latest = final.sort("ts").group_by("symbol", maintain_order=True).last()
     try:
@@ -128,10 +156,37 @@ def signals(context: dg.AssetExecutionContext, market_data: MarketDataResource, 
         hot_note = f"signals not published: {exc}"
         context.log.warning(hot_note)
     sides = final.group_by("side").len().sort("side")
+    outcomes = signal_checks(final)
+    store_outcomes(warehouse, "signals", scope.quality_key, outcomes, context.run.run_id)
     return dg.MaterializeResult(metadata={
         **frame_metadata(final.select("symbol", "ts", "side", "size", "confidence", "reason")),
+        **scope.metadata(final.height),
         "sides": dg.MetadataValue.md(markdown_table(sides)),
         "vetoed": int(final["vetoed"].sum()),
         "similar_state_queries": issue_states.height,
         "redis": hot_note,
-    })
+        "quality": dg.MetadataValue.md(summary_table(outcomes)),
+    }, check_results=check_results(SIGNALS_KEY, outcomes))
+
+
+def signal_checks(final: pl.DataFrame) -> list[RuleOutcome]:
+    """Risk rules every stored signal obeys: |size| <= the per-position cap; alpha < 2 (or unknown)
+    means vetoed with size 0; no BUY/SELL while the regime is Critical; and, as a warning, BUY/SELL
+    with confidence below 0.5."""
+    trades = final.filter(pl.col("side") != "HOLD")
+    over_cap = final.filter(pl.col("size").abs() > MAX_POSITION + 1e-12)
+    unvetoed = final.filter(((pl.col("alpha") < 2) | pl.col("alpha").is_null())
+                            & (~pl.col("vetoed").fill_null(False) | (pl.col("size").abs() > 1e-12)))
+    critical = trades.filter(pl.col("regime") == "Critical")
+    shaky = trades.filter(pl.col("confidence") < 0.5)
+    cols = ["symbol", "ts", "side", "size", "alpha", "confidence"]
+    return [
+        RuleOutcome("size_within_cap", ERROR, over_cap.height, f"|size| <= {MAX_POSITION:.0%} of equity per position",
+                    example_rows(over_cap, cols)),
+        RuleOutcome("veto_when_alpha_below_2", ERROR, unvetoed.height,
+                    "a signal whose alpha is below 2 (or unknown) is vetoed with size 0", example_rows(unvetoed, cols)),
+        RuleOutcome("no_trade_in_critical_regime", ERROR, critical.height,
+                    "no BUY/SELL while the symbol's regime is Critical", example_rows(critical, cols)),
+        RuleOutcome("low_confidence", WARN, shaky.height, "BUY/SELL signals with confidence below 0.5",
+                    example_rows(shaky, cols)),
+    ]

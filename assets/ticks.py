@@ -8,13 +8,16 @@ import polars as pl
 
 from assets.errors import source_errors_as_failures
 from assets.metadata import flatten_counts, frame_metadata
-from assets.partitions import daily_partitions, partition_day
+from assets.partitions import daily_partitions
 from assets.quality import GE_CHECK, check_results, check_specs, run_ge_suite, store_outcomes, summary_table
 from assets.quarantine import store_quarantine
 from quant.quality import tick_rules
 from quant.schema import TICK_SCHEMA
 from quant.validation import validate_ticks
-from resources.market_data import MarketDataResource, day_bounds
+from assets.scope import Scope, layer_scope
+from resources.live_window import LiveWindow
+from resources.market_data import MarketDataResource
+from resources.staging import TAG_STAGED_BATCH, read_staged_window
 from resources.warehouse import WRITER_POOL, WarehouseResource
 
 TICKS_KEY = dg.AssetKey(["duckdb", "ticks"])
@@ -30,41 +33,59 @@ TICK_CHECKS = [GE_CHECK, "timestamps_increasing", "shared_timestamps", "off_mark
     check_specs=check_specs(TICKS_KEY, TICK_CHECKS, blocking={GE_CHECK, "timestamps_increasing"}),
     description=(
         "Trades (symbol, ts UTC, price, size, aggressor side) for one UTC day from the market-data source "
-        "(simulator, files or Alpaca). Every input row is accepted or quarantined with the rule it failed "
+        "(simulator, files or Alpaca), or for one live minute window from the staged Redis stream. Every input row is accepted or quarantined with the rule it failed "
         "(table `quarantine`); re-materialising replaces the day, so there are never duplicates."
     ),
 )
-def ticks(context: dg.AssetExecutionContext, market_data: MarketDataResource,
-          warehouse: WarehouseResource) -> dg.MaterializeResult:
-    day = partition_day(context)
-    start, end = day_bounds(day)
-    with source_errors_as_failures():
-        symbols = market_data.universe()
-        batch = None if market_data.delivers_bars() else market_data.load_day(day)
-        result = validate_ticks(batch.raw, source=batch.source, now=datetime.now(timezone.utc)) if batch else None
-    if batch is None or result is None:  # bars_1m fetches the bars; nothing to store here
+def ticks(context: dg.AssetExecutionContext, market_data: MarketDataResource, warehouse: WarehouseResource,
+          live_window: LiveWindow) -> dg.MaterializeResult:
+    scope = layer_scope(context, market_data, live_window, warehouse)
+    if scope.is_window:
+        raw, source, note = _staged_window(context, warehouse, scope)
+    else:
+        with source_errors_as_failures():
+            batch = None if market_data.delivers_bars() else market_data.load_day(scope.day)
+        raw, source, note = (batch.raw, batch.source, batch.note) if batch else (None, "", "")
+    if raw is None:  # bars_1m fetches the bars; nothing to store here
         note = f"source {market_data.describe()} delivers bars: no ticks"
         counts = {"n_in": 0, "n_accepted": 0, "n_quarantined": 0}
     else:
-        counts, note = result.counts, batch.note
-        warehouse.replace_window("ticks", result.accepted, start=start, end=end, symbols=symbols)
-        store_quarantine(warehouse, result.quarantined, table_name="ticks", source=batch.source,
-                         partition_key=context.partition_key)
-    context.log.info(f"{day}: {counts.get('n_in')} ticks in, {counts.get('n_accepted')} accepted, "
+        with source_errors_as_failures():
+            result = validate_ticks(raw, source=source, now=datetime.now(timezone.utc))
+        counts = result.counts
+        if scope.symbols:
+            warehouse.write_window("ticks", result.accepted.select(list(TICK_SCHEMA)), start=scope.start,
+                                   end=scope.end, symbols=scope.symbols)
+        if result.quarantined.height or not scope.is_window or scope.revision > 0:  # a re-run clears older rejects
+            store_quarantine(warehouse, result.quarantined, table_name="ticks", source=source,
+                             partition_key=scope.quality_key)
+    context.log.info(f"{scope.label}: {counts.get('n_in')} ticks in, {counts.get('n_accepted')} accepted, "
                      f"{counts.get('n_quarantined')} quarantined. {note}")
 
-    stored = warehouse.read_window("ticks", start, end, symbols)
+    stored = warehouse.read_window("ticks", scope.start, scope.end, scope.symbols) if scope.symbols else pl.DataFrame()
     if not stored.height:
         stored = pl.DataFrame(schema=TICK_SCHEMA)
     outcomes = [run_ge_suite("ticks", stored), *tick_rules(stored)]
-    store_outcomes(warehouse, "ticks", context.partition_key, outcomes, context.run.run_id)
+    store_outcomes(warehouse, "ticks", scope.quality_key, outcomes, context.run.run_id)
     return dg.MaterializeResult(
         metadata={
             **frame_metadata(stored),
             **flatten_counts(counts),
-            "source": market_data.describe(),
+            **scope.metadata(stored.height),
+            "source": market_data.describe() if not scope.is_window else "stream",
             "note": note,
             "quality": dg.MetadataValue.md(summary_table(outcomes)),
         },
         check_results=check_results(TICKS_KEY, outcomes),
     )
+
+
+def _staged_window(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
+                   scope: Scope) -> tuple[pl.DataFrame, str, str]:
+    """The window's staged stream entries (as the validator's raw input); tags the run with the newest
+    staging batch read, which the sensor acknowledges once the run has succeeded."""
+    staged = read_staged_window(warehouse, scope.start)
+    batch = int(staged["batch"].max()) if staged.height else 0
+    context.instance.add_run_tags(context.run_id, {TAG_STAGED_BATCH: str(batch)})
+    raw = staged.select("symbol", "ts", "ts_raw", "price", "size", "side", "trade_id")
+    return raw, "stream", f"{staged.height} staged stream entries (batch <= {batch})"

@@ -16,18 +16,11 @@ from assets.quality import QUALITY_TABLE_SPECS
 from assets.ticks import ticks
 from orchestration.jobs import dbt_models_job, main_job, nightly_backtest_job
 from orchestration.schedules import nightly_archive_schedule, nightly_backtest_schedule
-from orchestration.microbatch import (
-    LANCEDB_EMBED_KEYS,
-    build_microbatch_job,
-    lancedb_embed_window,
-    microbatch_resources,
-)
 from orchestration.pruning import prune_vector_memory, prune_vector_memory_schedule
 from orchestration.resources import build_resources
 from sensors.alerts import alert_sensor
-from sensors.microbatch import microbatch_sensor
-
-microbatch_job = build_microbatch_job(embed_window=lancedb_embed_window, embed_resource_keys=LANCEDB_EMBED_KEYS)
+from sensors.live.job import microbatch_job
+from sensors.live.sensor import microbatch_sensor
 
 defs = dg.Definitions(
     assets=[ticks, bars_1m, features, physics_states, forecasts, forecasts_daily, market_state_embeddings, signals,
@@ -35,5 +28,5 @@ defs = dg.Definitions(
     jobs=[main_job, nightly_backtest_job, dbt_models_job, prune_vector_memory, microbatch_job],
     sensors=[microbatch_sensor, alert_sensor],
     schedules=[nightly_backtest_schedule, nightly_archive_schedule, prune_vector_memory_schedule],
-    resources={**build_resources(), **microbatch_resources()},
+    resources=build_resources(),
 )

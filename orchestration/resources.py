@@ -31,6 +31,7 @@ from resources.env_config import check_environment, env_number
 from resources.archive import ArchiveResource
 from resources.backtest_config import BacktestConfig
 from resources.hot_state import HotStateResource
+from resources.live_window import LiveWindow
 from resources.market_data import DEFAULT_SYMBOLS, MarketDataResource
 from resources.models import EmbedderResource, ForecasterResource
 from resources.vector_store import VectorStoreResource
@@ -71,6 +72,8 @@ def build_resources(**overrides: Any) -> dict[str, Any]:
         "backtest": BacktestConfig(),
         "archive": ArchiveResource(),
         "alerting": alerting_from_env(),
+        # empty: a run covers its whole daily partition; the micro-batch sensor sets a minute window
+        "live_window": LiveWindow.configure_at_launch(),
     }
     from assets.dbt_models import DBT_RESOURCE_KEY, dbt_resource
 

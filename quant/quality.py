@@ -34,7 +34,7 @@ class RuleOutcome:
             self.passed = self.n_flagged == 0
 
 
-def _examples(frame: pl.DataFrame, columns: list[str], n: int = 5) -> list[dict[str, Any]]:
+def example_rows(frame: pl.DataFrame, columns: list[str], n: int = 5) -> list[dict[str, Any]]:
     return [{k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}
             for row in frame.select(columns).head(n).to_dicts()]
 
@@ -44,7 +44,7 @@ def duplicate_keys(frame: pl.DataFrame, keys: tuple[str, ...] = ("symbol", "ts")
     dup = frame.filter(pl.struct(list(keys)).is_duplicated())
     n = dup.height - dup.unique(subset=list(keys)).height if dup.height else 0
     return RuleOutcome("duplicate_keys", severity, n, f"rows whose ({', '.join(keys)}) repeats an earlier row",
-                       _examples(dup, list(keys)))
+                       example_rows(dup, list(keys)))
 
 
 def timestamps_increasing(frame: pl.DataFrame, strict: bool = True) -> RuleOutcome:
@@ -54,7 +54,7 @@ def timestamps_increasing(frame: pl.DataFrame, strict: bool = True) -> RuleOutco
     bad = frame.with_row_index("_row").filter(bad_expr.fill_null(False))
     return RuleOutcome("timestamps_increasing", ERROR, bad.height,
                        "per symbol, timestamps must increase in stored order" + ("" if strict else " (ties allowed)"),
-                       _examples(bad, ["symbol", "ts"]))
+                       example_rows(bad, ["symbol", "ts"]))
 
 
 def large_moves(bars: pl.DataFrame, threshold: float = 0.10, max_gap: timedelta = timedelta(minutes=1)) -> RuleOutcome:
@@ -65,7 +65,7 @@ def large_moves(bars: pl.DataFrame, threshold: float = 0.10, max_gap: timedelta 
     ).filter((pl.col("gap") <= max_gap) & (pl.col("move").abs() > threshold))
     return RuleOutcome("large_one_minute_moves", WARN, moves.height,
                        f"one-minute close-to-close moves larger than {threshold:.0%}",
-                       _examples(moves, ["symbol", "ts", "close", "move"]))
+                       example_rows(moves, ["symbol", "ts", "close", "move"]))
 
 
 def gap_jumps(bars: pl.DataFrame, threshold: float = 0.10, min_gap: timedelta = timedelta(minutes=1),
@@ -81,7 +81,7 @@ def gap_jumps(bars: pl.DataFrame, threshold: float = 0.10, min_gap: timedelta = 
         moves = moves.filter(pl.col("ts") >= since)
     return RuleOutcome("gap_jumps", WARN, moves.height,
                        f"moves larger than {threshold:.0%} across a gap (splits, ticker changes, stale history)",
-                       _examples(moves.with_columns(pl.col("gap").dt.total_minutes().alias("gap_minutes")),
+                       example_rows(moves.with_columns(pl.col("gap").dt.total_minutes().alias("gap_minutes")),
                                  ["symbol", "ts", "close", "move", "gap_minutes"]))
 
 
@@ -96,7 +96,7 @@ def isolated_outliers(bars: pl.DataFrame, threshold: float = 0.04) -> RuleOutcom
     )
     return RuleOutcome("isolated_outliers", WARN, flagged.height,
                        f"single bars more than {threshold:.0%} away from both neighbours",
-                       _examples(flagged, ["symbol", "ts", "close", "from_prev", "to_next"]))
+                       example_rows(flagged, ["symbol", "ts", "close", "from_prev", "to_next"]))
 
 
 def volume_spikes(bars: pl.DataFrame, n_sigma: float = 3.0) -> RuleOutcome:
@@ -106,7 +106,7 @@ def volume_spikes(bars: pl.DataFrame, n_sigma: float = 3.0) -> RuleOutcome:
     ).filter(pl.col("z") > n_sigma)
     return RuleOutcome("volume_spikes", WARN, flagged.height,
                        f"bars with volume above mean + {n_sigma:g} standard deviations of the symbol's day",
-                       _examples(flagged.sort("z", descending=True), ["symbol", "ts", "volume", "z"]))
+                       example_rows(flagged.sort("z", descending=True), ["symbol", "ts", "volume", "z"]))
 
 
 def _in_sessions(frame: pl.DataFrame, sessions: list[tuple[datetime, datetime]]) -> pl.DataFrame:
@@ -127,7 +127,7 @@ def session_gaps(bars: pl.DataFrame, sessions: list[tuple[datetime, datetime]],
     )
     return RuleOutcome("session_gaps", WARN, gaps.height,
                        f"gaps longer than {max_gap.total_seconds() / 60:g} minutes inside the regular session",
-                       _examples(gaps.with_columns(pl.col("gap").dt.total_minutes().alias("gap_minutes")),
+                       example_rows(gaps.with_columns(pl.col("gap").dt.total_minutes().alias("gap_minutes")),
                                  ["symbol", "ts", "gap_minutes"]))
 
 
@@ -166,7 +166,7 @@ def off_market_prints(ticks: pl.DataFrame, window: int = 101, threshold: float =
     ).filter((pl.col("price") / pl.col("median") - 1).abs() > threshold)
     return RuleOutcome("off_market_prints", WARN, flagged.height,
                        f"trades more than {threshold:.0%} from the {window}-trade rolling median (late or stale prints)",
-                       _examples(flagged, ["symbol", "ts", "price", "median", "size"]))
+                       example_rows(flagged, ["symbol", "ts", "price", "median", "size"]))
 
 
 def bar_rules(bars: pl.DataFrame, sessions: list[tuple[datetime, datetime]], symbols: list[str],
@@ -209,7 +209,7 @@ def no_nan_after_warmup(frame: pl.DataFrame, columns: list[str], warmup_rows: in
     bad = warm.filter(bad_any)
     return RuleOutcome("no_nan_after_warmup", ERROR, bad.height,
                        f"rows with a null/NaN in {len(present)} value columns after {warmup_rows} warm-up bars per symbol",
-                       _examples(bad, ["symbol", "ts"]))
+                       example_rows(bad, ["symbol", "ts"]))
 
 
 def within_range(frame: pl.DataFrame, column: str, low: float, high: float | None = None, *,
@@ -222,7 +222,7 @@ def within_range(frame: pl.DataFrame, column: str, low: float, high: float | Non
     bad = frame.filter(values.is_not_null() & outside) if column in frame.columns else frame.clear()
     bounds = f"{'(' if strict_low else '['}{low:g}, {'inf' if high is None else f'{high:g}'}]"
     return RuleOutcome(name or f"{column}_in_range", ERROR, bad.height, f"{column} must lie in {bounds}",
-                       _examples(bad, ["symbol", "ts", column]))
+                       example_rows(bad, ["symbol", "ts", column]))
 
 
 def regime_of(alpha: pl.Expr) -> pl.Expr:
@@ -237,7 +237,7 @@ def regime_consistent(physics: pl.DataFrame) -> RuleOutcome:
     bad = physics.filter(pl.col("alpha").is_not_null() & (regime_of(pl.col("alpha")) != pl.col("regime")))
     return RuleOutcome("regime_consistent_with_alpha", ERROR, bad.height,
                        "regime must follow alpha: Gaussian >= 3 > Levy >= 2 > Critical",
-                       _examples(bad, ["symbol", "ts", "alpha", "regime"]))
+                       example_rows(bad, ["symbol", "ts", "alpha", "regime"]))
 
 
 def critical_regime_entries(physics: pl.DataFrame) -> RuleOutcome:
@@ -247,4 +247,4 @@ def critical_regime_entries(physics: pl.DataFrame) -> RuleOutcome:
     )
     return RuleOutcome("critical_regime_entries", WARN, entered.height,
                        "symbols entering the Critical regime (alpha < 2: tails too fat for a finite variance)",
-                       _examples(entered, ["symbol", "ts", "alpha"]))
+                       example_rows(entered, ["symbol", "ts", "alpha"]))

@@ -102,9 +102,11 @@ def entries_frame(entries: Iterable[tuple[Any, dict | None]]) -> pl.DataFrame:
 
     Entries whose fields are None (trimmed from the stream but still pending) are skipped; the
     caller counts them. ``ts`` is null when ``ts_us`` is not an integer (``ts_raw`` keeps the text,
-    so validation quarantines it as ``unparseable_ts``). Numbers stay text for the validator.
+    so validation quarantines it as ``unparseable_ts``); ``trade_id`` is null unless it is a 64-bit
+    integer (``trade_id_raw`` keeps the text). Numbers stay text for the validator.
     """
     rows: dict[str, list] = {name: [] for name in ENTRY_SCHEMA}
+    raw_ids: list[str] = []
     for entry_id, fields in entries:
         if fields is None:
             continue
@@ -126,13 +128,25 @@ def entries_frame(entries: Iterable[tuple[Any, dict | None]]) -> pl.DataFrame:
         rows["price"].append(decoded.get("price"))
         rows["size"].append(decoded.get("size"))
         rows["side"].append(decoded.get("side") or None)
-        rows["trade_id"].append(int(trade_id_text) if trade_id_text.lstrip("-").isdigit() else None)
+        rows["trade_id"].append(_int64_or_none(trade_id_text))
         rows["src"].append(decoded.get("src"))
+        raw_ids.append(trade_id_text)
     ts = rows.pop("ts")
     frame = pl.DataFrame(rows, schema={k: v for k, v in ENTRY_SCHEMA.items() if k != "ts"})
     # an out-of-range integer would overflow the cast: keep it null (quarantined with its text)
     ts_series = pl.Series("ts", [t if t is not None and -2**62 < t < 2**62 else None for t in ts], dtype=pl.Int64)
-    return frame.with_columns(ts_series.cast(TS_DTYPE)).select(list(ENTRY_SCHEMA))
+    return frame.with_columns(ts_series.cast(TS_DTYPE), pl.Series("trade_id_raw", raw_ids, dtype=pl.Utf8)).select(
+        [*ENTRY_SCHEMA, "trade_id_raw"])
+
+
+def _int64_or_none(text: str) -> int | None:
+    """ASCII decimal text within the signed 64-bit range -> int; anything else (unicode digits such as
+    '²', 23-digit ids, '1e5') -> None, so the entry is quarantined instead of breaking the batch."""
+    digits = text[1:] if text.startswith("-") else text
+    if not digits or not digits.isascii() or not digits.isdigit():
+        return None
+    value = int(text)
+    return value if -2**63 <= value < 2**63 else None
 
 
 class TickStreamWriter:

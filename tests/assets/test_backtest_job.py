@@ -14,6 +14,7 @@ from quant.backtest import run_sweep
 from quant.nightly import bars_per_year_of
 from resources.backtest_config import BacktestConfig
 from resources.market_data import MarketDataResource
+from tests.layer_resources import LAYER_RESOURCES
 
 DAYS = ["2024-03-04", "2024-03-05", "2024-03-06"]
 
@@ -23,7 +24,7 @@ def backtest_warehouse(warehouse):
     market = MarketDataResource(source="sim", symbols="AAA,BBB,CCC", seed=11)
     for day in DAYS:
         assert dg.materialize([ticks, bars_1m], partition_key=day,
-                              resources={"warehouse": warehouse, "market_data": market}).success
+                              resources={"warehouse": warehouse, **LAYER_RESOURCES, "market_data": market}).success
     return warehouse
 
 

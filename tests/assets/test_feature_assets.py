@@ -16,6 +16,7 @@ from quant.features import compute_features
 from quant.physics import compute_physics
 from resources.market_data import MarketDataResource
 from resources.models import ForecasterResource
+from tests.layer_resources import LAYER_RESOURCES
 
 DAYS = ["2024-03-04", "2024-03-05"]
 SYMBOLS = "AAA,BBB"
@@ -33,7 +34,7 @@ def _run(warehouse, hot, model: str, day: str):
         [ticks, bars_1m, features, physics_states, forecasts],
         partition_key=day,
         resources={"warehouse": warehouse, "hot_state": hot,
-                   "market_data": MarketDataResource(source="sim", symbols=SYMBOLS, seed=3),
+                   **LAYER_RESOURCES, "market_data": MarketDataResource(source="sim", symbols=SYMBOLS, seed=3),
                    "forecaster": ForecasterResource(model=model, issue_every_minutes=30)},
         raise_on_error=False,
     )

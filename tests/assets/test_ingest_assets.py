@@ -14,6 +14,7 @@ from quant.bars import ticks_to_bars
 from resources.hot_state import HotStateResource
 from resources.market_data import MarketDataResource
 from resources.warehouse import WarehouseResource
+from tests.layer_resources import LAYER_RESOURCES
 
 SESSION = "2024-03-05"  # a Tuesday NYSE session
 SYMBOLS = "AAA,BBB,CCC"
@@ -23,7 +24,7 @@ def _materialize(warehouse: WarehouseResource, market: MarketDataResource, parti
     return dg.materialize(
         [ticks, bars_1m],
         partition_key=partition,
-        resources={"warehouse": warehouse, "market_data": market},
+        resources={"warehouse": warehouse, **LAYER_RESOURCES, "market_data": market},
         raise_on_error=False,
     )
 

@@ -17,6 +17,7 @@ from quant.state_text import select_embedding_rows, split_valid_states
 from resources.market_data import MarketDataResource
 from resources.models import EmbedderResource, ForecasterResource
 from resources.vector_store import VectorStoreResource
+from tests.layer_resources import LAYER_RESOURCES
 
 DAYS = ["2024-03-04", "2024-03-05"]
 ASSETS = [ticks, bars_1m, features, physics_states, forecasts, market_state_embeddings, signals]
@@ -33,7 +34,7 @@ def test_embeddings_and_signals(warehouse, embedded_redis, tiny_chronos, data_di
     store = VectorStoreResource(uri=str(data_dir / "lancedb"))
     resources = {"warehouse": warehouse, "hot_state": embedded_redis, "vector_store": store,
                  "embedder": EmbedderResource(), "forecaster": ForecasterResource(model=tiny_chronos),
-                 "market_data": MarketDataResource(source="sim", symbols="AAA,BBB", seed=5)}
+                 **LAYER_RESOURCES, "market_data": MarketDataResource(source="sim", symbols="AAA,BBB", seed=5)}
     embedded_redis.client().delete("signals:last:AAA", "signals:last:BBB")
     pubsub = embedded_redis.client().pubsub()
     pubsub.subscribe("signals")

@@ -18,6 +18,7 @@ from resources.backtest_config import BacktestConfig
 from resources.hot_state import EmbeddedRedis
 from resources.market_data import MarketDataResource
 from resources.warehouse import WarehouseResource
+from tests.layer_resources import LAYER_RESOURCES
 
 DAY = "2024-03-05"
 CONFIG = dict(n_strategies=24, n_chunks=3)
@@ -46,7 +47,7 @@ def test_two_celery_workers_equal_the_in_process_run(warehouse, tmp_path, monkey
     market = MarketDataResource(source="sim", symbols="AAA,BBB", seed=2)
     for day in ("2024-03-04", DAY):
         assert dg.materialize([ticks, bars_1m], partition_key=day,
-                              resources={"warehouse": warehouse, "market_data": market}).success
+                              resources={"warehouse": warehouse, **LAYER_RESOURCES, "market_data": market}).success
     assert _defs(warehouse).resolve_job_def("nightly_backtest").execute_in_process(partition_key=DAY).success
     expected = warehouse.query("SELECT strategy_id, symbol, total_return, n_trades FROM strategy_results ORDER BY ALL")
     warehouse.execute_write("DELETE FROM strategy_results")

@@ -7,6 +7,7 @@ from assets.bars import bars_1m
 from assets.ticks import ticks
 from resources.market_data import MarketDataResource
 from tests.paths import REAL_DATA
+from tests.layer_resources import LAYER_RESOURCES
 
 
 def _materialize(warehouse, name: str, days: list[str]):
@@ -14,7 +15,7 @@ def _materialize(warehouse, name: str, days: list[str]):
     results = []
     for day in days:
         result = dg.materialize([ticks, bars_1m], partition_key=day,
-                                resources={"warehouse": warehouse, "market_data": market}, raise_on_error=False)
+                                resources={"warehouse": warehouse, **LAYER_RESOURCES, "market_data": market}, raise_on_error=False)
         assert result.success, (name, day)
         results.append(result)
     return results

@@ -39,6 +39,7 @@ from resources.file_lock import LockTimeout, acquire
 from resources.market_data import MarketDataResource
 from resources.vector_store import VECTOR_DIM, VectorStoreResource, embedding_rows
 from resources.warehouse import WarehouseResource
+from tests.layer_resources import LAYER_RESOURCES
 
 pytestmark = pytest.mark.slow
 
@@ -86,7 +87,7 @@ def _flock_holders(path: Path) -> set[tuple[int, str]]:
 
 def _materialise(warehouse: WarehouseResource) -> None:
     result = dg.materialize(ASSETS, partition_key=DAY, raise_on_error=False, resources={
-        "warehouse": warehouse, "market_data": MarketDataResource(source="sim", symbols=SYMBOLS, seed=3)})
+        "warehouse": warehouse, **LAYER_RESOURCES, "market_data": MarketDataResource(source="sim", symbols=SYMBOLS, seed=3)})
     assert result.success
 
 

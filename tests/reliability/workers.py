@@ -21,6 +21,7 @@ import sys
 import time
 
 import dagster as dg
+from tests.layer_resources import LAYER_RESOURCES
 
 BACKTEST_STRATEGIES = 48
 BACKTEST_CHUNKS = 2
@@ -137,7 +138,7 @@ def materialise(day: str, symbols: str, table: str, moment: str, marker: str) ->
 
     WarehouseResource._connect = pausing_connect
     result = dg.materialize([ticks, bars_1m, features], partition_key=day, raise_on_error=False, resources={
-        "warehouse": _warehouse(), "market_data": MarketDataResource(source="sim", symbols=symbols, seed=3)})
+        "warehouse": _warehouse(), **LAYER_RESOURCES, "market_data": MarketDataResource(source="sim", symbols=symbols, seed=3)})
     return result.success
 
 

@@ -1,4 +1,4 @@
-"""``microbatch_sensor``: turns the Redis stream ``ticks`` into one ``microbatch`` run per closed minute.
+"""The live path's coordinator: turns the Redis stream ``ticks`` into one ``microbatch`` run per closed minute.
 
 Each evaluation (a "tick" of the sensor; interval ``FEYNMAN_MICROBATCH_INTERVAL`` seconds):
 
@@ -45,50 +45,32 @@ from datetime import datetime, timezone
 from typing import Any
 
 import dagster as dg
-import duckdb
 import polars as pl
 
 from quant.schema import QUARANTINE_SCHEMA, TS_DTYPE
 from resources.alerts import AlertingResource
 from resources.env_config import MICROBATCH_NUMBERS, env_number
 from resources.hot_state import TICK_STREAM, HotStateResource
-from resources.live import ENTRY_SCHEMA, entries_frame
-from resources.warehouse import WarehouseResource, checked_table
+from resources.live import entries_frame
+from resources.staging import TAG_STAGED_BATCH, prune_staged, stage_entries, staged_ids
+from resources.warehouse import WarehouseResource
 
 log = logging.getLogger(__name__)
 
 MICROBATCH_JOB = "microbatch"
-INGEST_OP = "ingest_window"
+LIVE_WINDOW_RESOURCE = "live_window"
 GROUP = "microbatch"
 CONSUMER = "microbatch_sensor"
 TAG_KEY = "feynman/microbatch_key"
 TAG_WINDOW = "feynman/window"
 TAG_REVISION = "feynman/revision"
-TAG_STAGED_BATCH = "feynman/staged_batch"
-STAGED_TABLE = "staged_ticks"
 _US = 1_000_000
-
-STAGED_DDL = """
-CREATE TABLE IF NOT EXISTS staged_ticks (
-    entry_id VARCHAR NOT NULL,
-    entry_ms BIGINT NOT NULL,
-    entry_seq BIGINT NOT NULL,
-    symbol VARCHAR,
-    ts TIMESTAMPTZ,
-    ts_raw VARCHAR,
-    price VARCHAR,
-    size VARCHAR,
-    side VARCHAR,
-    trade_id BIGINT,
-    src VARCHAR,
-    window_start TIMESTAMPTZ NOT NULL,
-    batch BIGINT NOT NULL,
-    staged_at TIMESTAMPTZ NOT NULL
-)
-"""
+# a run that failed only because a blocking data-quality check failed has processed its window: its
+# entries are acknowledged (the failed check raises its alert); re-running would fail the same way
+CHECK_FAILURE_ERROR = "DagsterAssetCheckFailedError"
 
 
-def _env_float(name: str, default: float) -> float:
+def env_float(name: str, default: float) -> float:
     # text, NaN or a value below the variable's bound is refused with a line naming the variable
     integer, minimum, strict = MICROBATCH_NUMBERS[name]
     return env_number(name, default, integer=integer, minimum=minimum, strictly_above=strict)
@@ -119,11 +101,11 @@ class MicrobatchSettings:
     @classmethod
     def from_env(cls) -> "MicrobatchSettings":
         return cls(
-            lateness_s=_env_float("FEYNMAN_MICROBATCH_LATENESS", 2.0),
+            lateness_s=env_float("FEYNMAN_MICROBATCH_LATENESS", 2.0),
             wall_clock=os.environ.get("FEYNMAN_MICROBATCH_WALL_CLOCK", "").lower() in {"1", "true", "yes"},
-            idle_close_s=_env_float("FEYNMAN_MICROBATCH_IDLE_CLOSE", 30.0),
-            max_runs_per_tick=int(_env_float("FEYNMAN_MICROBATCH_MAX_RUNS", 5)),
-            no_data_alert_s=_env_float("FEYNMAN_NO_DATA_ALERT_SECONDS", 120.0),
+            idle_close_s=env_float("FEYNMAN_MICROBATCH_IDLE_CLOSE", 30.0),
+            max_runs_per_tick=int(env_float("FEYNMAN_MICROBATCH_MAX_RUNS", 5)),
+            no_data_alert_s=env_float("FEYNMAN_NO_DATA_ALERT_SECONDS", 120.0),
         )
 
 
@@ -132,88 +114,18 @@ def window_iso(start_us: int) -> str:
 
 
 def run_config_for_window(start: str, end: str, revision: int = 0) -> dict[str, Any]:
-    """Run config of the ``microbatch`` job for the window [start, end) (ISO 8601 UTC)."""
-    return {"ops": {INGEST_OP: {"config": {"start": start, "end": end, "revision": revision}}}}
+    """Run config of the ``microbatch`` job for the window [start, end) (ISO 8601 UTC): the layer
+    assets' ``live_window`` resource set to it."""
+    return {"resources": {LIVE_WINDOW_RESOURCE: {"config": {"start": start, "end": end, "revision": revision}}}}
+
+
+def partition_for_window(start_iso: str) -> str:
+    """The daily partition (UTC day) a window's materialisations are recorded on."""
+    return datetime.fromisoformat(start_iso).astimezone(timezone.utc).date().isoformat()
 
 
 def run_key_for(start_iso: str, revision: int) -> str:
     return start_iso if revision == 0 else f"{start_iso}#r{revision}"
-
-
-# ---- staged_ticks -----------------------------------------------------------------------------
-@dataclass
-class StageResult:
-    batch: int
-    new: pl.DataFrame  # entry_id, window_us (window start, epoch us) of rows inserted now
-    existing: pl.DataFrame  # entry_id, window_us, batch of rows that were already staged
-
-
-def stage_entries(warehouse: WarehouseResource, entries: pl.DataFrame, window_s: int = 60) -> StageResult:
-    """Insert ``entries`` (``ENTRY_SCHEMA`` with a non-null ts) into ``staged_ticks`` in one transaction.
-
-    Rows whose entry id is already staged are not inserted again; they come back in
-    ``existing`` with the batch they were staged in. The batch number is max(batch) + 1 taken
-    inside the write lock, so batches grow in commit order: a run that saw batch B has seen
-    every row of batches <= B.
-    """
-    checked_table(STAGED_TABLE)
-    width = window_s * _US
-    incoming = entries.select(list(ENTRY_SCHEMA)).with_columns(
-        ((pl.col("ts").dt.epoch("us") // width) * width).cast(TS_DTYPE).alias("window_start"))
-    with warehouse.get_connection() as conn:
-        conn.execute("BEGIN TRANSACTION")
-        try:
-            conn.execute(STAGED_DDL)
-            conn.register("incoming_entries", incoming.to_arrow())
-            batch = int(conn.execute("SELECT coalesce(max(batch), 0) + 1 FROM staged_ticks").fetchone()[0])
-            existing = conn.execute(
-                "SELECT s.entry_id, epoch_us(s.window_start), s.batch FROM staged_ticks s "
-                "SEMI JOIN incoming_entries i ON s.entry_id = i.entry_id AND s.window_start = i.window_start"
-            ).fetchall()
-            new = conn.execute(
-                "INSERT INTO staged_ticks "
-                "SELECT i.*, ? AS batch, now() AS staged_at FROM incoming_entries i "
-                "ANTI JOIN staged_ticks s ON s.entry_id = i.entry_id AND s.window_start = i.window_start "
-                "RETURNING entry_id, epoch_us(window_start)", [batch]
-            ).fetchall()
-            conn.execute("COMMIT")
-        except Exception:
-            conn.execute("ROLLBACK")
-            raise
-        finally:
-            conn.unregister("incoming_entries")
-    return StageResult(
-        batch,
-        pl.DataFrame(new, schema={"entry_id": pl.Utf8, "window_us": pl.Int64}, orient="row"),
-        pl.DataFrame(existing, schema={"entry_id": pl.Utf8, "window_us": pl.Int64, "batch": pl.Int64}, orient="row"),
-    )
-
-
-def read_staged_window(warehouse: WarehouseResource, start: datetime) -> pl.DataFrame:
-    """Staged rows of the window starting at ``start``, in (symbol, ts, stream order)."""
-    try:
-        return warehouse.query(
-            "SELECT * EXCLUDE (window_start, staged_at) FROM staged_ticks WHERE window_start = ? "
-            "ORDER BY symbol, ts, entry_ms, entry_seq", [start])
-    except duckdb.CatalogException:  # nothing was ever staged
-        return pl.DataFrame(schema={**ENTRY_SCHEMA, "batch": pl.Int64})
-
-
-def staged_ids(warehouse: WarehouseResource, start_us: int, max_batch: int) -> list[str]:
-    """Entry ids of a window staged in a batch <= ``max_batch`` (what a run that saw that batch read)."""
-    start = datetime.fromtimestamp(start_us / _US, tz=timezone.utc)
-    try:
-        found = warehouse.query("SELECT entry_id FROM staged_ticks WHERE window_start = ? AND batch <= ?",
-                                [start, max_batch])
-    except duckdb.CatalogException:
-        return []
-    return found["entry_id"].to_list()
-
-
-def prune_staged(warehouse: WarehouseResource, before: datetime) -> None:
-    """Forget staged rows of windows older than ``before`` (they are past the late-data horizon)."""
-    if warehouse.table_exists(STAGED_TABLE):
-        warehouse.execute_write("DELETE FROM staged_ticks WHERE window_start < ?", [before])
 
 
 # ---- cursor -----------------------------------------------------------------------------------
@@ -376,14 +288,20 @@ class MicrobatchCoordinator:
                 .when(pl.col("ts").is_null()).then(pl.lit("unparseable_ts"))
                 .when(ts_us > now_us + int(self.s.max_future_s * _US)).then(pl.lit("future_ts"))
                 .when(ts_us < horizon_us).then(pl.lit("too_late"))
+                .when(pl.col("trade_id").is_null() & (pl.col("trade_id_raw") != "")).then(pl.lit("bad_trade_id"))
                 .otherwise(pl.lit(None, dtype=pl.Utf8)))
         frame = frame.with_columns(rule.alias("_rule"))
         bad = frame.filter(pl.col("_rule").is_not_null())
-        good = frame.filter(pl.col("_rule").is_null()).drop("_rule")
+        good = frame.filter(pl.col("_rule").is_null()).drop("_rule", "trade_id_raw")
         if bad.height:
             self._quarantine(bad, now)
             report.quarantined = bad.height
             self._ack(bad["entry_id"].to_list())
+            by_rule = dict(bad.group_by("_rule").len().sort("_rule").iter_rows())
+            self._alert("stream_entries_quarantined", f"{bad.height} stream entries quarantined ("
+                        + ", ".join(f"{rule}: {n}" for rule, n in by_rule.items()) + "); later entries go on",
+                        "warning", details={"by_rule": by_rule, "first_entry": bad["entry_id"][0]},
+                        dedup_key=f"{self.s.stream}:{bad['entry_id'][0]}")
         if not good.height:
             return False
         staged = stage_entries(self.warehouse, good, self.s.window_s)
@@ -439,8 +357,9 @@ class MicrobatchCoordinator:
             "future_ts": f"trade time is more than {self.s.max_future_s:g} s after the wall clock",
             "too_late": f"trade arrived more than {self.s.late_horizon_s:g} s behind the stream watermark; "
                         "re-run the daily batch for its day instead",
+            "bad_trade_id": "stream entry trade_id is not a 64-bit integer",
         }
-        raw = bad.select(pl.struct("entry_id", "symbol", "ts_raw", "price", "size", "side", "src")
+        raw = bad.select(pl.struct("entry_id", "symbol", "ts_raw", "price", "size", "side", "trade_id_raw", "src")
                          .struct.json_encode().alias("raw"))["raw"]
         frame = pl.DataFrame({
             "table_name": "ticks", "source": "stream", "symbol": bad["symbol"], "ts": bad["ts"],
@@ -482,6 +401,7 @@ class MicrobatchCoordinator:
             run_key = run_key_for(start_iso, revision)
             requests.append(dg.RunRequest(
                 run_key=run_key,
+                partition_key=partition_for_window(start_iso),
                 run_config=run_config_for_window(start_iso, end_iso, revision),
                 tags={TAG_KEY: run_key, TAG_WINDOW: start_iso, TAG_REVISION: str(revision)},
             ))
@@ -506,8 +426,23 @@ class MicrobatchCoordinator:
                 record.covered = max(record.covered, batch)
                 record.run_key, record.failures = None, 0
                 report.succeeded.append(run.tags.get(TAG_KEY, ""))
+            elif run.status in finished_bad and self._failed_on_checks_only(run):
+                batch = int(run.tags.get(TAG_STAGED_BATCH, "0"))
+                report.acked += self._ack(staged_ids(self.warehouse, start, batch))
+                record.covered = max(record.covered, batch)
+                record.run_key, record.failures = None, 0
+                report.failed.append(run.tags.get(TAG_KEY, ""))
             elif run.status in finished_bad:
                 self._failed(start, record, report, f"run {run.run_id[:8]} ended {run.status.value}")
+
+    def _failed_on_checks_only(self, run: dg.DagsterRun) -> bool:
+        """True when every failed step of ``run`` failed because a blocking asset check failed."""
+        if run.status != dg.DagsterRunStatus.FAILURE or TAG_STAGED_BATCH not in run.tags:
+            return False
+        records = self.instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE).records
+        errors = [getattr(r.event_log_entry.dagster_event.event_specific_data, "error", None) for r in records
+                  if r.event_log_entry.dagster_event is not None]
+        return bool(errors) and all(e is not None and e.cls_name == CHECK_FAILURE_ERROR for e in errors)
 
     def _failed(self, start: int, record: WindowRecord, report: TickReport, why: str) -> None:
         report.failed.append(record.run_key or "")
@@ -573,53 +508,3 @@ def _default_sessions(moment: datetime, calendar: str) -> list[tuple[datetime, d
     return session_windows(moment.date(), calendar)
 
 
-# ---- the Dagster sensor -------------------------------------------------------------------------
-def redis_unavailable(hot_state: HotStateResource, warehouse: WarehouseResource, alerting: AlertingResource,
-                      exc: Exception, now: float | None = None) -> Exception:
-    """The sensor cannot use Redis: record a ``redis_unavailable`` alert in the warehouse (not published:
-    Redis is what is down; one per server and hour) and return the one-line error the evaluation fails
-    with. Stream entries stay pending; runs already requested still write DuckDB (the source of truth)."""
-    from resources.hot_state import HotStateError
-
-    first = str(exc).strip().splitlines()[0] if isinstance(exc, HotStateError) and str(exc).strip() else ""
-    reason = first or f"lost {hot_state.describe()}: {type(exc).__name__}"
-    message = (f"micro-batch sensor cannot read the tick stream: {reason}; new windows wait for Redis, "
-               "then run `feynman rebuild-hot-state`")
-    alerting.raise_alert("redis_unavailable", message, severity="critical", warehouse=warehouse,
-                         dedup_key=f"{hot_state.describe()}:{int((time.time() if now is None else now) // 3600)}")
-    return HotStateError(message)
-
-
-def build_microbatch_sensor(
-    name: str = "microbatch_sensor",
-    job_name: str = MICROBATCH_JOB,
-    settings: MicrobatchSettings | None = None,
-    minimum_interval_seconds: int | None = None,
-) -> dg.SensorDefinition:
-    """The sensor for ``job_name`` (targets the job by name; register the job in the same Definitions)."""
-    interval = minimum_interval_seconds or int(_env_float("FEYNMAN_MICROBATCH_INTERVAL", 10))
-
-    @dg.sensor(name=name, job_name=job_name, minimum_interval_seconds=interval,
-               description="Requests one `microbatch` run per closed minute of the Redis stream `ticks` "
-                           "(consumer group, ack after success, catch-up and late-data re-runs).")
-    def _microbatch_sensor(context: dg.SensorEvaluationContext, hot_state: HotStateResource,
-                           warehouse: WarehouseResource, alerting: AlertingResource) -> dg.SensorResult:
-        import redis
-
-        from resources.hot_state import HotStateError
-
-        try:
-            coordinator = MicrobatchCoordinator(settings or MicrobatchSettings.from_env(), hot_state.client(),
-                                                warehouse, context.instance, alerting=alerting, hot_state=hot_state)
-            requests, cursor, report = coordinator.tick(context.cursor)
-        except (HotStateError, redis.ConnectionError, redis.TimeoutError) as exc:
-            raise redis_unavailable(hot_state, warehouse, alerting, exc) from None
-        context.log.info(report.line())
-        if not requests:
-            return dg.SensorResult(skip_reason=dg.SkipReason(report.line()), cursor=cursor)
-        return dg.SensorResult(run_requests=requests, cursor=cursor)
-
-    return _microbatch_sensor
-
-
-microbatch_sensor = build_microbatch_sensor()

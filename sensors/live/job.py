@@ -1,0 +1,28 @@
+"""The ``microbatch`` job: the layer assets themselves, run on one closed minute window.
+
+It is an asset job over the same assets as the daily ``main`` job (ticks -> bars_1m -> features
+-> physics_states -> forecasts -> market_state_embeddings -> signals, with their checks). The
+sensor's run request sets the ``live_window`` resource to the window and the partition to the
+window's UTC day, so each asset computes, writes and checks only that window and the
+materialisations land on the day's partition. In-process executor: one process, resources set up
+once, no per-step process start.
+"""
+
+import dagster as dg
+
+from sensors.live.coordinator import MICROBATCH_JOB
+
+# the keys of the layer assets (assets/*.py define them; sensors do not import assets)
+LIVE_ASSET_KEYS = [dg.AssetKey(k) for k in (
+    ["duckdb", "ticks"], ["duckdb", "bars_1m"], ["duckdb", "features"], ["duckdb", "physics_states"],
+    ["duckdb", "forecasts"], ["lancedb", "market_state_embeddings"], ["duckdb", "signals"])]
+
+microbatch_job = dg.define_asset_job(
+    MICROBATCH_JOB,
+    selection=dg.AssetSelection.assets(*LIVE_ASSET_KEYS),
+    executor_def=dg.in_process_executor,
+    tags={"feynman/kind": "microbatch"},
+    description="One closed minute of the live stream through the same layer assets as a daily run: "
+                "ticks -> bars_1m -> features -> physics -> forecasts/embeddings on their cadence -> signals, "
+                "with every asset check; recorded on the window's daily partition.",
+)
