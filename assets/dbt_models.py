@@ -13,14 +13,16 @@ connection waits instead of failing. dbt gets the warehouse path through ``FEYNM
 
 # no `from __future__ import annotations`: Dagster checks the class of the `context` annotation
 import os
+import re
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 from dagster import AssetExecutionContext
 from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtCliResource, dbt_assets
+from dagster_dbt.errors import DagsterDbtCliRuntimeError
 
 from orchestration.dbt_setup import FeynmanDbtCliResource, dbt_cli, dbt_project, ensure_manifest
 from resources.warehouse import WRITER_POOL, WarehouseResource
@@ -94,6 +96,68 @@ def dbt_warehouse_models(context: AssetExecutionContext, dbt: DbtCliResource, wa
     """``dbt build`` of the selected models and their tests, under the warehouse write lock."""
     warehouse.ensure_schema()  # a fresh warehouse still has empty core tables for the sources
     database = str(Path(warehouse.database).resolve())
-    with warehouse.exclusive_lock(), _env("FEYNMAN_DUCKDB", database):
-        invocation = dbt.cli(["build"], context=context, target_path=build_target_path(warehouse))
-        yield from invocation.stream()
+    target = build_target_path(warehouse)
+    target.mkdir(parents=True, exist_ok=True)
+    failure: dg.Failure | None = None
+    with warehouse.exclusive_lock(), _env("FEYNMAN_DUCKDB", database), open(target / STDOUT_LOG, "w") as echo:
+        invocation = dbt.cli(["build"], context=context, target_path=target)
+        events = iter(invocation.stream())
+        while failure is None:
+            # dagster-dbt echoes every dbt event to stdout (the terminal under `feynman run`): while
+            # dbt's iterator runs, stdout goes to a file beside dbt.log instead
+            with redirect_stdout(echo):
+                try:
+                    event = next(events)
+                except StopIteration:
+                    break
+                except DagsterDbtCliRuntimeError:
+                    failure = dbt_failure(list(getattr(invocation, "_error_messages", [])), target)
+                    continue
+            yield event
+    if failure is not None:
+        raise failure
+
+
+STDOUT_LOG = "dbt_stdout.log"
+_DOTS = re.compile(r"\s*\.{3,}\s*")
+_KIND_ERROR = re.compile(r"\b[A-Z][a-z]+ Error: ")
+_COUNTER = re.compile(r"^\d+ of \d+ (ERROR|FAIL)\b")
+
+
+def first_dbt_error(messages: list[str]) -> str:
+    """One line for the first thing dbt reported as an error.
+
+    dbt reports a failure twice: a progress line ("6 of 42 ERROR creating sql table model ...") and,
+    at the end, "Failure in model X (path)" followed by the database's message. The second says why,
+    so it is preferred: "model X (path): <last line of the message>"; else the first progress line.
+    """
+    def lines_of(message: str) -> list[str]:
+        return [line.strip() for line in message.strip().splitlines() if line.strip()]
+
+    for n, message in enumerate(messages):
+        lines = lines_of(message)
+        if lines and lines[0].startswith(("Failure in ", "Error in ", "Compilation Error", "Runtime Error",
+                                          "Database Error")):
+            head = lines[0].removeprefix("Failure in ").removeprefix("Error in ")
+            detail = lines[1:] or (lines_of(messages[n + 1]) if n + 1 < len(messages) else [])
+            # the database's own "<Kind> Error: ..." line, else the last line with words (not SQL carets)
+            said = [x for x in detail if _KIND_ERROR.search(x)] or [x for x in detail if re.search("[A-Za-z]", x)]
+            return f"{head}: {said[0] if _KIND_ERROR.search(said[0]) else said[-1]}" if said else head
+    for message in messages:
+        if message.strip():
+            return _DOTS.sub(" ", message.strip().splitlines()[0]).strip()
+    return "dbt exited with an error and reported no message"
+
+
+def dbt_failure(messages: list[str], target: Path) -> dg.Failure:
+    """A one-line ``Failure`` (the first dbt error, how many nodes failed, where the logs are); the first
+    50 error messages go into the failure's metadata, the whole output is in dbt.log and dbt_stdout.log."""
+    failed = sum(1 for m in messages if _COUNTER.match(m.strip()))
+    more = f"{failed} dbt nodes failed" if failed > 1 else "1 dbt node failed" if failed else "dbt failed"
+    description = f"dbt build: {first_dbt_error(messages)} ({more}; logs: {target / 'dbt.log'})"
+    shown = "\n".join(m.strip() for m in messages[:50])
+    return dg.Failure(description=description, metadata={
+        "dbt_errors": dg.MetadataValue.text(shown + ("\n..." if len(messages) > 50 else "")),
+        "dbt_log": dg.MetadataValue.path(str(target / "dbt.log")),
+        "dbt_stdout": dg.MetadataValue.path(str(target / STDOUT_LOG)),
+    })
