@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timezone
 
 import polars as pl
@@ -21,3 +22,16 @@ def store_quarantine(warehouse: WarehouseResource, quarantined: pl.DataFrame, *,
     )
     return warehouse.replace_where("quarantine", frame, equals={
         "table_name": table_name, "source": source, "partition_key": partition_key})
+
+
+INGEST_PREFIX = "ingest:"
+
+
+def ingest_partition_key(path: str | os.PathLike[str]) -> str:
+    """The quarantine ``partition_key`` of one imported file: ``ingest:<absolute path>``.
+
+    Keyed by the file's absolute (symlink-resolved) path, not its base name, so importing
+    ``b/trades.csv`` keeps the quarantine rows of ``a/trades.csv``; importing the same file again
+    replaces its own rows (idempotent). ``source`` stays ``file:<name>`` for people reading the table.
+    """
+    return INGEST_PREFIX + os.path.realpath(os.fspath(path))

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 
 import polars as pl
 
-from assets.quarantine import store_quarantine
+from assets.quarantine import ingest_partition_key, store_quarantine
 from quant.bars import ticks_to_bars
 from quant.validation import validate_bars, validate_ticks
 from resources.sources.files import read_market_file
@@ -63,7 +63,9 @@ def ingest_file(warehouse: WarehouseResource, path: str, *, kind: str = "auto", 
     warehouse.ensure_schema()
     if accepted.height:
         warehouse.replace_days(table, accepted, days=days, symbols=symbols)
-    store_quarantine(warehouse, result.quarantined, table_name=table, source=source, partition_key="ingest")
+    # keyed by the file's absolute path: another file with the same name keeps its quarantine rows
+    store_quarantine(warehouse, result.quarantined, table_name=table, source=source,
+                     partition_key=ingest_partition_key(path))
     report = IngestReport(kind, table, int(result.counts["n_in"]), accepted.height,
                           result.quarantined.height, _rule_counts(result.quarantined))
     if kind == "ticks" and accepted.height:
