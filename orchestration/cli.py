@@ -26,14 +26,97 @@ def _symbols_arg(text: str) -> str:
     return ",".join(symbols)
 
 
-def _positive_int(text: str) -> int:
+def _whole_number(text: str) -> int:
     try:
-        value = int(text)
+        return int(text.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not a whole number: {text[:40]!r}") from None
+
+
+def _positive_int(text: str) -> int:
+    value = _whole_number(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
     return value
+
+
+MAX_DAYS = 3650  # ~14 years of sessions; the simulator and calendar cover 2006-12 on, daily partitions 2008 on
+MAX_SEED = 2**32 - 1  # the simulator takes any int >= 0; one range for `run`, `live` and FEYNMAN_SEED
+MAX_RETENTION_DAYS = 36_500  # 100 years; larger counts overflow the date arithmetic ('forever' keeps a table hot)
+EARLIEST_DAY = date(1990, 1, 1)  # before any data Feynman can hold (archive --as-of)
+
+
+def _today_utc() -> date:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).date()
+
+
+def _first_partition() -> date:
+    """The first daily partition (FEYNMAN_PARTITIONS_START, default 2008-01-01). A bad value is left for
+    check_environment to report (it names the variable); the default is used here meanwhile."""
+    from resources.env_config import EnvConfigError, env_date
+
+    try:
+        return date.fromisoformat(env_date("FEYNMAN_PARTITIONS_START", "2008-01-01"))
+    except EnvConfigError:
+        return date(2008, 1, 1)
+
+
+def _days_arg(text: str) -> int:
+    value = _positive_int(text)
+    if value > MAX_DAYS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_DAYS} sessions, got {value}")
+    return value
+
+
+def _bounded_date(text: str, lowest: date, low_what: str) -> date:
+    day = _date_arg(text)
+    today = _today_utc()
+    if not lowest <= day <= today:
+        raise argparse.ArgumentTypeError(f"must be between {lowest} ({low_what}) and {today} (today, UTC), got {day}")
+    return day
+
+
+def _partition_date_arg(text: str) -> date:
+    """A day that has a daily partition: from FEYNMAN_PARTITIONS_START to today (UTC)."""
+    return _bounded_date(text, _first_partition(), "the first daily partition, FEYNMAN_PARTITIONS_START")
+
+
+def _as_of_arg(text: str) -> date:
+    """archive --as-of: not in the future (that would archive rows retention still keeps hot)."""
+    return _bounded_date(text, EARLIEST_DAY, "the earliest day accepted")
+
+
+def _seed_arg(text: str) -> int:
+    try:
+        value = int(text.strip())
+    except ValueError:  # the words argparse uses for type=int, with the range
+        raise argparse.ArgumentTypeError(f"invalid int value: {text[:40]!r} (a whole number from 0 to "
+                                         f"{MAX_SEED})") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be between 0 and {MAX_SEED} (2**32-1), got {text[:40]}")
+    return value
+
+
+def _retention_arg(text: str) -> str:
+    """``ticks=7,bars_1m=365,signals=forever``: checked now with the archiver's own parser; the text is
+    passed on unchanged."""
+    from quant.retention import RetentionConfigError, parse_retention
+
+    if len(text) > 2000:
+        raise argparse.ArgumentTypeError("is too long (at most 2000 characters)")
+    try:
+        parsed = parse_retention(text)
+    except RetentionConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    too_long = {table: days for table, days in parsed.items() if days is not None and days > MAX_RETENTION_DAYS}
+    if too_long:
+        table, days = next(iter(too_long.items()))
+        shown = str(days) if len(str(days)) <= 20 else f"{str(days)[:20]}..."
+        raise argparse.ArgumentTypeError(f"retention for {table} must be at most {MAX_RETENTION_DAYS} days (use "
+                                         f"'forever' to keep it hot), got {shown}")
+    return text
 
 
 def _date_arg(text: str) -> date:
@@ -53,10 +136,44 @@ def _tz_arg(text: str) -> str:
     return text
 
 
+def _run_window_problem(args: argparse.Namespace) -> str | None:
+    """``run`` over calendar sessions (sim, alpaca): the N sessions ending on the last day must all be
+    daily partitions, and inside the exchange calendar the session list is read from."""
+    source = args.source or os.environ.get("FEYNMAN_SOURCE") or "sim"
+    if source == "files":  # the days come from the file
+        return None
+    from datetime import timedelta
+
+    import exchange_calendars as xcals
+
+    calendar = xcals.get_calendar("XNYS")  # MarketDataResource.calendar
+    first_session = calendar.first_session.date()
+    end = args.end_date or (_today_utc() - timedelta(days=1))
+    lowest = max(_first_partition(), first_session)
+    fit = len(calendar.sessions_in_range(lowest.isoformat(), end.isoformat())) if lowest <= end else 0
+    # resources.market_data.recent_sessions reads max(14, 3 x N) calendar days back from the last day
+    span = (end - first_session).days
+    fit = min(fit, span // 3 if span >= 14 else 0)
+    if args.days <= fit:
+        return None
+    return (f"argument --days: at most {fit} sessions up to {end} fit after {lowest} (the first daily partition, "
+            f"FEYNMAN_PARTITIONS_START, or the exchange calendar's first session), got {args.days}")
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2, like every other refusal
         sys.stderr.write(f"{self.prog}: error: {message}\n")
         raise SystemExit(2)
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def]
+        parsed, extras = super().parse_known_args(args, namespace)
+        # checks that need several arguments, run once the whole command line is parsed (top-level parser)
+        for command, (subparser, check) in getattr(self, "cross_checks", {}).items():
+            if getattr(parsed, "command", None) == command:
+                problem = check(parsed)
+                if problem:
+                    subparser.error(problem)
+        return parsed, extras
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,10 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the main job on the last N sessions and print a summary")
     run.add_argument("--source", choices=["sim", "files", "alpaca"], default=None)
     run.add_argument("--symbols", type=_symbols_arg, default=None, help="comma-separated, e.g. SPY,QQQ")
-    run.add_argument("--days", type=_positive_int, default=5, help="number of sessions (default 5)")
-    run.add_argument("--end-date", type=_date_arg, default=None, help="last day (default: yesterday UTC)")
+    run.add_argument("--days", type=_days_arg, default=5, help=f"number of sessions, 1-{MAX_DAYS} (default 5)")
+    run.add_argument("--end-date", type=_partition_date_arg, default=None,
+                     help="last day, from FEYNMAN_PARTITIONS_START to today UTC (default: yesterday UTC)")
     run.add_argument("--path", default=None, help="file for --source files")
-    run.add_argument("--seed", type=int, default=None, help="simulator seed")
+    run.add_argument("--seed", type=_seed_arg, default=None, help=f"simulator seed, 0-{MAX_SEED}")
 
     ingest = sub.add_parser("ingest", help="import a CSV/Parquet file of ticks or bars")
     ingest.add_argument("--source", choices=["files"], default="files")
@@ -85,14 +203,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="tiny workloads (smoke test)")
 
     backtest = sub.add_parser("backtest", help="run the nightly strategy sweep now, with a progress bar")
-    backtest.add_argument("--date", type=_date_arg, default=None, help="run day (default: yesterday UTC)")
+    backtest.add_argument("--date", type=_partition_date_arg, default=None, help="run day (default: yesterday UTC)")
     backtest.add_argument("--strategies", type=_positive_int, default=500)
     backtest.add_argument("--sessions", type=_positive_int, default=90)
     backtest.add_argument("--chunks", type=_positive_int, default=4)
 
     archive = sub.add_parser("archive", help="move rows past retention to Parquet (same as the archives asset)")
-    archive.add_argument("--as-of", type=_date_arg, default=None, help="day retention counts back from")
-    archive.add_argument("--retention", default=None, help="overrides, e.g. ticks=7,bars_1m=365")
+    archive.add_argument("--as-of", type=_as_of_arg, default=None, help="day retention counts back from (not after today)")
+    archive.add_argument("--retention", type=_retention_arg, default=None,
+                         help=f"overrides, e.g. ticks=7,bars_1m=365,signals=forever (days 0-{MAX_RETENTION_DAYS})")
 
     restore = sub.add_parser("restore", help="bring archived partitions of a table back to the hot table")
     restore.add_argument("--table", required=True)
@@ -114,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_live_parser(sub)
     sub.add_parser("redis-stop", help="stop the embedded Redis server")
     sub.add_parser("rebuild-hot-state", help="rebuild the Redis physics:state keys from the warehouse")
+    parser.cross_checks = {"run": (run, _run_window_problem)}  # type: ignore[attr-defined]
     return parser
 
 

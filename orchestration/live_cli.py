@@ -12,6 +12,7 @@ closed minute; run ``make ui`` (or the Dagster daemon) with the sensor switched 
 """
 
 import argparse
+import math
 import os
 import threading
 from collections.abc import Callable
@@ -146,14 +147,34 @@ def run_live(
 
 
 # ---- CLI wiring (the lead's orchestration/cli.py adds these two) --------------------------------
+def _positive_finite(what: str) -> Callable[[str], float]:
+    """An argparse type: a finite number > 0 (``nan``, ``inf``, 0 and negatives are refused)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be a number, got {text[:40]!r}") from None
+        if not (math.isfinite(value) and value > 0):
+            raise argparse.ArgumentTypeError(f"{what} must be positive and finite (a number > 0), got {text[:40]}")
+        return value
+
+    parse.__name__ = f"{what}_arg"
+    return parse
+
+
 def add_live_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from orchestration.cli import MAX_SEED, _seed_arg
+
     live = sub.add_parser("live", help="append live trades (simulator or Alpaca) to the Redis stream 'ticks'")
     live.add_argument("--source", choices=list(LIVE_SOURCES), default="sim")
     live.add_argument("--symbols", default=None, help="comma-separated, e.g. SPY,QQQ (default FEYNMAN_SYMBOLS)")
-    live.add_argument("--speed", type=float, default=1.0, help="sim clock speed: 1 = real time, 60 = 1 min/s")
-    live.add_argument("--duration", type=float, default=None, help="stop after this many wall seconds")
+    live.add_argument("--speed", type=_positive_finite("speed"), default=1.0,
+                      help="sim clock speed: 1 = real time, 60 = 1 min/s")
+    live.add_argument("--duration", type=_positive_finite("duration"), default=None,
+                      help="stop after this many wall seconds (default: at the session close / Ctrl-C)")
     live.add_argument("--start", default=None, help="sim: ISO start inside a session (default: see docs)")
-    live.add_argument("--seed", type=int, default=None, help="sim: simulator seed (default FEYNMAN_SEED)")
+    live.add_argument("--seed", type=_seed_arg, default=None,
+                      help=f"sim: simulator seed, 0-{MAX_SEED} (default FEYNMAN_SEED)")
     live.add_argument("--url", default=None, help="alpaca: websocket URL (default ALPACA_STREAM_URL / Alpaca)")
     live.add_argument("--feed", choices=["iex", "sip"], default=None, help="alpaca: data feed")
     return live
