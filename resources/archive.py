@@ -59,7 +59,7 @@ from functools import lru_cache
 from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import dagster as dg
 import duckdb
@@ -217,6 +217,7 @@ class TableReport:
     seconds: float = 0.0
     phase_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
     note: str = ""
+    days: set[date] = field(default_factory=set)  # UTC days with rows moved to cold
 
     @property
     def checksum_hex(self) -> str:
@@ -245,6 +246,7 @@ class ArchiveReport:
     views: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    cold_check_seconds: float = 0.0
 
     def total(self, attribute: str) -> int:
         return sum(getattr(t, attribute) for t in self.tables)
@@ -273,6 +275,21 @@ class RestoreReport:
     rows_restored: int = 0
     partitions_already_hot: int = 0
     seconds: float = 0.0
+    days: set[date] = field(default_factory=set)  # UTC days with restored rows
+
+
+@dataclass
+class ColdFileProblem:
+    """An archive file that does not match its ``archive_manifest`` row (or cannot be read)."""
+
+    table: str
+    path: str
+    reason: str
+    moved_to: str = ""
+
+    def line(self) -> str:
+        where = f"; moved to {self.moved_to}, so all_{self.table} no longer serves it" if self.moved_to else ""
+        return f"archive file {self.path} is damaged: {self.reason}{where}"
 
 
 @dataclass
@@ -317,6 +334,10 @@ class ArchiveResource(dg.ConfigurableResource):
                            description="Overrides of the default retention, e.g. "
                                        "'ticks=7,bars_1m=365,signals=forever'.")
     batch_rows: int = Field(default=2_000_000, description="Most rows held in memory per archive step (whole days).")
+    check_cold: bool = Field(default=True, description=(
+        "At the end of every archive run, re-read every cold file that the all_<table> views serve and compare "
+        "its row count and checksum with archive_manifest; a damaged file is moved to <archive>/_corrupt/ and "
+        "the run fails naming it."))
 
     # ---- storage -------------------------------------------------------------------------
     def filesystem(self) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -408,12 +429,22 @@ class ArchiveResource(dg.ConfigurableResource):
                     f"moved to cold ({table_report.bytes_written:,} bytes) in {table_report.seconds:.2f}s"
                     + (f"; {table_report.note}" if table_report.note else ""))
                 report.tables.append(table_report)
-            report.views, report.warnings = self.ensure_views(warehouse)
+            damaged: list[ColdFileProblem] = []
+            if self.check_cold:
+                clock = time.perf_counter()
+                damaged = self.check_cold_files(warehouse, names, move_aside_run=report.run_id)
+                report.cold_check_seconds = time.perf_counter() - clock
+                report.warnings.extend(p.line() for p in damaged)
+            report.views, warnings = self.ensure_views(warehouse)
+            report.warnings.extend(warnings)
         report.seconds = time.perf_counter() - started
         bad = [t.table for t in report.tables if t.partitions_mismatched]
         if bad:
             raise ArchiveError(f"archive files of {', '.join(bad)} failed verification; those rows stay hot "
                                f"(see {MANIFEST} state 'mismatch')")
+        if damaged:
+            more = f" (and {len(damaged) - 1} more, see {MANIFEST} state 'corrupt')" if len(damaged) > 1 else ""
+            raise ArchiveError(damaged[0].line() + more)
         return report
 
     def _archive_table(self, warehouse: WarehouseResource, spec: ArchiveSpec, days: int, as_of: date,
@@ -606,6 +637,7 @@ class ArchiveResource(dg.ConfigurableResource):
                 raise
         maybe_crash("after_delete")
         report.partitions_deleted += len(doomed)
+        report.days.update(k[1] for k in doomed)
         report.partitions_changed += len(changed)
         report.rows_archived += n_expected
         report.checksum += sum(int(batch.figures[k][1]) for k in doomed)
@@ -755,6 +787,139 @@ class ArchiveResource(dg.ConfigurableResource):
             f"WHERE NOT EXISTS (SELECT 1 FROM {layout.table} AS hot WHERE {match})"
         )
 
+    # ---- integrity of cold files -----------------------------------------------------------
+    def _rel_dir(self, table: str, path: str) -> str:
+        """``symbol=S/date=D`` (or ``date=D``) of an archive file listed by ``cold_files``."""
+        root = self.table_root(table).rstrip("/") + "/"
+        inner = path[path.index(root) + len(root):] if root in path else path
+        return inner.rsplit("/", 1)[0]
+
+    def _hot_rel_dirs(self, warehouse: WarehouseResource, table: str, first: date | None = None,
+                      last: date | None = None) -> set[str]:
+        """Partitions of ``table`` present in the hot table (their cold copies are hidden by the views)."""
+        with warehouse.read_connection() as conn:
+            layout = resolve_layout(conn, ARCHIVE_SPECS[table])
+            if layout is None:
+                return set()
+            key = "symbol, " if layout.by_symbol else ""
+            where, params = "", []
+            if first is not None and last is not None:
+                where, params = f" WHERE {layout.day_sql()} BETWEEN ? AND ?", [first, last]
+            rows = conn.execute(f"SELECT DISTINCT {key}{layout.day_sql()} FROM {table}{where}", params).fetchall()
+        return {partition_rel_dir(r[0] if layout.by_symbol else None, r[-1]) for r in rows if r[-1] is not None}
+
+    def _manifest_by_rel_dir(self, warehouse: WarehouseResource, table: str) -> dict[str, dict[str, Any]]:
+        if not warehouse.table_exists(MANIFEST):
+            return {}
+        rows = warehouse.query(f"SELECT symbol, day, path, n_rows, checksum, state, run_id FROM {MANIFEST} "
+                               "WHERE table_name = ?", [table])
+        return {partition_rel_dir(r["symbol"], r["day"]): r for r in rows.iter_rows(named=True)}
+
+    def _file_figures(self, paths: Sequence[str]) -> dict[str, tuple[int, str] | str]:
+        """Per file: (row count, checksum over its own columns but ``date``), computed like the write's
+        verify step, or the one-line reason DuckDB could not read it."""
+        out: dict[str, tuple[int, str] | str] = {}
+        conn = self._memory_connection()
+        try:
+            groups: dict[tuple[str, ...], list[str]] = {}
+            for path in paths:
+                try:
+                    columns = [r[0] for r in conn.execute(
+                        f"DESCRIBE SELECT * FROM read_parquet({_sql_literal(self._duck_path(path))})").fetchall()]
+                    groups.setdefault(tuple(c for c in columns if c != "date"), []).append(path)
+                except duckdb.Error as exc:
+                    out[path] = _first_line(exc)
+            for columns, group in groups.items():
+                row_hash = f"hash({', '.join(_q(c) for c in columns)})"
+                duck = {self._duck_path(p): p for p in group}
+
+                def figures(files: list[str]) -> list[tuple[Any, ...]]:
+                    return conn.execute(
+                        f"SELECT {_FILE_COL}, count(*), CAST(sum({row_hash}) AS VARCHAR) FROM read_parquet("
+                        f"{_list_literal(files)}, hive_partitioning = false, filename = '{_FILE_COL}') GROUP BY 1"
+                    ).fetchall()
+
+                try:
+                    found = figures(sorted(duck))
+                except duckdb.Error:  # one file spoils the batch: read them one by one to name it
+                    found = []
+                    for one in sorted(duck):
+                        try:
+                            found += figures([one])
+                        except duckdb.Error as exc:
+                            out[duck[one]] = _first_line(exc)
+                for name, n_rows, checksum in found:
+                    out[duck.get(name, name)] = (int(n_rows), str(checksum))
+                for path in group:
+                    out.setdefault(path, (0, ""))  # a readable file without rows
+        finally:
+            conn.close()
+        return out
+
+    def file_problems(self, warehouse: WarehouseResource, table: str, paths: Sequence[str]) -> list[ColdFileProblem]:
+        """Files among ``paths`` (as ``cold_files`` lists them) that differ from their ``archive_manifest`` row:
+        unreadable, another row count or checksum, no row to compare with, or not alone in their partition."""
+        if not paths:
+            return []
+        manifest = self._manifest_by_rel_dir(warehouse, table)
+        problems: list[ColdFileProblem] = []
+        per_folder: dict[str, int] = {}
+        for path in self.cold_files(table):
+            per_folder[self._rel_dir(table, path)] = per_folder.get(self._rel_dir(table, path), 0) + 1
+        figures = self._file_figures(paths)
+        for path in paths:
+            rel_dir = self._rel_dir(table, path)
+            entry = manifest.get(rel_dir)
+            got = figures[path]
+            if isinstance(got, str):
+                reason = f"unreadable ({got})"
+            elif entry is None:
+                reason = f"no {MANIFEST} row to check it against"
+            elif per_folder.get(rel_dir, 0) > 1:
+                reason = f"{per_folder[rel_dir]} files in one partition folder"
+            elif got != (int(entry["n_rows"]), str(entry["checksum"])):
+                reason = (f"{got[0]} rows, checksum {got[1] or '-'}; {MANIFEST} says {entry['n_rows']} rows, "
+                          f"checksum {entry['checksum']}")
+            else:
+                continue
+            problems.append(ColdFileProblem(table, path, reason))
+        return problems
+
+    def check_cold_files(self, warehouse: WarehouseResource, tables: Sequence[str] | None = None,
+                         move_aside_run: str | None = None) -> list[ColdFileProblem]:
+        """Compare every cold file the ``all_<table>`` views serve (its partition is not hot) with
+        ``archive_manifest``. With ``move_aside_run``, a damaged file that has a manifest row is moved to
+        ``<archive>/_corrupt/<run>/<table>/<partition>/`` (never deleted) and its row marked ``corrupt``,
+        so the views stop serving rows that never existed; files without a row are only reported."""
+        problems: list[ColdFileProblem] = []
+        for table in tables or list(ARCHIVE_SPECS):
+            files = self.cold_files(table)
+            if not files:
+                continue
+            hot = self._hot_rel_dirs(warehouse, table)
+            found = self.file_problems(warehouse, table, [f for f in files if self._rel_dir(table, f) not in hot])
+            if move_aside_run:
+                for problem in found:
+                    if "no " + MANIFEST in problem.reason:
+                        continue
+                    problem.moved_to = self._move_aside(table, problem.path, move_aside_run)
+                    warehouse.execute_write(
+                        f"UPDATE {MANIFEST} SET state = 'corrupt', run_id = ?, updated_at = now() "
+                        "WHERE table_name = ? AND symbol IS NOT DISTINCT FROM ? AND day = ?",
+                        [move_aside_run, table, *_rel_dir_key(self._rel_dir(table, problem.path))])
+            problems.extend(found)
+        return problems
+
+    def _move_aside(self, table: str, path: str, run_id: str) -> str:
+        fs, root = self.filesystem()
+        target = f"{root}/_corrupt/{run_id}/{table}/{self._rel_dir(table, path)}/{path.rsplit('/', 1)[1]}"
+        if isinstance(fs, LocalFileSystem):
+            os.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+            os.replace(path, target)
+        else:
+            fs.mv(path, target)
+        return target
+
     # ---- restore -------------------------------------------------------------------------
     def restore(self, warehouse: WarehouseResource, table: str, date_from: date, date_to: date,
                 symbols: Sequence[str] | None = None) -> RestoreReport:
@@ -772,7 +937,14 @@ class ArchiveResource(dg.ConfigurableResource):
         report = RestoreReport(table, date_from, date_to)
         spec = ARCHIVE_SPECS[table]
         with self._run_lock(warehouse):
-            files = [self._duck_path(f) for f in self.cold_files(table) if date_from <= _path_day(f) <= date_to]
+            wanted = {s for s in symbols} if symbols else None
+            in_range = [f for f in self.cold_files(table) if date_from <= _path_day(f) <= date_to
+                        and (wanted is None or _path_symbol(f) is None or _path_symbol(f) in wanted)]
+            hot = self._hot_rel_dirs(warehouse, table, date_from, date_to)
+            cold = [f for f in in_range if self._rel_dir(table, f) not in hot]
+            self._refuse_damaged(warehouse, table, cold, date_from, date_to, hot, wanted)
+            files = [self._duck_path(f) for f in cold]
+            report.partitions_already_hot = len(in_range) - len(cold)
             if not files:
                 report.seconds = time.perf_counter() - started
                 return report
@@ -825,10 +997,32 @@ class ArchiveResource(dg.ConfigurableResource):
                     raise
             report.partitions_restored = len(back)
             report.rows_restored = sum(int(p["n_rows"]) for p in back)
-            report.partitions_already_hot = len(parts) - len(back)
+            report.days = {p["date"] for p in back}
+            report.partitions_already_hot += len(parts) - len(back)
             self.ensure_views(warehouse, [table])
         report.seconds = time.perf_counter() - started
         return report
+
+
+    def _refuse_damaged(self, warehouse: WarehouseResource, table: str, files: list[str], date_from: date,
+                        date_to: date, hot: set[str], symbols: set[str] | None) -> None:
+        """All or nothing: raise before anything is loaded when a file to restore differs from the manifest,
+        or a partition of the range was moved aside as damaged by an archive run."""
+        problems = self.file_problems(warehouse, table, files)
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise ArchiveError(f"restore of {table} refused, nothing restored: {problems[0].line()}{more}")
+        if warehouse.table_exists(MANIFEST):
+            lost = warehouse.query(f"SELECT symbol, day, run_id FROM {MANIFEST} WHERE table_name = ? AND "
+                                   "state = 'corrupt' AND day BETWEEN ? AND ? ORDER BY day, symbol",
+                                   [table, date_from, date_to])
+            for row in lost.iter_rows(named=True):
+                rel_dir = partition_rel_dir(row["symbol"], row["day"])
+                if rel_dir not in hot and (symbols is None or row["symbol"] is None or row["symbol"] in symbols):
+                    raise ArchiveError(
+                        f"restore of {table} refused, nothing restored: partition {rel_dir} was found damaged by "
+                        f"archive run {row['run_id']} and moved to {self.filesystem()[1]}/_corrupt/{row['run_id']}/"
+                        f"{table}/{rel_dir}/; restore a range without it")
 
 
 @lru_cache(maxsize=8)
@@ -850,6 +1044,23 @@ def _upsert_rows(conn: duckdb.DuckDBPyConnection, frame: pa.Table) -> None:
 
 
 _DAY_IN_PATH = re.compile(r"/date=(\d{4}-\d{2}-\d{2})/")
+_SYMBOL_IN_PATH = re.compile(r"/symbol=([^/]+)/date=")
+
+
+def _path_symbol(path: str) -> str | None:
+    found = _SYMBOL_IN_PATH.search(path)
+    return unquote(found.group(1)) if found else None
+
+
+def _rel_dir_key(rel_dir: str) -> tuple[str | None, date]:
+    """(symbol or None, day) of ``symbol=S/date=D`` or ``date=D``."""
+    symbol = unquote(rel_dir.split("/", 1)[0].removeprefix("symbol=")) if rel_dir.startswith("symbol=") else None
+    return symbol, date.fromisoformat(rel_dir.rsplit("date=", 1)[1])
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def _path_day(path: str) -> date:

@@ -56,6 +56,15 @@ def make_ticks(symbols: list[str], n_days: int, per_day: int, seed: int = 2) -> 
     return pl.DataFrame(rows, schema=TICK_SCHEMA, orient="row")
 
 
+def unit_vectors(n: int, dim: int = 384, seed: int = 3):
+    """``n`` random unit vectors as a FixedSizeList column, like the embedder writes."""
+    import pyarrow as pa
+
+    values = np.random.default_rng(seed).standard_normal((n, dim)).astype("float32")
+    values /= np.linalg.norm(values, axis=1, keepdims=True)
+    return pa.FixedSizeListArray.from_arrays(pa.array(values.ravel()), dim)
+
+
 def _run_archive(env_crash: str, data_dir: Path) -> subprocess.CompletedProcess:
     script = ("import sys; from orchestration.archive_cli import archive_now; "
               "archive_now(as_of=sys.argv[1], retention=sys.argv[2], tables=['bars_1m', 'ticks'])")
@@ -113,8 +122,7 @@ def test_backup_and_restore_backup_round_trip(warehouse, data_dir):
     warehouse.append("bars_1m", bars)
     lance_uri = str(data_dir / "lancedb")
     table = lancedb.connect(lance_uri).create_table("market_state_embeddings", data=pa.table({
-        "vector": pa.FixedSizeListArray.from_arrays(pa.array(np.arange(8 * 4, dtype="float32")), 4),
-        "symbol": ["AAA"] * 8}))
+        "vector": unit_vectors(8), "symbol": ["AAA"] * 8}))
     hot = HotStateResource(redis_url="", embedded_dir=str(data_dir / "redis"))
     try:
         hot.client().set("physics:state:AAA", json.dumps({"alpha": 2.5}))
@@ -128,8 +136,7 @@ def test_backup_and_restore_backup_round_trip(warehouse, data_dir):
         # damage all three stores after the backup
         warehouse.execute_write("DELETE FROM bars_1m WHERE symbol = 'AAA'")
         warehouse.append("bars_1m", make_bars(["ZZZ"], 1, 3))
-        table.add(pa.table({"vector": pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(4, dtype="float32")), 4),
-                            "symbol": ["ZZZ"]}))
+        table.add(pa.table({"vector": unit_vectors(1, seed=9), "symbol": ["ZZZ"]}))
         hot.client().flushall()
 
         result = restore_backup(folder, warehouse=warehouse, hot_state=hot, lancedb=lance_uri)
