@@ -21,6 +21,7 @@ BENCHMARKS: dict[str, str] = {
     "backtest": "backtest",
     "archive": "archive",
     "backup": "archive",
+    "ui-day": "ui_day",
 }
 
 

@@ -172,6 +172,9 @@ PID_TAG = "feynman/pid"  # the process executing the run: a later `feynman run` 
 PID_STARTED_TAG = "feynman/pid_started"  # that process's start time (a reused pid is not mistaken for it)
 HOST_TAG = "feynman/host"
 LAUNCHED_BY_TAG = "feynman/launched_by"
+# the run these tags were written for: a re-execution that copies its parent's tags (the UI can) is not
+# mistaken for a run of that (dead) process
+FOR_RUN_TAG = "feynman/for_run"
 ACTIVE_STATUSES = ("NOT_STARTED", "STARTING", "STARTED", "CANCELING")
 
 
@@ -220,12 +223,15 @@ def create_job_run(instance, job_name: str, *, partition: str | None = None, run
     ``dagster/partition`` for a partitioned job, plus this process's pid (see ``reap_dead_runs``)."""
     from orchestration.definitions import defs
 
+    from dagster._core.utils import make_new_run_id
+
     remote_origin, recon_job = job_origins(job_name)
-    run_tags = {**_process_tags(), **(tags or {})}
+    run_id = make_new_run_id()
+    run_tags = {**_process_tags(), FOR_RUN_TAG: run_id, **(tags or {})}
     if partition is not None:
         run_tags["dagster/partition"] = partition
     return instance.create_run_for_job(
-        defs.resolve_job_def(job_name), run_config=run_config or {}, tags=run_tags,
+        defs.resolve_job_def(job_name), run_id=run_id, run_config=run_config or {}, tags=run_tags,
         remote_job_origin=remote_origin, job_code_origin=recon_job.get_python_origin()), recon_job
 
 
@@ -279,7 +285,8 @@ def reap_dead_runs(instance) -> list[str]:
     runs = instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus[s] for s in ACTIVE_STATUSES]))
     for run in runs:
         pid = run.tags.get(PID_TAG)
-        if not pid or run.tags.get(HOST_TAG) != host or int(pid) == os.getpid():
+        if (not pid or run.tags.get(FOR_RUN_TAG) != run.run_id or run.tags.get(HOST_TAG) != host
+                or int(pid) == os.getpid()):
             continue
         started = run.tags.get(PID_STARTED_TAG)
         if _process_alive(int(pid), float(started) if started else None):
