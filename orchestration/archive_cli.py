@@ -537,7 +537,8 @@ def list_backups(dest: str | Path | None = None) -> list[str]:
         return []
     found = [p.rstrip("/") for p in fs.ls(root, detail=False)
              if p.rstrip("/").rsplit("/", 1)[-1].startswith(BACKUP_PREFIX) and fs.exists(f"{p.rstrip('/')}/manifest.json")]
-    return sorted(found, key=lambda p: p.rsplit("/", 1)[-1])
+    found = sorted(found, key=lambda p: p.rsplit("/", 1)[-1])
+    return [fs.unstrip_protocol(p) for p in found] if _is_remote(target) else found
 
 
 def prune_backups(dest: str | Path | None = None, keep: int | None = None) -> list[str]:
