@@ -12,16 +12,27 @@
 | ``redis/keys.jsonl`` (``REDIS_URL``) | ``SCAN`` + ``DUMP`` + ``PTTL`` per key | per key only: not a point-in-time snapshot of the server |
 | ``manifest.json`` | sizes and SHA-256 of every file, versions, row counts, timings | |
 
+**Every store is read in full before and after it is copied**, and a corrupt source refuses the backup
+(BackupError, so ``feynman backup`` exits 2 with one line): DuckDB ``count(*)`` and an order-free
+``sum(hash(row))`` of every table, on the source (read-only, inside the lock) and on the copy, which
+must agree; LanceDB every row of every table at the recorded version (vectors finite; in
+``market_state_embeddings`` 384-d and unit-norm within 1e-3), source and copy digests equal; Redis the
+RDB parsed by ``redis-check-rdb`` (CRC64 and every key) or each ``keys.jsonl`` line decoded. The
+manifest records row counts, checksums and SHA-256 per file. ``dest`` may be an fsspec URL (s3://...):
+the folder is built locally, uploaded with ``manifest.json`` last, and sizes are checked.
+``run_backup`` (the daily ``backup_job``) also keeps only the newest ``FEYNMAN_BACKUP_KEEP``.
+
 The folder is first written as ``.partial-...`` and renamed when complete, so a crashed backup is
 never mistaken for a good one. The three stores are snapshotted one after another, seconds apart;
 Redis holds derived hot state (``feynman rebuild-hot-state`` recomputes it), so that skew is harmless.
 The Parquet archive is not copied: it is already the cold copy (keep it on durable storage or s3).
 
-**restore_backup(path)** checks every checksum first, then replaces the DuckDB file (under the
+**restore_backup(path)** checks every SHA-256 first, then replaces the DuckDB file (under the
 exclusive lock; the stale WAL is removed first), the LanceDB folder (then checks out the recorded
 versions), and Redis: the embedded server is stopped, its ``dump.rdb`` replaced, and started again;
 for an external ``REDIS_URL`` each key is written back with ``RESTORE ... REPLACE`` (keys created
-after the backup are left alone).
+after the backup are left alone). Only then are the restored stores read in full and compared with the
+manifest (counts, checksums, LanceDB digests, Redis key count), and the result lists what was verified.
 """
 
 from __future__ import annotations

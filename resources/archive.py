@@ -32,6 +32,14 @@ later run overwrites a partition whose only copy was cold, the old file is first
 into the hot table (skipping partitions already hot) and marks them ``restored``; the files stay as
 shadow copies, hidden by "hot wins", and the next archive run overwrites them with the same rows.
 
+**Damaged cold files.** ``restore`` first compares every file it would load with its manifest row
+(row count and the same checksum, over the file's own columns) and refuses the whole restore, naming
+the file, when one differs, cannot be read or has no row; nothing is loaded. Each archive run ends
+by re-checking every cold file the ``all_<table>`` views serve (``check_cold``, on by default): a
+damaged file is moved to ``<archive>/_corrupt/<run>/`` (kept, never deleted), its manifest row says
+``corrupt``, and the run fails with one line naming it; the views then show its partition as missing
+rather than rows that never existed, and a restore over that partition is refused.
+
 A local path or any fsspec URL (``s3://`` needs s3fs) works for writing, verifying and restoring.
 ``all_<table>`` views need DuckDB itself to read the archive: always true for a local path; for a
 remote URL only with DuckDB's httpfs extension loaded, otherwise the view is hot-only and the run
