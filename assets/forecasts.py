@@ -56,7 +56,7 @@ def forecasts(context: dg.AssetExecutionContext, market_data: MarketDataResource
             "forecast_latency", f"forecasts took {run.latency_ms:.1f} ms per series (budget "
             f"{forecaster.latency_budget_ms_per_series:g} ms) in micro-batch {scope.label}",
             severity="warning", details={"latency_ms": run.latency_ms, "series": issues.height, "model": run.model},
-            run_id=context.run_id, dedup_key=f"{scope.start.isoformat()}:{scope.revision}", warehouse=warehouse)
+            run_id=context.run.run_id, dedup_key=f"{scope.start.isoformat()}:{scope.revision}", warehouse=warehouse)
 
     closes = warehouse.read_window("bars_1m", scope.start, None, scope.symbols).select("symbol", "ts", "close") \
         if scope.symbols and not scope.is_window else pl.DataFrame()

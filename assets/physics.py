@@ -70,7 +70,7 @@ def physics_states(context: dg.AssetExecutionContext, market_data: MarketDataRes
             hot_note = f"hot state not updated: {exc}"
             context.log.warning(hot_note)
     if scope.is_window:  # live: page on entering the Critical regime (a backfill only reports it in its check)
-        critical_regime_alerts(alerting, warehouse, hot_state, physics, scope, context.run_id)
+        critical_regime_alerts(alerting, warehouse, hot_state, physics, scope, context.run.run_id)
 
     # rows within PHYSICS_WARMUP_BARS of the first row read are null by design (too little history)
     past_warmup = physics.filter(

@@ -122,6 +122,7 @@ def signals(context: dg.AssetExecutionContext, market_data: MarketDataResource, 
         if scope.symbols:
             warehouse.delete_window("signals", start=scope.start, end=scope.end, symbols=scope.symbols)
         outcomes = signal_checks(pl.DataFrame(schema=SIGNAL_SCHEMA))
+        store_outcomes(warehouse, "signals", scope.quality_key, outcomes, context.run.run_id)
         return dg.MaterializeResult(metadata={"dagster/row_count": 0, **scope.metadata(0),
                                               "note": "no forecasts in this range"},
                                     check_results=check_results(SIGNALS_KEY, outcomes))

@@ -86,6 +86,6 @@ def _staged_window(context: dg.AssetExecutionContext, warehouse: WarehouseResour
     staging batch read, which the sensor acknowledges once the run has succeeded."""
     staged = read_staged_window(warehouse, scope.start)
     batch = int(staged["batch"].max()) if staged.height else 0
-    context.instance.add_run_tags(context.run_id, {TAG_STAGED_BATCH: str(batch)})
+    context.instance.add_run_tags(context.run.run_id, {TAG_STAGED_BATCH: str(batch)})
     raw = staged.select("symbol", "ts", "ts_raw", "price", "size", "side", "trade_id")
     return raw, "stream", f"{staged.height} staged stream entries (batch <= {batch})"

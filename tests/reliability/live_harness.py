@@ -15,14 +15,12 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from orchestration.microbatch import microbatch_resources
-from quant.bars import ticks_to_bars
 from quant.simulator import simulate_ticks
-from resources.alerts import AlertingResource
 from resources.market_data import session_windows
-from resources.models import ForecasterResource
-from sensors.microbatch import MicrobatchSettings
-from tests.microbatch_oracle import ISSUE_EVERY, Harness, batch_oracle, daily_signals, stored  # noqa: F401  (re-exported)
+from sensors.live.coordinator import MicrobatchSettings
+from tests.microbatch_oracle import (  # noqa: F401  (re-exported)
+    ISSUE_EVERY, Harness, batch_oracle, daily_signals, microbatch_run_resources, stored, write_batch_history,
+)
 
 SYMBOLS = ["AAA", "BBB"]
 SEED = 11
@@ -41,17 +39,6 @@ def make_instance(home: Path, consolidated: bool = True) -> dg.DagsterInstance:
     return dg.DagsterInstance.from_config(str(home))
 
 
-def microbatch_run_resources(warehouse, hot_state, tmp_path: Path, **extra) -> dict:
-    return {
-        "warehouse": warehouse,
-        "hot_state": hot_state,
-        "alerting": AlertingResource(),
-        "forecaster": ForecasterResource(model=str(tmp_path / "no-chronos-here"), issue_every_minutes=ISSUE_EVERY),
-        **microbatch_resources(),
-        **extra,
-    }
-
-
 def settings_for(stream: str, **overrides) -> MicrobatchSettings:
     base = dict(stream=stream, lateness_s=0.0, idle_close_s=1e9, no_data_alert_s=0, max_runs_per_tick=3)
     return MicrobatchSettings(**{**base, **overrides})
@@ -64,12 +51,11 @@ def live_session():
 def write_history(warehouse, live_open: datetime) -> pl.DataFrame:
     """The previous session and the live session up to ``live_open``, written by the batch path."""
     open_, close = session_windows(HISTORY_DAY)[0]
-    ticks = simulate_ticks(SYMBOLS, [(open_, close)], seed=SEED)
-    warehouse.replace_window("bars_1m", ticks_to_bars(ticks), start=open_, end=close)
     session = live_session()
-    before = simulate_ticks(SYMBOLS, [session], seed=SEED).filter(pl.col("ts") < live_open)
-    warehouse.replace_window("bars_1m", ticks_to_bars(before), start=session[0], end=live_open)
-    return pl.concat([ticks, before])
+    ticks = pl.concat([simulate_ticks(SYMBOLS, [(open_, close)], seed=SEED),
+                       simulate_ticks(SYMBOLS, [session], seed=SEED).filter(pl.col("ts") < live_open)])
+    write_batch_history(warehouse, ticks, open_, live_open)
+    return ticks
 
 
 def live_ticks(live_open: datetime) -> pl.DataFrame:
