@@ -246,18 +246,15 @@ def scan_duckdb(path: str | Path, what: str) -> dict[str, dict[str, Any]]:
     table = ""
     try:
         conn.execute("SET enable_progress_bar = false")
-        columns: dict[str, list[str]] = {}
-        for table, column in conn.execute(
-                "SELECT c.table_name, c.column_name FROM information_schema.columns AS c "
-                "JOIN information_schema.tables AS t USING (table_schema, table_name) WHERE c.table_schema = 'main' "
-                "AND t.table_type = 'BASE TABLE' ORDER BY c.table_name, c.ordinal_position").fetchall():
-            columns.setdefault(table, []).append(column)
-        for table, names in columns.items():
-            # names read back from information_schema, quoted (never caller text)
-            quoted = ", ".join('"' + n.replace('"', '""') + '"' for n in names)
+        names = [r[0] for r in conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main' "
+            "AND table_type = 'BASE TABLE' ORDER BY table_name").fetchall()]
+        for n in names:
+            table = n
+            # hash(t) hashes the whole row (as a struct): every column of every row is read
             n_rows, checksum = conn.execute(
-                f'SELECT count(*), CAST(coalesce(sum(hash({quoted})), 0) AS VARCHAR) FROM "{table}"').fetchone()
-            figures[table] = {"rows": int(n_rows), "checksum": str(checksum)}
+                f'SELECT count(*), CAST(coalesce(sum(hash(t)), 0) AS VARCHAR) FROM "{n}" AS t').fetchone()
+            figures[n] = {"rows": int(n_rows), "checksum": str(checksum)}
     except duckdb.Error as exc:
         where = f" table {table}" if table else ""
         raise BackupError(f"{what} {path} is damaged:{where} cannot be read ({_first_line(exc)})") from None

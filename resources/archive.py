@@ -832,19 +832,21 @@ class ArchiveResource(dg.ConfigurableResource):
             groups: dict[tuple[str, ...], list[str]] = {}
             for path in paths:
                 try:
-                    columns = [r[0] for r in conn.execute(
-                        f"DESCRIBE SELECT * FROM read_parquet({_sql_literal(self._duck_path(path))})").fetchall()]
+                    files = _list_literal([self._duck_path(path)])
+                    columns = [r[0] for r in conn.execute(f"DESCRIBE SELECT * FROM read_parquet({files})").fetchall()]
                     groups.setdefault(tuple(c for c in columns if c != "date"), []).append(path)
                 except duckdb.Error as exc:
                     out[path] = _first_line(exc)
             for columns, group in groups.items():
-                row_hash = f"hash({', '.join(_q(c) for c in columns)})"
+                # the file's own columns (checked by _q), hashed like the write's verify step
+                layout = TableLayout("", columns, ("",) * len(columns), (), (), by_symbol=False)
                 duck = {self._duck_path(p): p for p in group}
 
-                def figures(files: list[str]) -> list[tuple[Any, ...]]:
+                def figures(paths_: list[str]) -> list[tuple[Any, ...]]:
+                    files = _list_literal(paths_)
                     return conn.execute(
-                        f"SELECT {_FILE_COL}, count(*), CAST(sum({row_hash}) AS VARCHAR) FROM read_parquet("
-                        f"{_list_literal(files)}, hive_partitioning = false, filename = '{_FILE_COL}') GROUP BY 1"
+                        f"SELECT {_FILE_COL}, count(*), CAST(sum({layout.row_hash_sql()}) AS VARCHAR) FROM read_parquet("
+                        f"{files}, hive_partitioning = false, filename = '{_FILE_COL}') GROUP BY 1"
                     ).fetchall()
 
                 try:
