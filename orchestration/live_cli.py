@@ -1,6 +1,6 @@
 """``feynman live --source sim|alpaca``: append live trades to the Redis stream ``ticks``.
 
-The micro-batch sensor (``sensors.microbatch``) turns the stream into one ``microbatch`` run per
+The micro-batch sensor (``sensors/live``) turns the stream into one ``microbatch`` run per
 closed minute; run ``make ui`` (or the Dagster daemon) with the sensor switched on to process it.
 
 * ``--source sim``: the simulator on a clock (``--speed``: 1 = real time, 60 = a simulated minute

@@ -6,7 +6,7 @@ Runs offline and is safe to repeat.
 
 from __future__ import annotations
 
-from orchestration.dbt_setup import prepare_manifest
+from resources.dbt_project import prepare_manifest
 from orchestration.instance import ensure_dagster_home
 
 

@@ -127,7 +127,7 @@ def ensure_export(source: str) -> Path:
 def _export(source: str, path: Path) -> None:
     import torch
 
-    from resources.embedder import load_model
+    from resources.embedding_model import load_model
 
     transformer = load_model(source)[0].auto_model.eval()
 
@@ -152,7 +152,7 @@ def _export(source: str, path: Path) -> None:
 
 
 def _parity(source: str, path: Path) -> dict[str, Any]:
-    from resources.embedder import load_model
+    from resources.embedding_model import load_model
 
     reference = load_model(source).encode(list(PROBE_TEXTS), normalize_embeddings=True, convert_to_numpy=True)
     fast = OnnxSentenceEncoder(source, path).encode(list(PROBE_TEXTS))

@@ -139,6 +139,7 @@ def _seed_vectors_and_redis(root: Path, n_vectors: int, n_stream: int):
     rng = np.random.default_rng(3)
     db = lancedb.connect(str(root / "lancedb"))
     vectors = rng.standard_normal((n_vectors, 384)).astype("float32")
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)  # the embedder's vectors are unit norm
     db.create_table("market_state_embeddings", data=pa.table({
         "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), 384),
         "symbol": [f"S{i % 100:03d}" for i in range(n_vectors)],

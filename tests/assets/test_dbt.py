@@ -25,7 +25,7 @@ from assets.bars import BARS_KEY, bars_1m
 from assets.dbt_models import DBT_PROJECT, build_target_path, dbt_resource, dbt_warehouse_models
 from assets.partitions import daily_partitions, partition_day
 from assets.ticks import ticks
-from orchestration.dbt_setup import manifest_is_stale
+from resources.dbt_project import manifest_is_stale
 from quant.schema import BAR_SCHEMA
 from resources.warehouse import WarehouseResource
 from tests.conftest import REAL_DATA

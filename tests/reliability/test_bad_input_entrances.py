@@ -323,12 +323,12 @@ STREAM_CASES = [
 def stream_run(tmp_path_factory):
     """Every stream case as one entry of the real stream ``ticks`` on a private embedded Redis, then the
     micro-batch sensor's coordinator and the microbatch job for each window it requests."""
-    from orchestration.microbatch import microbatch_job, microbatch_resources
     from resources.alerts import AlertingResource
     from resources.hot_state import TICK_STREAM, HotStateResource
     from resources.models import ForecasterResource
     from resources.warehouse import WarehouseResource
-    from sensors.microbatch import GROUP, MicrobatchCoordinator, MicrobatchSettings
+    from sensors.live.coordinator import GROUP, MicrobatchCoordinator, MicrobatchSettings
+    from tests.microbatch_oracle import deployed_microbatch_job, microbatch_run_resources
 
     root = tmp_path_factory.mktemp("stream")
     warehouse = WarehouseResource(database=str(root / "warehouse.duckdb"))
@@ -351,13 +351,14 @@ def stream_run(tmp_path_factory):
         instance = dg.DagsterInstance.ephemeral()
         settings = MicrobatchSettings(lateness_s=0.0, wall_clock=True, idle_close_s=1e9, no_data_alert_s=0,
                                       max_runs_per_tick=10)
-        resources = {"warehouse": warehouse, "hot_state": hot, "alerting": AlertingResource(),
-                     "forecaster": ForecasterResource(model=str(root / "no-chronos-here")), **microbatch_resources()}
+        resources = microbatch_run_resources(warehouse, hot, root,
+                                             forecaster=ForecasterResource(model=str(root / "no-chronos-here")))
         coordinator = MicrobatchCoordinator(settings, client, warehouse, instance, alerting=AlertingResource(),
                                             hot_state=hot)
         requests, cursor, report = coordinator.tick(None)
-        results = [microbatch_job.execute_in_process(run_config=r.run_config, instance=instance, resources=resources,
-                                                     tags={**r.tags, "dagster/run_key": r.run_key})
+        job = deployed_microbatch_job()
+        results = [job.execute_in_process(run_config=r.run_config, instance=instance, resources=resources,
+                                          partition_key=r.partition_key, tags={**r.tags, "dagster/run_key": r.run_key})
                    for r in requests]
         _, cursor, second = coordinator.tick(cursor)  # acknowledges what the successful runs read
         pending = client.xpending(TICK_STREAM, GROUP)["pending"]

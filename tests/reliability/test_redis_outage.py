@@ -33,11 +33,11 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-import orchestration.microbatch as mb
+import assets.physics as physics_asset
 from resources.hot_state import EmbeddedRedis, HotStateResource
 from resources.live import TickStreamWriter
 from resources.warehouse import WarehouseResource
-from sensors.microbatch import GROUP, TAG_WINDOW
+from sensors.live.coordinator import GROUP, TAG_WINDOW
 from tests.reliability.live_harness import (
     MINUTE, Harness, batch_oracle, hot_states, live_session, live_ticks, make_instance, microbatch_run_resources,
     minute_of, settings_for, stored, write_history,
@@ -127,14 +127,14 @@ def test_redis_outage_during_a_microbatch(stop_at, comes_back, platforms, monkey
         assert live.server.stop()
         result = live.harness.execute(request)
     else:
-        original = mb._critical_regime_alerts
+        original = physics_asset.critical_regime_alerts
 
         def stop_redis_then_alert(*args, **kwargs):
             assert live.server.stop()  # states were published: the run holds a live connection
             return original(*args, **kwargs)
 
         with monkeypatch.context() as patch:
-            patch.setattr(mb, "_critical_regime_alerts", stop_redis_then_alert)
+            patch.setattr(physics_asset, "critical_regime_alerts", stop_redis_then_alert)
             result = live.harness.execute(request)
     assert not live.server.is_running()
     assert result.success, [e.message for e in result.all_events if e.is_failure]
@@ -201,11 +201,13 @@ def test_redis_outage_during_a_microbatch(stop_at, comes_back, platforms, monkey
     windows = sorted(r.tags[TAG_WINDOW] for r in runs)
     assert windows == [(live_open + i * MINUTE).isoformat() for i in range(N_WINDOWS)], "a window ran twice"
     end = live_open + N_WINDOWS * MINUTE
-    oracle = batch_oracle(pl.concat([history, trades]), live_open, end)
+    oracle = batch_oracle(pl.concat([history, trades]), live_open, end,
+                          vector_store=live.harness.resources["vector_store"], embedder=live.harness.resources["embedder"])
     for table in TABLES:
         sort = ("symbol", "issue_ts", "horizon_step") if table == "forecasts" else ("symbol", "ts")
         ours = stored(live.warehouse, table, live_open, end, sort).drop("model", strict=False)  # names its path
         theirs = stored(reference.warehouse, table, live_open, end, sort).drop("model", strict=False)
         assert_frame_equal(ours, theirs, check_exact=True)
-        if table in ("bars_1m", "physics_states", "signals"):
-            assert_frame_equal(ours, oracle[table].drop("model", strict=False), check_exact=True)
+        if table in ("bars_1m", "physics_states", "signals"):  # physics reads stored features: to 1e-9
+            assert_frame_equal(ours, oracle[table].drop("model", strict=False), check_exact=False, rtol=1e-9,
+                               atol=1e-12)

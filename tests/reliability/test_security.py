@@ -329,9 +329,6 @@ def test_warehouse_refuses_unknown_table_names(warehouse, table):
 SQL_FORMAT_ALLOWLIST: dict[tuple[str, str], str] = {
     ("orchestration/archive_cli.py", "n"): "table names read back from information_schema, quoted",
     ("orchestration/hot_state_cli.py", "columns"): "constant HOT_STATE_FIELDS",
-    ("orchestration/microbatch.py", "_BAR_COLUMNS"): "constant from BAR_SCHEMA",
-    ("orchestration/microbatch.py", "table"): "checked_table()",
-    ("orchestration/microbatch.py", "view"): "constant prefix + loop index",
     ("resources/archive.py", "'symbol, ' if layout.by_symbol else ''"): "constant",
     ("resources/archive.py", "MANIFEST"): "constant table name",
     ("resources/archive.py", "_FILE_COL"): "constant column name",

@@ -10,13 +10,12 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from orchestration.microbatch import WindowCompute, WindowReplace, write_or_alert
 from resources.alerts import AlertingResource, raise_alert
 from resources.hot_state import CHANNEL_ALERTS
 from resources.market_data import session_windows
 from resources.warehouse import WarehouseError, WarehouseResource
-from sensors.alerts import alert_sensor
-from sensors.microbatch import MicrobatchCoordinator, MicrobatchSettings
+from sensors.alerts import AlertScanner, alert_sensor
+from sensors.live.coordinator import MicrobatchCoordinator, MicrobatchSettings, run_config_for_window
 from tests.fakes.webhook import Webhook as _Webhook
 
 SECRET_PATH = "/hooks/T0KEN-s3cret-123"
@@ -91,16 +90,28 @@ def test_failed_deliveries_do_not_stop_the_others_nor_leak_the_url(warehouse, em
         raise_alert("x", "y", severity="loud")
 
 
-def test_failed_warehouse_write_in_a_microbatch_raises_an_alert(embedded_redis, tmp_path):
-    broken = WarehouseResource(database=str(tmp_path), max_retries=0)
+def test_failed_warehouse_in_a_microbatch_raises_an_alert(embedded_redis, tmp_path):
+    """A window run of the deployed job that cannot use the warehouse fails, and the alert sensor's scan
+    pages with the cause (one line naming the warehouse), exactly as for a daily run."""
+    from orchestration.definitions import defs
+
+    broken = WarehouseResource(database=str(tmp_path), max_retries=0)  # a directory: DuckDB cannot open it
+    (tmp_path / "dh").mkdir()
+    instance = dg.DagsterInstance.local_temp(str(tmp_path / "dh"))
+    start = datetime(2024, 3, 6, 14, 30, tzinfo=timezone.utc)
+    result = defs.resolve_job_def("microbatch").execute_in_process(
+        run_config=run_config_for_window(start.isoformat(), (start + timedelta(minutes=1)).isoformat()),
+        partition_key="2024-03-06", instance=instance, raise_on_error=False,
+        resources={"warehouse": broken, "hot_state": embedded_redis})
+    assert not result.success
     with Webhook() as hook:
-        ctx = WindowCompute(broken, AlertingResource(webhook_url=hook.url), embedded_redis, "run-1234")
-        start = datetime(2024, 3, 6, 14, 30, tzinfo=timezone.utc)
-        with pytest.raises(WarehouseError):
-            write_or_alert(ctx, WindowReplace("bars_1m", pl.DataFrame({"symbol": ["A"], "ts": [start]}),
-                                              start, start + timedelta(minutes=1), ["A"]))
-    assert [b["kind"] for b in hook.bodies] == ["warehouse_write_failed"]
-    assert hook.bodies[0]["severity"] == "critical" and hook.bodies[0]["run_id"] == "run-1234"
+        scanner = AlertScanner(instance, AlertingResource(webhook_url=hook.url), hot_state=embedded_redis)
+        scanner.scan(AlertScanner.start_cursor(now=0.0))
+    kinds = [b["kind"] for b in hook.bodies]
+    assert kinds == ["run_failed"], kinds
+    assert hook.bodies[0]["severity"] == "critical" and hook.bodies[0]["run_id"] == result.run_id
+    assert "cannot open warehouse" in hook.bodies[0]["message"] and "\n" not in hook.bodies[0]["message"]
+    instance.dispose()
 
 
 def test_no_data_alert_only_in_session_and_once_per_quiet_spell(warehouse, embedded_redis, tmp_path):
