@@ -386,7 +386,7 @@ def _descendants():
         return []
 
 
-def kill_children(timeout_s: float = 2.0) -> None:
+def kill_children(timeout_s: float = 1.0) -> None:
     """Stop this process's child processes (dbt's process group first): TERM, then KILL."""
     import signal
 
@@ -418,7 +418,7 @@ class StopOnSignal:
     the main thread has not unwound after ``grace_s`` (a step waiting for a pool slot, a long DuckDB
     call), marks the run CANCELED, frees its pool slots, stops the child processes and exits."""
 
-    def __init__(self, instance, echo=print, grace_s: float = 3.0):
+    def __init__(self, instance, echo=print, grace_s: float = 2.0):
         import threading
 
         self.instance, self.echo, self.grace_s = instance, echo, grace_s

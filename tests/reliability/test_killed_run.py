@@ -61,12 +61,15 @@ def _wait(predicate, timeout_s, what, proc=None):
 
 def _has_event(root, job, event_type):
     def check():
-        if not (root / "dh" / "dagster.yaml").exists():
+        if not (root / "dh" / "history" / "runs.db").exists():
             return None
-        with _instance(root) as instance:
-            for run in instance.get_runs(dg.RunsFilter(job_name=job)):
-                if instance.get_records_for_run(run.run_id, of_type=event_type, limit=1).records:
-                    return run.run_id
+        try:
+            with _instance(root) as instance:
+                for run in instance.get_runs(dg.RunsFilter(job_name=job)):
+                    if instance.get_records_for_run(run.run_id, of_type=event_type, limit=1).records:
+                        return run.run_id
+        except Exception:  # the storage is still being created by the feynman process
+            return None
         return None
     return check
 
