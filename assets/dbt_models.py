@@ -24,7 +24,7 @@ from dagster import AssetExecutionContext
 from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtCliResource, dbt_assets
 from dagster_dbt.errors import DagsterDbtCliRuntimeError
 
-from orchestration.dbt_setup import FeynmanDbtCliResource, dbt_cli, dbt_project, ensure_manifest
+from resources.dbt_project import FeynmanDbtCliResource, dbt_cli, dbt_project, ensure_manifest
 from resources.warehouse import WRITER_POOL, WarehouseResource
 
 DBT_PROJECT = dbt_project()
@@ -59,8 +59,42 @@ TRANSLATOR = FeynmanDbtTranslator(settings=DagsterDbtTranslatorSettings(enable_a
 
 
 def dbt_resource() -> FeynmanDbtCliResource:
-    """The ``DbtCliResource`` to register under the key ``dbt``."""
-    return dbt_cli(DBT_PROJECT)
+    """The ``DbtCliResource`` to register under the key ``dbt``; dbt starts through ``supervised_dbt``."""
+    stock = dbt_cli(DBT_PROJECT)
+    return FeynmanDbtCliResource(project_dir=stock.project_dir, profiles_dir=stock.profiles_dir,
+                                 dbt_executable=supervised_dbt(stock.dbt_executable))
+
+
+_SUPERVISED_DBT = """#!{python} -S
+# written by assets/dbt_models.py: runs {dbt} in its own process group (a terminal Ctrl-C reaches
+# feynman, which stops dbt) and has the kernel kill it when the process that started it dies (kill -9)
+import ctypes, os, signal, sys
+os.setpgid(0, 0)
+if sys.platform.startswith("linux"):
+    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() == 1:
+        sys.exit("dbt: the process that started it is gone")
+os.execv({dbt!r}, [{dbt!r}, *sys.argv[1:]])
+"""
+
+
+def supervised_dbt(dbt: str) -> str:
+    """An executable wrapper of ``dbt`` (under dbt/target) that puts it in its own process group and ties
+    its life to its parent's (PR_SET_PDEATHSIG), so no ``dbt build`` outlives a killed run."""
+    import shutil
+    import sys
+    import tempfile
+
+    real = shutil.which(dbt) or dbt
+    text = _SUPERVISED_DBT.format(python=sys.executable, dbt=os.path.abspath(real))
+    path = Path(DBT_PROJECT.project_dir) / "target" / "feynman-dbt"
+    if not path.exists() or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False) as tmp:
+            tmp.write(text)
+        os.chmod(tmp.name, 0o755)
+        os.replace(tmp.name, path)  # atomic: concurrent loaders never see half a file
+    return str(path)
 
 
 def build_target_path(warehouse: WarehouseResource) -> Path:

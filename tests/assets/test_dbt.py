@@ -370,7 +370,8 @@ def test_lineage_groups_and_kinds():
     job = dg.define_asset_job("bars_and_rollups", selection=dg.AssetSelection.assets(BARS_KEY, *DBT_KEYS))
     defs = dg.Definitions(assets=[ticks, bars_1m, dbt_warehouse_models], jobs=[job],
                           resources={"dbt": dbt_resource(), "warehouse": WarehouseResource(),
-                                     "market_data": dg.ResourceDefinition.none_resource()})
+                                     "market_data": dg.ResourceDefinition.none_resource(),
+                                     "live_window": dg.ResourceDefinition.none_resource()})
     assert defs.resolve_job_def("bars_and_rollups").partitions_def == daily_partitions
     graph = defs.resolve_asset_graph()
     for model in ROLLUPS:
