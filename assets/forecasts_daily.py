@@ -8,6 +8,7 @@ import polars as pl
 from assets.forecasts import EVAL_CHECK, evaluate_against, evaluation_check, forecast_issues
 from assets.metadata import frame_metadata, markdown_table
 from assets.plots import forecast_fan_png
+from assets.quality import BARS_DAILY_KEY
 from quant.forecast_schedule import daily_history, last_bars_per_symbol
 from resources.market_data import MarketDataResource
 from resources.models import ForecasterResource
@@ -19,7 +20,7 @@ BARS_1D_KEY = dg.AssetKey(["duckdb", "bars_1d"])
 
 @dg.asset(
     key=FORECASTS_DAILY_KEY,
-    deps=[BARS_1D_KEY],
+    deps=[BARS_1D_KEY, BARS_DAILY_KEY],
     group_name="forecasts",
     pool=WRITER_POOL,
     kinds={"duckdb", "pytorch"},

@@ -135,14 +135,39 @@ def summary_table(outcomes: list[RuleOutcome]) -> str:
     return "\n".join(lines)
 
 
+BARS_DAILY_KEY = dg.AssetKey(["duckdb", "bars_daily"])
+STAGED_TICKS_KEY = dg.AssetKey(["duckdb", "staged_ticks"])
+ALERTS_KEY = dg.AssetKey(["duckdb", "alerts"])
+
+# Tables written outside the layer assets but read by them: declared so the lineage shows every read
+SOURCE_TABLE_SPECS = [
+    dg.AssetSpec(
+        key=BARS_DAILY_KEY, group_name="ingest", kinds={"duckdb"},
+        description="Vendor daily bars imported with `feynman ingest` (a file whose bars are a day apart); "
+                    "read by forecasts_daily. Each import is recorded here as a materialisation.",
+    ),
+    dg.AssetSpec(
+        key=STAGED_TICKS_KEY, group_name="ingest", kinds={"duckdb", "redis"},
+        description="The live path's staging store: Redis stream entries staged by the micro-batch sensor, one "
+                    "row per entry id with its minute window and staging batch; read by a window run of ticks.",
+    ),
+    dg.AssetSpec(
+        key=ALERTS_KEY, group_name="quality", kinds={"duckdb", "redis"},
+        description="Every alert (failed runs and checks, Critical-regime entries, forecast latency, stream "
+                    "problems), also published on Redis `alerts` and POSTed to FEYNMAN_ALERT_WEBHOOK; written by "
+                    "the alert sensor, the micro-batch sensor and the assets that detect a condition.",
+    ),
+]
+
 # Tables the ingest assets write beside their own (not materialised on their own): declared so
 # that they sit in the "quality" group with a description, and dbt's quality mart shows its lineage.
 QUALITY_TABLE_SPECS = [
     dg.AssetSpec(
         key=["duckdb", "quality_results"], group_name="quality", kinds={"duckdb"},
-        deps=[["duckdb", "ticks"], ["duckdb", "bars_1m"]],
-        description="Every quality rule outcome (GE suite and domain rules) per asset and partition, written by "
-                    "the ticks and bars_1m assets with their checks; read by mart_data_quality_daily.",
+        deps=[["duckdb", t] for t in ("ticks", "bars_1m", "features", "physics_states", "signals")],
+        description="Every quality rule outcome (GE suite and domain rules) per asset and partition (a day, or "
+                    "`window:<start>` for a live window), written by the layer assets with their checks; read by "
+                    "mart_data_quality_daily.",
     ),
     dg.AssetSpec(
         key=["duckdb", "quarantine"], group_name="quality", kinds={"duckdb"},

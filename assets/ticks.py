@@ -9,7 +9,7 @@ import polars as pl
 from assets.errors import source_errors_as_failures
 from assets.metadata import flatten_counts, frame_metadata
 from assets.partitions import daily_partitions
-from assets.quality import GE_CHECK, check_results, check_specs, run_ge_suite, store_outcomes, summary_table
+from assets.quality import GE_CHECK, STAGED_TICKS_KEY, check_results, check_specs, run_ge_suite, store_outcomes, summary_table
 from assets.quarantine import store_quarantine
 from quant.quality import tick_rules
 from quant.schema import TICK_SCHEMA
@@ -26,6 +26,7 @@ TICK_CHECKS = [GE_CHECK, "timestamps_increasing", "shared_timestamps", "off_mark
 
 @dg.asset(
     key=TICKS_KEY,
+    deps=[STAGED_TICKS_KEY],
     group_name="ingest",
     partitions_def=daily_partitions,
     pool=WRITER_POOL,

@@ -121,19 +121,12 @@ TABLE_ASSETS: dict[str, bool] = {
 }
 
 
-def _partition_keys(days: Sequence[date] | set[date]) -> list[str]:
-    from assets.partitions import daily_partitions
-
-    keys = sorted({d.isoformat() for d in days})
-    return [k for k in keys if daily_partitions.has_partition_key(k)]
-
-
 def _record_write(table: str, days: Sequence[date] | set[date], metadata: dict[str, Any], description: str) -> None:
     if table not in TABLE_ASSETS:
         return
-    from orchestration.instance import record_table_write
+    from orchestration.instance import daily_partition_keys, record_table_write
 
-    partitions = _partition_keys(days) if TABLE_ASSETS[table] else None
+    partitions = daily_partition_keys(days) if TABLE_ASSETS[table] else None
     record_table_write(["duckdb", table], partitions=partitions or None, metadata=metadata, description=description)
 
 

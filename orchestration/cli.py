@@ -272,7 +272,24 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     report = ingest_file(warehouse, args.path, kind=args.kind, tz=args.tz, bar_label=args.bar_label,
                          symbol=args.symbol)
     print("\n".join(report.lines()))
+    record_ingest(report, os.path.abspath(args.path))
     return 0
+
+
+def record_ingest(report, path: str) -> None:
+    """The import as materialisations of the tables it changed, so the UI's status and staleness see it."""
+    from orchestration.instance import daily_partition_keys, record_table_write
+
+    days = daily_partition_keys(report.days)
+    meta = {"source": f"feynman ingest {path}", "rows_in": report.n_in, "rows_accepted": report.n_accepted,
+            "rows_quarantined": report.n_quarantined}
+    record_table_write(["duckdb", report.table], partitions=None if report.table == "bars_daily" else days,
+                       metadata=meta, description="feynman ingest")
+    if report.n_bars_built:
+        record_table_write(["duckdb", "bars_1m"], partitions=days, metadata={**meta, "bars_built": report.n_bars_built},
+                           description="feynman ingest: bars rebuilt from the imported ticks")
+    if report.n_quarantined or report.n_accepted:
+        record_table_write(["duckdb", "quarantine"], metadata=meta, description="feynman ingest")
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -288,7 +305,16 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
     from resources.backtest_config import BacktestConfig
 
     config = BacktestConfig(n_strategies=args.strategies, sessions=args.sessions, n_chunks=args.chunks)
-    run_backtest(build_resources()["warehouse"], config, args.date)
+    summary = run_backtest(build_resources()["warehouse"], config, args.date)
+    from datetime import datetime, timedelta, timezone
+
+    from orchestration.instance import daily_partition_keys, record_table_write
+
+    day = args.date or (datetime.now(timezone.utc).date() - timedelta(days=1))
+    meta = {k: v for k, v in summary.items() if isinstance(v, (int, float, str)) and v is not None}
+    for table in ("backtest_runs", "strategy_results", "strategy_leaderboard"):
+        record_table_write(["duckdb", table], partitions=daily_partition_keys([day]) or None,
+                           metadata={**meta, "source": "feynman backtest"}, description="feynman backtest")
     return 0
 
 

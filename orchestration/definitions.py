@@ -12,7 +12,7 @@ from assets.features import features
 from assets.forecasts import forecasts
 from assets.forecasts_daily import forecasts_daily
 from assets.physics import physics_states
-from assets.quality import QUALITY_TABLE_SPECS
+from assets.quality import QUALITY_TABLE_SPECS, SOURCE_TABLE_SPECS
 from assets.ticks import ticks
 from orchestration.backup_job import backup_job, backup_schedule
 from orchestration.jobs import dbt_models_job, main_job, nightly_backtest_job
@@ -25,7 +25,7 @@ from sensors.live.sensor import microbatch_sensor
 
 defs = dg.Definitions(
     assets=[ticks, bars_1m, features, physics_states, forecasts, forecasts_daily, market_state_embeddings, signals,
-            nightly_backtest_assets, archives, dbt_warehouse_models, *QUALITY_TABLE_SPECS],
+            nightly_backtest_assets, archives, dbt_warehouse_models, *QUALITY_TABLE_SPECS, *SOURCE_TABLE_SPECS],
     jobs=[main_job, nightly_backtest_job, dbt_models_job, prune_vector_memory, microbatch_job, backup_job],
     sensors=[microbatch_sensor, alert_sensor],
     schedules=[nightly_backtest_schedule, nightly_archive_schedule, prune_vector_memory_schedule, backup_schedule],

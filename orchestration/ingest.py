@@ -9,7 +9,7 @@ Daily bars go to ``bars_daily`` (one-minute bars only ever come from minute data
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 import polars as pl
@@ -30,6 +30,7 @@ class IngestReport:
     n_quarantined: int
     by_rule: dict[str, int]
     n_bars_built: int = 0
+    days: list = field(default_factory=list)  # UTC dates whose rows the import replaced
 
     def lines(self) -> list[str]:
         out = [f"{self.kind}: {self.n_in:,} rows in, {self.n_accepted:,} accepted into {self.table}, "
@@ -67,7 +68,7 @@ def ingest_file(warehouse: WarehouseResource, path: str, *, kind: str = "auto", 
     store_quarantine(warehouse, result.quarantined, table_name=table, source=source,
                      partition_key=ingest_partition_key(path))
     report = IngestReport(kind, table, int(result.counts["n_in"]), accepted.height,
-                          result.quarantined.height, _rule_counts(result.quarantined))
+                          result.quarantined.height, _rule_counts(result.quarantined), days=sorted(days))
     if kind == "ticks" and accepted.height:
         stored = warehouse.query(
             "SELECT * FROM ticks WHERE list_contains(?, symbol) AND list_contains(?, CAST(ts AS DATE)) "

@@ -61,3 +61,11 @@ def record_table_write(asset_key: "dg.AssetKey | list[str]", *, partitions: "lis
     for partition in partitions or [None]:
         instance.report_runless_asset_event(dg.AssetMaterialization(
             asset_key=key, partition=partition, metadata=metadata or {}, description=description))
+
+
+def daily_partition_keys(days) -> list[str]:
+    """The ISO keys of ``days`` (dates or ISO strings) that are partitions of the daily assets."""
+    from assets.partitions import daily_partitions
+
+    keys = sorted({d if isinstance(d, str) else d.isoformat() for d in days})
+    return [k for k in keys if daily_partitions.has_partition_key(k)]

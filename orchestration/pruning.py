@@ -20,7 +20,8 @@ def prune_vectors(context: dg.OpExecutionContext, config: PruneConfig, vector_st
     result = vector_store.prune(k=config.k, seed=config.seed)
     context.log.info(f"pruned {result.get('rows_before')} -> {result.get('rows_after')} states; "
                      f"restore with: feynman restore-vectors --version {result.get('version_before')}")
-    yield dg.AssetObservation(asset_key=EMBEDDINGS_KEY, metadata={
+    # a write of the table (rows deleted across every day): a materialisation, so status and staleness see it
+    yield dg.AssetMaterialization(asset_key=EMBEDDINGS_KEY, description="pruned to k representative states", metadata={
         k: v for k, v in result.items() if isinstance(v, (int, float, str)) and v is not None})
     yield dg.Output(result)
 

@@ -41,6 +41,17 @@ def test_ingest_every_real_file(name, cli_env, capsys):
     assert counts[table] + quarantined == n_rows  # nothing lost: accepted + quarantined = input
     if table == "ticks":
         assert counts["bars_1m"] > 0  # bars rebuilt from the imported trades
+    # the import is a materialisation of the table it changed, on the days it touched, for the UI
+    import dagster as dg
+
+    from orchestration.instance import local_instance
+
+    with local_instance() as instance:
+        records = instance.fetch_materializations(dg.AssetKey(["duckdb", table]), limit=10_000).records
+    mine = [r.asset_materialization for r in records
+            if r.asset_materialization.metadata["source"].value == f"feynman ingest {path}"]
+    assert mine and all(m.metadata["rows_accepted"].value == counts[table] for m in mine)
+    assert all((m.partition is None) == (table == "bars_daily") for m in mine)
     # importing the same file again changes nothing
     assert main(["ingest", "--source", "files", "--path", str(path)]) == 0
     assert _counts(cli_env / "warehouse.duckdb") == counts

@@ -32,6 +32,10 @@ def test_prune_then_restore_vectors(data_dir, monkeypatch):
     assert result.success
     out = result.output_for_node("prune_vectors")
     assert out["rows_before"] == 600 and out["rows_after"] == store.count() == 50
+    (event,) = result.get_asset_materialization_events()
+    written = event.event_specific_data.materialization
+    assert written.asset_key == dg.AssetKey(["lancedb", "market_state_embeddings"])
+    assert written.metadata["rows_after"].value == 50 and written.metadata["version_before"].value == version
     kept = store.read_all(["ts"])["ts"]
     assert kept.is_in(before["ts"].implode()).all()  # real states, never synthetic centroids
 
