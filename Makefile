@@ -25,6 +25,8 @@ run: $(STAMP)
 	$(BIN)/feynman run
 
 test: $(STAMP)
+	# layers orchestration > sensors | assets > resources > quant, no cycles, quant pure (pyproject.toml)
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -q
 
 ui: $(STAMP)

@@ -163,7 +163,7 @@ def _positive_finite(what: str) -> Callable[[str], float]:
 
 
 def add_live_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from orchestration.cli import MAX_SEED, _seed_arg
+    from orchestration.cli_args import MAX_SEED, _seed_arg
 
     live = sub.add_parser("live", help="append live trades (simulator or Alpaca) to the Redis stream 'ticks'")
     live.add_argument("--source", choices=list(LIVE_SOURCES), default="sim")

@@ -179,11 +179,9 @@ def _stride_bars(stride_minutes: int | None) -> int:
 
 def warmup_bars(**params) -> int:
     """Bars of look-back per symbol that make features on [start, end) equal to a full
-    recompute (see the module docstring; assumes bars of one minute or longer).
-
-    Also covers :func:`quant.physics.compute_physics` with default physics parameters
-    (its 390-bar windows plus stride on top of converged features). With the defaults it
-    is dominated by VPIN: ``vpin_max_age_bars + 2 x 1440``.
+    recompute (see the module docstring; assumes bars of one minute or longer). With the
+    defaults it is dominated by VPIN: ``vpin_max_age_bars + 2 x 1440``. Physics reads
+    converged features with its own look-back (``quant.physics.PHYSICS_WARMUP_BARS``).
     """
     p = FeatureParams.from_kwargs(params)
     recursive = max(
@@ -199,10 +197,7 @@ def warmup_bars(**params) -> int:
     windows = max(p.sma_window, p.bb_window, p.vol_window + 1, p.micro_window + 1, 16)
     hurst = p.hurst_window + 1 + _stride_bars(p.scaling_stride_minutes)
     vpin = p.vpin_max_age_bars + 2 * BARS_PER_UTC_DAY_MAX
-    from quant.physics import physics_lookback_bars  # local: physics imports this module
-
-    physics = physics_lookback_bars() + max(recursive, windows)
-    return int(max(recursive, windows, hurst, vpin, physics))
+    return int(max(recursive, windows, hurst, vpin))
 
 
 def prepare_bars(bars: pl.DataFrame, check_values: bool = True) -> pl.DataFrame:
