@@ -11,7 +11,7 @@ from assets.metadata import flatten_counts, frame_metadata
 from assets.partitions import daily_partitions
 from assets.quality import GE_CHECK, STAGED_TICKS_KEY, check_results, check_specs, run_ge_suite, store_outcomes, summary_table
 from assets.quarantine import store_quarantine
-from quant.quality import tick_rules
+from quant.quality import WARN, RuleOutcome, tick_rules
 from quant.schema import TICK_SCHEMA
 from quant.validation import validate_ticks
 from assets.scope import Scope, layer_scope
@@ -21,7 +21,8 @@ from resources.staging import TAG_STAGED_BATCH, read_staged_window
 from resources.warehouse import WRITER_POOL, WarehouseResource
 
 TICKS_KEY = dg.AssetKey(["duckdb", "ticks"])
-TICK_CHECKS = [GE_CHECK, "timestamps_increasing", "shared_timestamps", "off_market_prints"]
+TICK_CHECKS = [GE_CHECK, "timestamps_increasing", "shared_timestamps", "off_market_prints", "quarantine_rate"]
+MAX_QUARANTINE_SHARE = 0.01
 
 
 @dg.asset(
@@ -66,7 +67,7 @@ def ticks(context: dg.AssetExecutionContext, market_data: MarketDataResource, wa
     stored = warehouse.read_window("ticks", scope.start, scope.end, scope.symbols) if scope.symbols else pl.DataFrame()
     if not stored.height:
         stored = pl.DataFrame(schema=TICK_SCHEMA)
-    outcomes = [run_ge_suite("ticks", stored), *tick_rules(stored)]
+    outcomes = [run_ge_suite("ticks", stored), *tick_rules(stored), quarantine_rate(counts)]
     store_outcomes(warehouse, "ticks", scope.quality_key, outcomes, context.run.run_id)
     return dg.MaterializeResult(
         metadata={
@@ -90,3 +91,13 @@ def _staged_window(context: dg.AssetExecutionContext, warehouse: WarehouseResour
     context.instance.add_run_tags(context.run.run_id, {TAG_STAGED_BATCH: str(batch)})
     raw = staged.select("symbol", "ts", "ts_raw", "price", "size", "side", "trade_id")
     return raw, "stream", f"{staged.height} staged stream entries (batch <= {batch})"
+
+
+def quarantine_rate(counts: dict) -> RuleOutcome:
+    """WARN when more than MAX_QUARANTINE_SHARE of the input rows were quarantined (a bad batch or feed)."""
+    n_in, n_bad = int(counts.get("n_in") or 0), int(counts.get("n_quarantined") or 0)
+    by_rule = [{"rule": k, "rows": v} for k, v in counts.items()
+               if not k.startswith("n_") and isinstance(v, int) and v > 0]
+    return RuleOutcome("quarantine_rate", WARN, n_bad,
+                       f"at most {MAX_QUARANTINE_SHARE:.0%} of the input rows quarantined (table quarantine)",
+                       by_rule[:5], passed=n_bad <= MAX_QUARANTINE_SHARE * n_in)

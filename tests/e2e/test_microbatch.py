@@ -233,6 +233,15 @@ def test_stream_microbatches_equal_one_batch_computation(live_setup, warehouse, 
     assert received["signals"] >= len(SYMBOLS) and received["state_update"] > 0
 
 
+def _trades_at_the_open_plus_an_hour():
+    """The first window start an hour into the live session, and the trades of its 2.5 minutes in time order."""
+    session = session_windows(LIVE_DAY)[0]
+    w0 = session[0] + timedelta(minutes=60)
+    ticks = simulate_ticks(SYMBOLS, [session], seed=SEED).sort("ts", maintain_order=True).filter(
+        (pl.col("ts") >= w0) & (pl.col("ts") < w0 + timedelta(minutes=2, seconds=30)))
+    return w0, ticks
+
+
 def test_lost_cursor_and_bad_entries(live_setup, warehouse, embedded_redis):
     """A sensor that lost its cursor re-reads its pending entries: windows whose run succeeded are
     acknowledged, not re-run; a requested run that never launched is requested again. Malformed
@@ -241,10 +250,7 @@ def test_lost_cursor_and_bad_entries(live_setup, warehouse, embedded_redis):
     instance, resources, settings, stream = live_setup
     client = embedded_redis.client()
     harness = Harness(instance, resources, settings)
-    session = session_windows(LIVE_DAY)[0]
-    w0 = session[0] + timedelta(minutes=60)
-    ticks = simulate_ticks(SYMBOLS, [session], seed=SEED).sort("ts", maintain_order=True).filter(
-        (pl.col("ts") >= w0) & (pl.col("ts") < w0 + timedelta(minutes=2, seconds=30)))
+    w0, ticks = _trades_at_the_open_plus_an_hour()
     TickStreamWriter(client, stream=stream).add_ticks(ticks)
     bad_time = trade_fields("AAA", 0, 10.0, 5.0)
     bad_time["ts_us"] = "yesterday"
@@ -317,22 +323,24 @@ def test_poison_entries_are_quarantined_with_an_alert_and_later_windows_run(live
     instance, resources, settings, stream = live_setup
     client = embedded_redis.client()
     harness = Harness(instance, resources, settings)
-    session = session_windows(LIVE_DAY)[0]
-    w0 = session[0] + timedelta(minutes=60)
-    ticks = simulate_ticks(SYMBOLS, [session], seed=SEED).sort("ts", maintain_order=True).filter(
-        (pl.col("ts") >= w0) & (pl.col("ts") < w0 + timedelta(minutes=2, seconds=30)))
+    w0, ticks = _trades_at_the_open_plus_an_hour()
     writer = TickStreamWriter(client, stream=stream)
     writer.add_ticks(ticks.filter(pl.col("ts") < w0 + timedelta(seconds=30)))
     for trade_id in ("99999999999999999999999", "\u00b2"):
         poison = trade_fields("AAA", int((w0 + timedelta(seconds=31)).timestamp() * 1e6), 500.5, 10.0, "buy")
         poison["trade_id"] = trade_id
         client.xadd(stream, poison)
+    # a planted bad batch in the second window: negative prices, quarantined by the ticks asset's validation
+    bad_ts = int((w0 + timedelta(minutes=1, seconds=5)).timestamp() * 1e6)
+    for n in range(5):
+        client.xadd(stream, trade_fields("BBB", bad_ts + n, -1.0 - n, 5.0, "sell"))
     writer.add_ticks(ticks.filter(pl.col("ts") >= w0 + timedelta(seconds=30)))
 
     for _ in range(3):
         harness.tick()
     assert [r.success for r in harness.results] == [True, True]
-    quarantined = warehouse.query("SELECT rule, reason, raw FROM quarantine WHERE source = 'stream'")
+    quarantined = warehouse.query("SELECT rule, reason, raw FROM quarantine WHERE source = 'stream' "
+                                  "AND partition_key = 'stream'")
     assert quarantined["rule"].to_list() == ["bad_trade_id", "bad_trade_id"]
     assert quarantined["reason"][0] == "stream entry trade_id is not a 64-bit integer"
     assert any("99999999999999999999999" in raw for raw in quarantined["raw"].to_list())
@@ -340,4 +348,17 @@ def test_poison_entries_are_quarantined_with_an_alert_and_later_windows_run(live
     assert alert.height == 1 and "bad_trade_id: 2" in alert["message"][0]
     stored = warehouse.read_window("ticks", w0, w0 + timedelta(minutes=2))
     assert stored.height == ticks.filter(pl.col("ts") < w0 + timedelta(minutes=2)).height
+    # the bad batch fails the ticks check quarantine_rate (WARN) of its window only, and the alert sensor pages
+    second = w0 + timedelta(minutes=1)
+    evaluations = [r.event_log_entry.dagster_event.event_specific_data for r in instance.get_records_for_run(
+        harness.results[1].run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION).records]
+    failed = [e for e in evaluations if not e.passed]
+    assert [(f.check_name, f.severity) for f in failed] == [("quarantine_rate", dg.AssetCheckSeverity.WARN)]
+    assert warehouse.query("SELECT count(*) AS n FROM quarantine WHERE partition_key = ? AND rule = "
+                           "'price_not_positive'", [f"window:{second.isoformat()}"])["n"][0] == 5
+    from sensors.alerts import AlertScanner
+
+    AlertScanner(instance, resources["alerting"], warehouse=warehouse).scan(AlertScanner.start_cursor(now=0.0))
+    paged = warehouse.query("SELECT message FROM alerts WHERE kind = 'asset_check_failed'")["message"].to_list()
+    assert len(paged) == 1 and "quarantine_rate on duckdb/ticks" in paged[0]
     assert client.xpending(stream, GROUP)["pending"] == ticks.filter(pl.col("ts") >= w0 + timedelta(minutes=2)).height
