@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -109,9 +110,11 @@ def run_problems(instance, run_id: str) -> list[str]:
                 continue  # the engine skipping what depends on a failed step: that failure says why
         elif event.event_type_value == "STEP_FAILURE" and getattr(event.event_specific_data, "error", None):
             error = event.event_specific_data.error
+            while error.cause is not None and error.cls_name.startswith("Dagster"):
+                error = error.cause  # Dagster wraps the step's or resource's own error: that one says why
             text = f"failed: {error.message.strip().splitlines()[0] if error.message.strip() else error.cls_name}"
-            # dagster prefixes a user Failure with its class path
-            text = text.replace("dagster._core.definitions.events.Failure: ", "")
+            # the serialised error starts with the exception's class path: the message says it for a user
+            text = re.sub(r"^failed: [\w.]+(Error|Exception|Failure): ", "failed: ", text)
         else:  # framework events: skipped downstream steps, the run's own failure (the step's says why)
             continue
         step = entry.step_key or "run"

@@ -31,3 +31,17 @@ def test_wrong_alpaca_keys_give_one_line_per_failure(tmp_path):
     assert len(failures) == 1 and "Alpaca" in failures[0], done.stdout[:2000]
     assert "Dependencies for step" not in output  # skipped downstream steps are not repeated
     assert "FAILED runs: 2024-03-05" in done.stdout
+
+
+def test_a_failed_step_names_the_cause_not_the_dagster_wrapper(tmp_path):
+    """A warehouse file that is not a DuckDB database: the step's line says what is wrong with which file."""
+    garbage = tmp_path / "warehouse.duckdb"
+    garbage.write_bytes(b"not a database " * 1000)
+    env = {**os.environ, "FEYNMAN_DATA_DIR": str(tmp_path / "data"), "DAGSTER_HOME": str(tmp_path / "dh"),
+           "FEYNMAN_DUCKDB": str(garbage), "FEYNMAN_SYMBOLS": "AAA"}
+    done = subprocess.run([sys.executable, "-m", "orchestration.cli", "run", "--days", "1", "--end-date", "2024-03-05"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    output = done.stdout + done.stderr
+    assert done.returncode in (1, 2), output[-2000:]
+    assert "Traceback" not in output and "DagsterExecutionStepExecutionError" not in output, output[-3000:]
+    assert str(garbage) in output, output[-3000:]

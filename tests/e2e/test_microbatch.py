@@ -362,3 +362,46 @@ def test_poison_entries_are_quarantined_with_an_alert_and_later_windows_run(live
     paged = warehouse.query("SELECT message FROM alerts WHERE kind = 'asset_check_failed'")["message"].to_list()
     assert len(paged) == 1 and "quarantine_rate on duckdb/ticks" in paged[0]
     assert client.xpending(stream, GROUP)["pending"] == ticks.filter(pl.col("ts") >= w0 + timedelta(minutes=2)).height
+
+
+def test_a_failed_blocking_check_stops_the_window_and_pages(live_setup, warehouse, embedded_redis, monkeypatch):
+    """A window whose bars fail a blocking check writes its ticks and bars, skips every later layer, pages
+    through the alert sensor, and is not retried (its entries are acknowledged: a re-run would fail the same
+    way); the next window runs normally."""
+    import assets.bars
+    from quant.quality import ERROR, RuleOutcome
+    from sensors.alerts import AlertScanner
+
+    instance, resources, settings, stream = live_setup
+    client = embedded_redis.client()
+    harness = Harness(instance, resources, settings)
+    w0, ticks = _trades_at_the_open_plus_an_hour()
+    TickStreamWriter(client, stream=stream).add_ticks(ticks.filter(pl.col("ts") < w0 + timedelta(minutes=1, seconds=5)))
+    real_rules = assets.bars.bar_rules
+
+    def planted(bars, *args, **kwargs):
+        outcomes = real_rules(bars, *args, **kwargs)
+        return [RuleOutcome("duplicate_keys", ERROR, 1, "planted failure") if o.name == "duplicate_keys" else o
+                for o in outcomes]
+
+    with monkeypatch.context() as patch:
+        patch.setattr(assets.bars, "bar_rules", planted)
+        (request,) = harness.tick(execute=False)
+        result = harness.execute(request)
+    assert not result.success
+    materialised = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert materialised == {"duckdb/ticks", "duckdb/bars_1m"}  # nothing downstream of the failed check
+    assert warehouse.read_window("features", w0, w0 + timedelta(minutes=1)).height == 0
+
+    TickStreamWriter(client, stream=stream).add_ticks(ticks.filter(pl.col("ts") >= w0 + timedelta(minutes=1, seconds=5)))
+    requests = harness.tick()  # acknowledges the failed window without a retry, runs the next one
+    assert [r.tags[TAG_WINDOW] for r in requests] == [(w0 + timedelta(minutes=1)).isoformat()]
+    assert harness.results[0].success
+    staged = warehouse.query("SELECT entry_id FROM staged_ticks WHERE window_start = ?", [w0])["entry_id"].to_list()
+    pending = {p["message_id"].decode() for p in client.xpending_range(stream, GROUP, "-", "+", 100_000)}
+    assert staged and not pending & set(staged)
+
+    AlertScanner(instance, resources["alerting"], warehouse=warehouse).scan(AlertScanner.start_cursor(now=0.0))
+    paged = warehouse.query("SELECT kind, severity, message FROM alerts WHERE run_id = ?", [result.run_id])
+    assert ("asset_check_failed", "critical") in set(zip(paged["kind"], paged["severity"]))
+    assert any("duplicate_keys on duckdb/bars_1m" in m for m in paged["message"])
