@@ -61,6 +61,9 @@ class LiveWindow(dg.ConfigurableResource):
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         if self.is_window:
             self.bounds()  # a bad window fails the run before any lock or step
+            from resources.great_expectations import prepare
+
+            prepare()  # once per run process, like a model load: the window's steps then only validate
             self._fd = acquire(_lock_path(), timeout_s=self.lock_timeout_s, what="the micro-batch run lock")
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
