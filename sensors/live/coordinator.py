@@ -4,9 +4,10 @@ Each evaluation (a "tick" of the sensor; interval ``FEYNMAN_MICROBATCH_INTERVAL`
 
 1. **Runs it asked for earlier.** For each window with a run in flight it looks the run up in
    the Dagster instance (tag ``feynman/microbatch_key``). On success it XACKs the stream entries
-   that run persisted (those staged in a batch <= the run's tag ``feynman/staged_batch``); on
-   failure it asks again with the next revision (up to ``max_failed_attempts``, then a
-   ``microbatch_gave_up`` alert).
+   that run persisted (those staged in a batch <= the run's tag ``feynman/staged_batch``). A run
+   that failed only because a blocking asset check failed counts as done (its alert comes from
+   the alert sensor; a re-run would fail the same way). On any other failure it asks again with
+   the next revision (up to ``max_failed_attempts``, then a ``microbatch_gave_up`` alert).
 2. **Read.** ``XREADGROUP`` with consumer group ``microbatch``: first its own pending entries
    after the last id its committed cursor staged (entries read by an evaluation that crashed
    before its cursor was saved), then new entries, then entries other consumers left pending
@@ -14,8 +15,9 @@ Each evaluation (a "tick" of the sensor; interval ``FEYNMAN_MICROBATCH_INTERVAL`
 3. **Stage.** Entries go into the DuckDB table ``staged_ticks`` keyed by stream entry id, with
    their minute window and a staging batch number that grows with every commit. An entry
    already staged is not staged twice. Entries that cannot belong to a window (no or
-   unparseable time, a time in the future, or older than ``late_horizon_s`` behind the
-   watermark) are quarantined (table ``quarantine``, source ``stream``) and acknowledged.
+   unparseable time, a time in the future, older than ``late_horizon_s`` behind the
+   watermark, a trade id that is not a 64-bit integer) are quarantined (table ``quarantine``,
+   source ``stream``), acknowledged and reported in one ``stream_entries_quarantined`` alert.
 4. **Watermark.** Event time: the largest trade time seen minus ``lateness_s``. With
    ``wall_clock=True`` also the wall clock minus ``lateness_s``; and when no entry arrived for
    ``idle_close_s`` wall seconds the window holding the last trade closes too.
