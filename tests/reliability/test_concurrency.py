@@ -49,6 +49,9 @@ REPO = Path(__file__).resolve().parents[2]
 N_WINDOWS = 30
 MAX_WINDOWS = 240  # the micro-batches keep going while the other jobs run, up to this many windows
 LIVE_OFFSET = timedelta(minutes=30)
+# other symbols than the live ones: a live window's 4,320-bar look-back would otherwise reach these days
+# while the archive job moves them, so what it reads would depend on timing
+OLD_SYMBOLS = ["CCC", "DDD"]
 OLD_DAYS = [date(2024, 1, 22), date(2024, 1, 23), date(2024, 1, 29), date(2024, 1, 30)]
 RETENTION_DAYS = 40  # cutoff 2024-01-26: Jan 22-23 go cold, Jan 29-30 stay hot (and the live days)
 CUTOFF = LIVE_DAY - timedelta(days=RETENTION_DAYS)
@@ -63,7 +66,7 @@ KEYS = {"bars_1m": ("symbol", "ts"), "features": ("symbol", "ts"), "physics_stat
 def _seed_old_days(warehouse) -> dict[str, pl.DataFrame]:
     """Four older sessions of every archived table, written as the daily assets write them."""
     sessions = [session_windows(d)[0] for d in OLD_DAYS]
-    ticks = simulate_ticks(SYMBOLS, sessions, seed=SEED + 1)
+    ticks = simulate_ticks(OLD_SYMBOLS, sessions, seed=SEED + 1)
     bars = ticks_to_bars(ticks)
     features = compute_features(bars)
     physics = compute_physics(features)
@@ -199,7 +202,7 @@ def test_microbatches_backtest_and_archive_share_the_warehouse(tmp_path, data_di
         dupes = warehouse.query(f"SELECT {cols}, count(*) AS n FROM {table} GROUP BY ALL HAVING count(*) > 1")
         assert dupes.height == 0, (table, dupes.head())
     results = warehouse.query("SELECT run_date, count(*) AS n FROM strategy_results GROUP BY run_date")
-    assert results.rows() == [(str(LIVE_DAY - timedelta(days=1)), workers.BACKTEST_STRATEGIES * (len(SYMBOLS) + 1))]
+    assert results.rows() == [(str(LIVE_DAY - timedelta(days=1)), workers.BACKTEST_STRATEGIES * (len(SYMBOLS) + len(OLD_SYMBOLS) + 1))]
 
     # the archive moved exactly the rows past retention, once: hot + cold equals what was there before
     cutoff_ts = datetime.combine(CUTOFF, dtime(0), tzinfo=timezone.utc)
@@ -212,5 +215,5 @@ def test_microbatches_backtest_and_archive_share_the_warehouse(tmp_path, data_di
         union = warehouse.query(f"SELECT {', '.join(rows.columns)} FROM all_{table} WHERE ts < ?", [OLD_END])
         assert canonical_digest(union.cast(rows.schema)) == canonical_digest(rows), table
         cold_files = list((data_dir / "archive" / table).rglob("*.parquet"))
-        assert len(cold_files) == len(SYMBOLS) * 2, (table, cold_files)  # two cold days per symbol, one file each
+        assert len(cold_files) == len(OLD_SYMBOLS) * 2, (table, cold_files)  # two cold days per symbol, one file each
     print(f"\n{len(windows)} windows in {wall:.1f} s; (run seconds, micro-batches started meanwhile): {overlaps}")
