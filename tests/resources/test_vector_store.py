@@ -303,7 +303,14 @@ def test_similar_outcomes_equal_the_per_state_reference(tmp_path):
         pl.Series("close", 100 * np.exp(np.cumsum(rng.normal(0, 1e-3, states.height)))))
     resource = EmbedderResource(k_similar=4, outcome_horizon_minutes=10)
     queries = states.tail(60)  # 20 issue times x 3 symbols
-    got = similar_outcomes(queries, store, resource, closes)
+    asked: list[tuple] = []
+
+    def closes_between(symbols, low, high):  # what the signals asset answers with one DuckDB query
+        asked.append((sorted(symbols), low, high))
+        return closes.filter(pl.col("symbol").is_in(symbols) & pl.col("ts").is_between(low, high))
+
+    got = similar_outcomes(queries, store, resource, closes_between)
+    assert len(asked) == queries["ts"].n_unique()  # one read of closes per issue time
     assert got.height == queries.height and got["n"].sum() > 0
     vectors = resource.embedder().embed(state_texts(queries))
     for row, vector in zip(got.iter_rows(named=True), vectors):
