@@ -661,6 +661,8 @@ def _restore_redis(hot_state: HotStateResource, folder: Path, manifest: dict[str
                               "unset REDIS_URL to restore it")
         server = hot_state.embedded()
         _stop_embedded(server)
+        # a server that crashed leaves its AOF, which Redis would load instead of the restored dump.rdb
+        server.aof.unlink(missing_ok=True)
         server.directory.mkdir(parents=True, exist_ok=True)
         staged = server.directory / "dump.rdb.restoring"
         shutil.copyfile(folder / red["file"], staged)

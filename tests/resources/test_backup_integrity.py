@@ -169,3 +169,26 @@ def test_backup_job_keeps_the_newest_n_and_goes_to_an_fsspec_url(stores, data_di
                           lancedb=str(stores["lance"]))
     assert done["verified"] and canonical_digest(stores["warehouse"].query("SELECT * FROM bars_1m")) == \
         canonical_digest(stores["bars"])
+
+
+def test_restore_backup_after_a_redis_crash_loads_the_backup_not_the_aof(stores, data_dir, capsys):
+    """A server killed with kill -9 leaves its append-only file; restore-backup must load the backup's dump."""
+    import os
+    import signal
+
+    assert main(["backup", "--dest", str(data_dir / "backups")]) == 0
+    (folder,) = list_backups(data_dir / "backups")
+    client = stores["hot"].client()
+    client.set("physics:state:AAA", json.dumps({"alpha": 9.9}))  # a change after the backup, in the AOF
+    client.set("written:after:backup", "1")
+    import time
+
+    time.sleep(1.5)  # appendfsync everysec
+    server = stores["hot"].embedded()
+    os.kill(server.server_pid(), signal.SIGKILL)
+    assert server.aof.exists() and server.aof.stat().st_size > 0
+    assert main(["restore-backup", folder]) == 0
+    client = stores["hot"].client()
+    assert json.loads(client.get("physics:state:AAA")) == {"alpha": 2.5}
+    assert client.get("written:after:backup") is None
+
