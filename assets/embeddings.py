@@ -63,8 +63,7 @@ def market_state_embeddings(context: dg.AssetExecutionContext, market_data: Mark
     physics = physics.select(STATE_COLUMNS)
     in_range = (pl.col("ts") >= scope.start) & (pl.col("ts") < scope.end)
     chosen = select_embedding_rows(physics.filter(in_range), embedder.every_minutes, context=physics.filter(~in_range))
-    forecasts = warehouse.read_window("forecasts", scope.start, scope.end, scope.symbols) \
-        if warehouse.table_exists("forecasts") else pl.DataFrame()
+    forecasts = warehouse.read_window("forecasts", scope.start, scope.end, scope.symbols)
     chosen = chosen.join(forecast_summary(forecasts), on=["symbol", "ts"], how="left")
     valid, rejected = split_valid_states(chosen)
     stats: dict = {}

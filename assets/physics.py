@@ -33,6 +33,11 @@ def latest_states(physics: pl.DataFrame) -> list[dict]:
             for row in last.select(["symbol", "ts", *HOT_STATE_FIELDS]).to_dicts()]
 
 
+# the columns the checks read, for a range without features (an empty window on a new warehouse)
+EMPTY_PHYSICS = {"symbol": pl.String, "ts": pl.Datetime("us", "UTC"),
+                 **{c: pl.Float64 for c in [*NUMERIC_PHYSICS_COLUMNS, "alpha"]}, "regime": pl.String}
+
+
 @dg.asset(
     key=PHYSICS_KEY,
     deps=[FEATURES_KEY],
@@ -56,7 +61,7 @@ def physics_states(context: dg.AssetExecutionContext, market_data: MarketDataRes
     # the stored features of the range plus the physics look-back before it (features are warm there)
     features = warehouse.read_with_lookback("features", scope.start, scope.end, scope.symbols, PHYSICS_WARMUP_BARS) \
         if scope.symbols else pl.DataFrame()
-    physics = compute_physics(features) if features.height else pl.DataFrame()
+    physics = compute_physics(features) if features.height else pl.DataFrame(schema=EMPTY_PHYSICS)
     in_range = physics.filter((pl.col("ts") >= scope.start) & (pl.col("ts") < scope.end)) if physics.height else physics
     if scope.symbols:
         warehouse.write_window("physics_states", in_range, start=scope.start, end=scope.end, symbols=scope.symbols)

@@ -62,9 +62,10 @@ class Scope:
         """A window extended to the end of the newest bar of its symbols on its day (daily: unchanged)."""
         if self.window is None or not self.symbols:
             return self
-        newest = warehouse.query(
-            "SELECT max(ts) AS newest FROM bars_1m WHERE list_contains(?, symbol) AND ts >= ? AND ts < ?",
-            [self.symbols, self.start, self.day_end])["newest"][0] if warehouse.table_exists("bars_1m") else None
+        found = warehouse.query_table(
+            "bars_1m", "SELECT max(ts) AS newest FROM bars_1m WHERE list_contains(?, symbol) AND ts >= ? AND ts < ?",
+            [self.symbols, self.start, self.day_end])
+        newest = found["newest"][0] if found.height else None
         if newest is None:
             return self
         return replace(self, end=min(self.day_end, max(self.end, newest + timedelta(minutes=1))))

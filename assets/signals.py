@@ -117,7 +117,7 @@ def signals(context: dg.AssetExecutionContext, market_data: MarketDataResource, 
             hot_state: HotStateResource, live_window: LiveWindow) -> dg.MaterializeResult:
     scope = layer_scope(context, market_data, live_window, warehouse).through_newest_bar(warehouse)
     forecasts = warehouse.read_window("forecasts", scope.start, scope.end, scope.symbols) \
-        if scope.symbols and warehouse.table_exists("forecasts") else pl.DataFrame()
+        if scope.symbols else pl.DataFrame()
     if not forecasts.height:
         if scope.symbols:
             warehouse.delete_window("signals", start=scope.start, end=scope.end, symbols=scope.symbols)
@@ -139,9 +139,11 @@ def signals(context: dg.AssetExecutionContext, market_data: MarketDataResource, 
     raw = make_signals(forecasts.drop("ts"), physics, outcomes_similar, step="1m")
     # the day's paper book: earlier signals of the day (a window's predecessors) then these
     day_start = scope.start.replace(hour=0, minute=0)
-    earlier = warehouse.query(
-        "SELECT symbol, ts, target_size AS size FROM signals WHERE ts >= ? AND ts < ? ORDER BY ts, symbol",
-        [day_start, scope.start]) if scope.is_window and warehouse.table_exists("signals") else raw.clear()
+    earlier = warehouse.query_table(
+        "signals", "SELECT symbol, ts, target_size AS size FROM signals WHERE ts >= ? AND ts < ? ORDER BY ts, symbol",
+        [day_start, scope.start]) if scope.is_window else raw.clear()
+    if not earlier.width:  # no signals table yet
+        earlier = raw.clear()
     path_symbols = sorted(set(raw["symbol"].to_list()) | set(earlier["symbol"].to_list() if earlier.height else []))
     closes = warehouse.query("SELECT symbol, ts, close FROM bars_1m WHERE list_contains(?, symbol) AND ts >= ? "
                              "AND ts < ? ORDER BY symbol, ts", [path_symbols, day_start, scope.end])

@@ -24,7 +24,7 @@ concurrency:
 # run monitoring (the daemon of `make ui`): a run whose worker process died is failed and, 60 s after any
 # run ends, the pool slots it still holds are freed; `feynman run` does the same for its own dead runs
 # when it starts (orchestration/run_main.py reap_dead_runs)
-_DAGSTER_YAML = _OLD_DAGSTER_YAML + """\
+_MONITORED_DAGSTER_YAML = _OLD_DAGSTER_YAML + """\
 run_monitoring:
   enabled: true
   start_timeout_seconds: 180
@@ -34,12 +34,24 @@ run_monitoring:
   free_slots_after_run_end_seconds: 60
 """
 
+# runs launched by the daemon or the UI start as forks of a warm process that has loaded the definitions
+# (orchestration/warm_runs.py); `enabled: false` gives Dagster's fresh process per run
+_DAGSTER_YAML = _MONITORED_DAGSTER_YAML + """\
+run_launcher:
+  module: orchestration.warm_runs
+  class: WarmRunLauncher
+  config:
+    enabled: true
+"""
+
+_EARLIER_DEFAULTS = (_OLD_DAGSTER_YAML, _MONITORED_DAGSTER_YAML)
+
 
 def ensure_dagster_home() -> str:
     home = dagster_home()
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
-    if not config.exists() or config.read_text() == _OLD_DAGSTER_YAML:  # the default of older versions
+    if not config.exists() or config.read_text() in _EARLIER_DEFAULTS:  # a default of older versions, never edited
         config.write_text(_DAGSTER_YAML)
     os.environ["DAGSTER_HOME"] = str(home)
     return str(home)

@@ -160,6 +160,15 @@ class WarehouseResource(DuckDBResource):
         with self.read_connection() as conn:
             return pl.from_arrow(conn.sql(sql, params=list(params or [])).to_arrow_table())  # type: ignore[return-value]
 
+    def query_table(self, table: str, sql: str, params: Sequence[Any] | None = None) -> pl.DataFrame:
+        """``query`` over ``table``, or an empty frame while the table does not exist (one connection)."""
+        table = checked_table(table)
+        with self.read_connection() as conn:
+            if not conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?",
+                                [table]).fetchall()[0][0]:
+                return pl.DataFrame()
+            return pl.from_arrow(conn.sql(sql, params=list(params or [])).to_arrow_table())  # type: ignore[return-value]
+
     def table_exists(self, table: str) -> bool:
         table = checked_table(table)
         found = self.query(
@@ -177,13 +186,11 @@ class WarehouseResource(DuckDBResource):
     ) -> pl.DataFrame:
         """Rows of ``table`` with ``start <= ts < end`` (either bound optional), sorted by symbol, ts."""
         table = checked_table(table)
-        if not self.table_exists(table):
-            return pl.DataFrame()
         clauses, params = self._window_clauses(start, end, symbols)
         sql = f"SELECT * FROM {table}" + (" WHERE " + " AND ".join(clauses) if clauses else "")
         if order_by_symbol_ts:
             sql += " ORDER BY symbol, ts, rowid"  # rowid keeps the source order of trades sharing a ts
-        return self.query(sql, params)
+        return self.query_table(table, sql, params)
 
     def read_with_lookback(self, table: str, start: datetime, end: datetime, symbols: Sequence[str],
                            lookback_rows: int) -> pl.DataFrame:
@@ -193,13 +200,12 @@ class WarehouseResource(DuckDBResource):
         full warm-up. Sorted by symbol, ts.
         """
         table = checked_table(table)
-        if not self.table_exists(table):
-            return pl.DataFrame()
         if lookback_rows <= 0:
             return self.read_window(table, start, end, symbols)
         # per symbol the ts of its lookback_rows-th newest row before start (a top-n aggregate: ~4x
         # faster here than numbering every row with a window function), then the rows from it on
-        return self.query(
+        return self.query_table(
+            table,
             f"WITH cut AS (SELECT symbol, list_min(max(ts, ?)) AS first_ts FROM {table} "
             f"WHERE list_contains(?, symbol) AND ts < ? GROUP BY symbol) "
             f"SELECT t.* FROM {table} t SEMI JOIN cut ON t.symbol = cut.symbol AND t.ts >= cut.first_ts "
@@ -261,10 +267,11 @@ class WarehouseResource(DuckDBResource):
     def delete_window(self, table: str, *, start: datetime, end: datetime, symbols: Sequence[str] | None = None) -> None:
         """Delete the rows of ``table`` in ``[start, end)`` (for ``symbols``); no-op when the table is absent."""
         table = checked_table(table)
-        if not self.table_exists(table):
-            return
         clauses, params = self._window_clauses(start, end, symbols)
-        self.execute_write(f"DELETE FROM {table} WHERE " + " AND ".join(clauses), params)
+        with self.get_connection() as conn:
+            if conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?",
+                            [table]).fetchall()[0][0]:
+                conn.execute(f"DELETE FROM {table} WHERE " + " AND ".join(clauses), params)
 
     def write_window(self, table: str, frame: pl.DataFrame, *, start: datetime, end: datetime,
                      symbols: Sequence[str] | None = None) -> int:
