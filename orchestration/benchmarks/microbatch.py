@@ -12,12 +12,13 @@ lookups find and score neighbours.
 ``quick=True``: 10 symbols, 1 session of history, 2 windows, cadence 8 s.
 
 Path measured, as the Dagster daemon runs it: the micro-batch sensor's work
-(``MicrobatchCoordinator.tick``) is evaluated every ``interval_s`` = 5 s (its
-``minimum_interval_seconds``) against a temporary DAGSTER_HOME instance (sqlite, consolidated
+(``MicrobatchCoordinator.tick``) is evaluated every ``interval_s`` seconds (the deployed sensor's
+``minimum_interval_seconds``, 5 s by default) against a temporary DAGSTER_HOME instance (sqlite, consolidated
 event log); each RunRequest becomes a run created with the job's snapshot from a real code
 location (a ``dagster api grpc`` code server loading ``orchestration.definitions:defs``) and submitted with
-``instance.submit_run``: the DefaultRunCoordinator hands it to the DefaultRunLauncher, which
-starts a fresh run process, exactly as for a sensor-launched run. Not included: the daemon's own
+``instance.submit_run``: the DefaultRunCoordinator hands it to the instance's run launcher, exactly as for a
+sensor-launched run. Two lines: the deployed ``WarmRunLauncher`` (a fork of the warm run worker; its
+one-off start is ``warm_up_s``) and Dagster's ``DefaultRunLauncher`` (a fresh process per run). Not included: the daemon's own
 loop overhead and its gRPC sensor call (the sensor code runs in this process instead).
 
 Figures per window: ``e2e`` = run end (success) minus the moment simulated time passed the window's
@@ -164,7 +165,9 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
 
 def _run_once(quick: bool, warm: bool) -> list[dict[str, Any]]:
     n_symbols, n_history, n_windows, cadence_s = (10, 1, 2, 8.0) if quick else (100, 11, 6, 20.0)
-    interval_s = 5.0
+    from sensors.live.sensor import build_microbatch_sensor
+
+    interval_s = float(build_microbatch_sensor().minimum_interval_seconds)  # the deployed sensor's
     work_dir = Path(tempfile.mkdtemp(prefix="feynman-bench-microbatch-"))
     saved_env = {k: os.environ.get(k) for k in ("FEYNMAN_DATA_DIR", "DAGSTER_HOME", "FEYNMAN_MICROBATCH_LOCK")}
     os.environ["FEYNMAN_DATA_DIR"] = str(work_dir / "data")

@@ -32,7 +32,7 @@ def build_microbatch_sensor(
     minimum_interval_seconds: int | None = None,
 ) -> dg.SensorDefinition:
     """The sensor for ``job_name`` (targets the job by name; register the job in the same Definitions)."""
-    interval = minimum_interval_seconds or int(env_float("FEYNMAN_MICROBATCH_INTERVAL", 10))
+    interval = minimum_interval_seconds or int(env_float("FEYNMAN_MICROBATCH_INTERVAL", 5))
 
     @dg.sensor(name=name, job_name=job_name, minimum_interval_seconds=interval,
                description="Requests one `microbatch` run per closed minute of the Redis stream `ticks` "
