@@ -194,8 +194,9 @@ class WarmRunLauncher(DefaultRunLauncher):
 
     def check_run_worker_health(self, run) -> CheckRunHealthResult:
         _, alive = self._worker(run.run_id)
-        if alive is None:
-            return CheckRunHealthResult(WorkerStatus.UNKNOWN, "not started by the warm run worker")
+        if alive is None:  # `feynman run` or a fallback launch: not ours to judge (run monitoring fails anything
+            # but RUNNING, and the default launcher was never asked)
+            return CheckRunHealthResult(WorkerStatus.RUNNING, "not started by the warm run worker; not checked")
         if alive:
             return CheckRunHealthResult(WorkerStatus.RUNNING)
         return CheckRunHealthResult(WorkerStatus.FAILED, f"run worker process {run.tags[TAG_PID]} is gone")

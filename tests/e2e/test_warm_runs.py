@@ -106,6 +106,11 @@ def test_cancel_and_a_killed_run_worker_are_seen(platform):
             assert time.monotonic() < deadline, "a killed run worker still reads as running"
             time.sleep(0.1)
         assert not launcher.terminate(killed.run_id)  # nothing left to cancel
+
+        # a run this launcher did not start (e.g. `feynman run` executing in its own process) is not failed
+        other = instance.create_run_for_job(dg.JobDefinition(graph_def=dg.GraphDefinition("noop")),
+                                            status=dg.DagsterRunStatus.STARTED)
+        assert launcher.check_run_worker_health(other).status == dg._core.launcher.WorkerStatus.RUNNING
     finally:
         os.close(held)
 
