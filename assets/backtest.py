@@ -86,19 +86,44 @@ def gather_backtest(context: dg.OpExecutionContext, warehouse: WarehouseResource
     results, leaderboard, summary = gather_and_store(warehouse, backtest, chunks, context.partition_key,
                                                      context.run.run_id)
 
-    top = leaderboard.head(5) if leaderboard.height else results.filter(pl.col("symbol") == "PORTFOLIO").sort(
-        "oos_sharpe", descending=True, nulls_last=True).head(5)
-    plot = _equity_plot(chunks, top["strategy_id"].to_list(),
-                        "top five (leaderboard)" if leaderboard.height else "top five by OOS Sharpe (none passed)")
+    coverage = data_coverage(chunks, results, backtest.sessions)
+    if coverage["sessions_used"] < backtest.sessions:
+        context.log.warning(f"backtest ran on {coverage['sessions_used']} of the {backtest.sessions} sessions configured "
+                            f"({coverage['first_session']} .. {coverage['last_session']}): materialise bars_1m for "
+                            "earlier days for a full look-back")
+    passed = leaderboard.head(5)
+    candidates = results.filter(pl.col("symbol") == "PORTFOLIO").sort("oos_sharpe", descending=True,
+                                                                         nulls_last=True).head(5)
+    shown = passed if passed.height else candidates
+    plot = _equity_plot(chunks, shown["strategy_id"].to_list(),
+                        "top five (leaderboard)" if passed.height else "best five candidates (none passed)")
     cols = [c for c in ("rank", "strategy_id", "family", "total_return", "sharpe", "oos_sharpe", "deflated_sharpe",
-                        "max_drawdown", "n_trades") if c in top.columns]
-    yield dg.Output(None, "backtest_runs", metadata={**{k: v for k, v in summary.items() if v is not None}})
-    yield dg.Output(None, "strategy_results", metadata={"dagster/row_count": results.height})
-    yield dg.Output(None, "strategy_leaderboard", metadata={
+                        "max_drawdown", "n_trades") if c in shown.columns]
+    yield dg.Output(None, "backtest_runs", metadata={**{k: v for k, v in summary.items() if v is not None},
+                                                     **coverage, "sessions_configured": backtest.sessions})
+    yield dg.Output(None, "strategy_results", metadata={"dagster/row_count": results.height, **coverage})
+    board_metadata = {
         "dagster/row_count": leaderboard.height,
-        "leaderboard": dg.MetadataValue.md(markdown_table(top.select(cols)) if top.height else "empty"),
+        # only strategies that passed are called the leaderboard; the best of the rest are labelled as such
+        "leaderboard": dg.MetadataValue.md(markdown_table(passed.select(cols)) if passed.height else "none passed"),
         "equity_curves": plot,
-    })
+    }
+    if not passed.height and candidates.height:
+        board_metadata["best_candidates_not_passed"] = dg.MetadataValue.md(markdown_table(candidates.select(cols)))
+    yield dg.Output(None, "strategy_leaderboard", metadata=board_metadata)
+
+
+def data_coverage(chunks: list[ChunkResult], results: pl.DataFrame, sessions_configured: int) -> dict:
+    """What the backtest ran on: sessions (New York dates of its bars) and symbols."""
+    ts = pl.Series("ts", chunks[0].ts)
+    if ts.dtype == pl.Datetime("us") or ts.dtype == pl.Datetime("ns"):
+        ts = ts.dt.replace_time_zone("UTC")
+    dates = ts.dt.convert_time_zone("America/New_York").dt.date().unique().sort() if ts.len() else ts
+    symbols = results.filter(pl.col("symbol") != "PORTFOLIO")["symbol"].n_unique()
+    return {"sessions_used": dates.len(), "symbols_used": symbols,
+            "first_session": str(dates.min()) if dates.len() else "none",
+            "last_session": str(dates.max()) if dates.len() else "none",
+            "sessions_short": max(0, sessions_configured - dates.len())}
 
 
 def gather_and_store(warehouse: WarehouseResource, backtest: BacktestConfig, chunks: list[ChunkResult],

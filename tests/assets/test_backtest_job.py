@@ -89,3 +89,24 @@ def _reconstructable_backtest_job():
 
     warehouse = WarehouseResource(database=os.environ["FEYNMAN_TEST_WAREHOUSE"])
     return _job(warehouse, BacktestConfig(n_strategies=24, n_chunks=2))
+
+
+def test_the_run_says_what_it_ran_on_and_names_only_passing_strategies_the_leaderboard(backtest_warehouse):
+    config = BacktestConfig(n_strategies=40, n_chunks=2, sessions=90)
+    result = _job(backtest_warehouse, config).execute_in_process(partition_key=DAYS[-1])
+    assert result.success
+    meta = {e.asset_key.path[-1]: e.materialization.metadata for e in result.get_asset_materialization_events()}
+    runs = meta["backtest_runs"]
+    assert runs["sessions_used"].value == len(DAYS) and runs["symbols_used"].value == 3
+    assert runs["sessions_configured"].value == 90 and runs["sessions_short"].value == 90 - len(DAYS)
+    assert (runs["first_session"].value, runs["last_session"].value) == (DAYS[0], DAYS[-1])
+    board = meta["strategy_leaderboard"]
+    passed = backtest_warehouse.query("SELECT strategy_id FROM strategy_leaderboard")["strategy_id"].to_list()
+    if passed:
+        assert all(s in board["leaderboard"].value for s in passed[:5])
+        assert "best_candidates_not_passed" not in board
+    else:
+        assert board["leaderboard"].value == "none passed"
+        best = backtest_warehouse.query("SELECT strategy_id FROM strategy_results WHERE symbol = 'PORTFOLIO' "
+                                        "ORDER BY oos_sharpe DESC NULLS LAST LIMIT 1")["strategy_id"][0]
+        assert best in board["best_candidates_not_passed"].value
