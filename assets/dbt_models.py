@@ -54,6 +54,34 @@ class FeynmanDbtTranslator(DagsterDbtTranslator):
         text = (dbt_resource_props.get("description") or "").strip()
         return text or f"dbt {dbt_resource_props['resource_type']} {dbt_resource_props['name']}"
 
+    def get_asset_check_spec(self, asset_spec, manifest, unique_id, project):
+        spec = super().get_asset_check_spec(asset_spec, manifest, unique_id, project)
+        if spec is None or (spec.description or "").strip():
+            return spec
+        return dg.AssetCheckSpec(spec.name, asset=spec.asset_key,
+                                 description=dbt_test_description(manifest["nodes"][unique_id], spec.blocking),
+                                 additional_deps=spec.additional_deps, blocking=spec.blocking, metadata=spec.metadata,
+                                 automation_condition=spec.automation_condition, partitions_def=spec.partitions_def)
+
+
+def dbt_test_description(node: Mapping[str, Any], blocking: bool) -> str:
+    """What a dbt data test checks, in words, from its manifest node (for the check's description)."""
+    meta = node.get("test_metadata") or {}
+    kwargs = meta.get("kwargs") or {}
+    column = kwargs.get("column_name")
+    what = {
+        "not_null": f"`{column}` is never null",
+        "unique": f"`{column}` is unique",
+        "accepted_values": f"`{column}` only takes the values {kwargs.get('values')}",
+        "relationships": f"every `{column}` also appears in {kwargs.get('to', '').replace('source(', '').rstrip(')')}"
+                         f".{kwargs.get('field')}",
+        "unique_combination": f"one row per ({', '.join(kwargs.get('columns') or [])})",
+        "ohlc_consistent": "every bar is a consistent OHLC: low <= open, close <= high, none null",
+    }.get(meta.get("name"), f"dbt test {node.get('name')}")
+    severity = (node.get("config") or {}).get("severity", "ERROR")
+    return (f"dbt test: {what}; fails (severity {severity}) on any row that breaks it. "
+            + ("Blocking: a failure stops the downstream steps." if blocking else "Not blocking."))
+
 
 TRANSLATOR = FeynmanDbtTranslator(settings=DagsterDbtTranslatorSettings(enable_asset_checks=True))
 

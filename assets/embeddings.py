@@ -40,7 +40,12 @@ def forecast_summary(forecasts: pl.DataFrame) -> pl.DataFrame:
     group_name="embeddings",
     partitions_def=daily_partitions,
     kinds={"lancedb", "pytorch"},
-    check_specs=check_specs(EMBEDDINGS_KEY, EMBEDDING_CHECKS, blocking=set(EMBEDDING_CHECKS)),
+    check_specs=check_specs(EMBEDDINGS_KEY, EMBEDDING_CHECKS, blocking=set(EMBEDDING_CHECKS), descriptions={
+        "one_vector_per_state": "Exactly one stored vector per embedded (symbol, ts) state; fails on a missing or "
+                                "duplicated one.",
+        "vectors_384_unit_norm": "Every vector has 384 finite floats and unit L2 norm (1e-3); fails on any other.",
+        "no_future_neighbours": "Similar-state lookups for the range's states return only states before them "
+                                "(no look-ahead); fails on any later neighbour."}),
     description=(
         "Market states as sentences (template in quant/state_text.py) embedded with all-MiniLM-L6-v2 "
         "(384 floats, unit norm) into the LanceDB table market_state_embeddings, with the physics state and the "

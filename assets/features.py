@@ -42,7 +42,8 @@ FEATURE_CHECKS = ["no_nan_after_warmup", "rsi_14_in_range"]
     partitions_def=daily_partitions,
     pool=WRITER_POOL,
     kinds={"duckdb", "polars"},
-    check_specs=check_specs(FEATURES_KEY, FEATURE_CHECKS, blocking=set(FEATURE_CHECKS)),
+    check_specs=check_specs(FEATURES_KEY, FEATURE_CHECKS, blocking=set(FEATURE_CHECKS), descriptions={
+        "rsi_14_in_range": "RSI(14) lies in [0, 100]; fails on any value outside."}),
     description=(
         "Per symbol and minute: SMA/EMA/RSI/MACD/Bollinger/ATR (TA-Lib conventions), realised volatility, "
         "1/5/15-minute returns, tick imbalance, order-flow ratio, Kyle's lambda, VPIN, Amihud illiquidity, "

@@ -12,7 +12,7 @@ from assets.metadata import frame_metadata, markdown_table
 from assets.partitions import daily_partitions
 from assets.scope import layer_scope
 from assets.plots import forecast_fan_png
-from quant.forecast_eval import evaluate_forecasts
+from quant.forecast_eval import COVERAGE_OK, evaluate_forecasts
 from quant.forecast_schedule import issue_points, split_series, stacked_histories
 from resources.alerts import AlertingResource
 from resources.live_window import LiveWindow
@@ -22,6 +22,9 @@ from resources.warehouse import WRITER_POOL, WarehouseResource
 
 FORECASTS_KEY = dg.AssetKey(["duckdb", "forecasts"])
 EVAL_CHECK = "forecast_coverage_and_skill"
+EVAL_DESCRIPTION = (f"Scores the issues whose targets have been realised: coverage of [P10, P90] (WARN outside "
+                    f"[{COVERAGE_OK[0]:g}, {COVERAGE_OK[1]:g}]) and pinball loss against a naive last-close "
+                    f"forecast (reported). Not blocking.")
 
 
 @dg.asset(
@@ -31,8 +34,7 @@ EVAL_CHECK = "forecast_coverage_and_skill"
     partitions_def=daily_partitions,
     pool=WRITER_POOL,
     kinds={"duckdb", "pytorch"},
-    check_specs=[dg.AssetCheckSpec(EVAL_CHECK, asset=FORECASTS_KEY,
-                                   description="Coverage of [P10, P90] and pinball loss vs a naive baseline")],
+    check_specs=[dg.AssetCheckSpec(EVAL_CHECK, asset=FORECASTS_KEY, description=EVAL_DESCRIPTION)],
     description=(
         "P10/P50/P90 and mean of the close for each of the next 10 one-minute steps, issued every 15 minutes "
         "per symbol from the closes up to the issue bar (Chronos-Bolt, batched across all series; the model "

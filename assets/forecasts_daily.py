@@ -5,7 +5,7 @@ from datetime import datetime, timedelta, timezone
 import dagster as dg
 import polars as pl
 
-from assets.forecasts import EVAL_CHECK, evaluate_against, evaluation_check, forecast_issues
+from assets.forecasts import EVAL_CHECK, EVAL_DESCRIPTION, evaluate_against, evaluation_check, forecast_issues
 from assets.metadata import frame_metadata, markdown_table
 from assets.plots import forecast_fan_png
 from assets.quality import BARS_DAILY_KEY
@@ -24,8 +24,7 @@ BARS_1D_KEY = dg.AssetKey(["duckdb", "bars_1d"])
     group_name="forecasts",
     pool=WRITER_POOL,
     kinds={"duckdb", "pytorch"},
-    check_specs=[dg.AssetCheckSpec(EVAL_CHECK, asset=FORECASTS_DAILY_KEY,
-                                   description="Coverage of [P10, P90] and pinball loss vs a naive baseline")],
+    check_specs=[dg.AssetCheckSpec(EVAL_CHECK, asset=FORECASTS_DAILY_KEY, description=EVAL_DESCRIPTION)],
     description=(
         "P10/P50/P90 and mean of the daily close for each of the next 5 trading days, issued at each of the "
         "last 20 complete daily bars per symbol from the daily closes up to that bar (dbt's bars_1d rollup of "

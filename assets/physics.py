@@ -46,7 +46,9 @@ EMPTY_PHYSICS = {"symbol": pl.String, "ts": pl.Datetime("us", "UTC"),
     pool=WRITER_POOL,
     kinds={"duckdb", "redis", "polars"},
     check_specs=check_specs(PHYSICS_KEY, PHYSICS_CHECKS,
-                            blocking={"no_nan_after_warmup", "alpha_positive", "regime_consistent_with_alpha"}),
+                            blocking={"no_nan_after_warmup", "alpha_positive", "regime_consistent_with_alpha"},
+                            descriptions={"alpha_positive": "The tail index alpha is > 0 wherever it is known; "
+                                                            "fails on any value <= 0."}),
     description=(
         "Market 'physics' per symbol and minute (formulas in quant/physics.py): mass, momentum, friction, entropy, "
         "nash_dist, alpha (Hill tail index of returns over a rolling window) and regime (Gaussian alpha >= 3, "

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 import dagster as dg
 import polars as pl
 
-from quant.quality import ERROR, RuleOutcome
+from quant.quality import ERROR, RULE_DESCRIPTIONS, RuleOutcome
 from resources.great_expectations import GE_CHECK, run_ge_suite  # noqa: F401  (the ingest assets' suite)
 from resources.warehouse import WarehouseResource
 
@@ -34,8 +34,18 @@ def check_results(asset_key: dg.AssetKey, outcomes: list[RuleOutcome]) -> list[d
     return results
 
 
-def check_specs(asset_key: dg.AssetKey, names: list[str], blocking: set[str]) -> list[dg.AssetCheckSpec]:
-    return [dg.AssetCheckSpec(name, asset=asset_key, blocking=name in blocking) for name in names]
+GE_DESCRIPTION = ("The table's Great Expectations suite (resources/great_expectations.py: non-null keys, "
+                  "positive prices and sizes, known sides, OHLC ordering); fails on any unexpected row.")
+
+
+def check_specs(asset_key: dg.AssetKey, names: list[str], blocking: set[str],
+                descriptions: dict[str, str] | None = None) -> list[dg.AssetCheckSpec]:
+    """One spec per check name, described by ``descriptions`` or the shared rule catalogue (a name in
+    neither is a programming error, caught at import), with whether it blocks the downstream steps."""
+    known = {GE_CHECK: GE_DESCRIPTION, **RULE_DESCRIPTIONS, **(descriptions or {})}
+    return [dg.AssetCheckSpec(name, asset=asset_key, blocking=name in blocking, description=(
+        known[name] + (" Blocking: a failure stops the downstream steps." if name in blocking
+                       else " Not blocking: a failure is reported and alerted."))) for name in names]
 
 
 def store_outcomes(warehouse: WarehouseResource, asset: str, partition_key: str | None,

@@ -101,9 +101,12 @@ SIGNAL_CHECKS = ["size_within_cap", "veto_when_alpha_below_2", "no_trade_in_crit
     partitions_def=daily_partitions,
     pool=WRITER_POOL,
     kinds={"duckdb", "redis"},
-    check_specs=[*check_specs(SIGNALS_KEY, SIGNAL_CHECKS[:3], blocking=set()),
-                 dg.AssetCheckSpec("low_confidence", asset=SIGNALS_KEY,
-                                   description="BUY/SELL signals with confidence below 0.5 (WARN)")],
+    check_specs=check_specs(SIGNALS_KEY, SIGNAL_CHECKS, blocking=set(), descriptions={
+        "size_within_cap": f"|size| <= {MAX_POSITION:.0%} of equity per position; fails on any larger.",
+        "veto_when_alpha_below_2": "A signal whose alpha is below 2 (or unknown) is vetoed with size 0; fails on any "
+                                   "sized one.",
+        "no_trade_in_critical_regime": "No BUY/SELL while the symbol's regime is Critical; fails on any.",
+        "low_confidence": "BUY/SELL signals with confidence below 0.5 (WARN on any)."}),
     description=(
         "BUY/SELL/HOLD per symbol at each forecast issue time with strength, confidence and a machine-written "
         "reason. Size: lambda = alpha - 2; ES(95%) from the forecast quantiles; size = lambda (E[R] - r_f over the "

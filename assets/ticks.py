@@ -32,7 +32,9 @@ MAX_QUARANTINE_SHARE = 0.01
     partitions_def=daily_partitions,
     pool=WRITER_POOL,
     kinds={"duckdb", "polars"},
-    check_specs=check_specs(TICKS_KEY, TICK_CHECKS, blocking={GE_CHECK, "timestamps_increasing"}),
+    check_specs=check_specs(TICKS_KEY, TICK_CHECKS, blocking={GE_CHECK, "timestamps_increasing"}, descriptions={
+        "quarantine_rate": f"Share of the range's input rows quarantined (bad price, size, time or id), WARN above "
+                           f"{MAX_QUARANTINE_SHARE:.0%}: a feed that went bad, not a stray row."}),
     description=(
         "Trades (symbol, ts UTC, price, size, aggressor side) for one UTC day from the market-data source "
         "(simulator, files or Alpaca), or for one live minute window from the staged Redis stream. Every input row is accepted or quarantined with the rule it failed "

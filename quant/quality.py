@@ -19,6 +19,42 @@ import polars as pl
 ERROR = "ERROR"
 WARN = "WARN"
 
+# the rules' thresholds, written once: the rules use them as defaults and RULE_DESCRIPTIONS quotes them
+LARGE_MOVE = 0.10  # one-minute close-to-close move
+GAP_JUMP = 0.10  # move across a gap longer than a minute
+OUTLIER_MOVE = 0.04  # away from both neighbours
+VOLUME_SIGMA = 3.0  # standard deviations above the symbol's mean volume of the range
+SESSION_GAP = timedelta(minutes=5)
+MAX_SILENCE = timedelta(minutes=15)
+OFF_MARKET_WINDOW = 101  # trades in the centred rolling median
+OFF_MARKET_MOVE = 0.01
+
+# what each rule tests and its threshold, for the check's description in the UI
+RULE_DESCRIPTIONS = {
+    "duplicate_keys": "Rows whose (symbol, ts) repeats an earlier row; fails on any.",
+    "timestamps_increasing": "Per symbol, in stored order, each timestamp after the previous one (ties allowed for "
+                             "trades); fails on any row out of order.",
+    "large_one_minute_moves": f"One-minute close-to-close moves larger than {LARGE_MOVE:.0%} (WARN on any).",
+    "gap_jumps": f"Close-to-close moves larger than {GAP_JUMP:.0%} across a gap longer than one minute, the open "
+                 "included (splits, ticker reuse, stitched histories; WARN on any).",
+    "isolated_outliers": f"Single bars more than {OUTLIER_MOVE:.0%} away from both neighbouring closes, in opposite "
+                         "directions (bad prints; WARN on any).",
+    "volume_spikes": f"Bars with volume above the symbol's mean + {VOLUME_SIGMA:g} standard deviations of the range "
+                     "(WARN on any).",
+    "session_gaps": f"Inside the regular session, bars of a symbol more than "
+                    f"{SESSION_GAP.total_seconds() / 60:g} minutes apart (WARN on any).",
+    "stale_data": f"Symbols with no bar in the last {MAX_SILENCE.total_seconds() / 60:g} minutes before min(now, "
+                  "session close) (WARN on any).",
+    "off_market_prints": f"Trades more than {OFF_MARKET_MOVE:.0%} from the centred {OFF_MARKET_WINDOW}-trade rolling "
+                         "median (late or stale prints; WARN on any).",
+    "shared_timestamps": "Trades sharing their timestamp with the previous trade of the symbol: counted for the "
+                         "record, legitimate in busy markets, never fails.",
+    "no_nan_after_warmup": "No null/NaN value in any value column after each symbol's warm-up rows; fails on any.",
+    "regime_consistent_with_alpha": "regime is what alpha implies: Gaussian alpha >= 3, Levy 2 <= alpha < 3, "
+                                    "Critical alpha < 2; fails on any mismatch.",
+    "critical_regime_entries": "Minutes where a symbol enters the Critical regime (alpha < 2; WARN on any).",
+}
+
 
 @dataclass
 class RuleOutcome:
@@ -57,7 +93,7 @@ def timestamps_increasing(frame: pl.DataFrame, strict: bool = True) -> RuleOutco
                        example_rows(bad, ["symbol", "ts"]))
 
 
-def large_moves(bars: pl.DataFrame, threshold: float = 0.10, max_gap: timedelta = timedelta(minutes=1)) -> RuleOutcome:
+def large_moves(bars: pl.DataFrame, threshold: float = LARGE_MOVE, max_gap: timedelta = timedelta(minutes=1)) -> RuleOutcome:
     """One-minute moves: |close_t / close_{t-1} - 1| > threshold between bars ``max_gap`` apart."""
     moves = bars.with_columns(
         (pl.col("close") / pl.col("close").shift(1).over("symbol") - 1).alias("move"),
@@ -68,7 +104,7 @@ def large_moves(bars: pl.DataFrame, threshold: float = 0.10, max_gap: timedelta 
                        example_rows(moves, ["symbol", "ts", "close", "move"]))
 
 
-def gap_jumps(bars: pl.DataFrame, threshold: float = 0.10, min_gap: timedelta = timedelta(minutes=1),
+def gap_jumps(bars: pl.DataFrame, threshold: float = GAP_JUMP, min_gap: timedelta = timedelta(minutes=1),
               since: datetime | None = None) -> RuleOutcome:
     """Close-to-close moves larger than ``threshold`` across a gap longer than ``min_gap``
     (overnight jumps: splits, ticker reuse, stitched histories). Pass the previous bar of each
@@ -85,7 +121,7 @@ def gap_jumps(bars: pl.DataFrame, threshold: float = 0.10, min_gap: timedelta = 
                                  ["symbol", "ts", "close", "move", "gap_minutes"]))
 
 
-def isolated_outliers(bars: pl.DataFrame, threshold: float = 0.04) -> RuleOutcome:
+def isolated_outliers(bars: pl.DataFrame, threshold: float = OUTLIER_MOVE) -> RuleOutcome:
     """Bars whose close is more than ``threshold`` away from both neighbouring closes, in opposite
     directions (single bad prints). Uses the next bar: a quality flag on stored data, not a feature."""
     prev_move = pl.col("close") / pl.col("close").shift(1).over("symbol") - 1
@@ -99,7 +135,7 @@ def isolated_outliers(bars: pl.DataFrame, threshold: float = 0.04) -> RuleOutcom
                        example_rows(flagged, ["symbol", "ts", "close", "from_prev", "to_next"]))
 
 
-def volume_spikes(bars: pl.DataFrame, n_sigma: float = 3.0) -> RuleOutcome:
+def volume_spikes(bars: pl.DataFrame, n_sigma: float = VOLUME_SIGMA) -> RuleOutcome:
     """Bars whose volume exceeds the symbol's mean by more than ``n_sigma`` standard deviations (same frame)."""
     flagged = bars.with_columns(
         ((pl.col("volume") - pl.col("volume").mean().over("symbol")) / pl.col("volume").std().over("symbol")).alias("z")
@@ -119,7 +155,7 @@ def _in_sessions(frame: pl.DataFrame, sessions: list[tuple[datetime, datetime]])
 
 
 def session_gaps(bars: pl.DataFrame, sessions: list[tuple[datetime, datetime]],
-                 max_gap: timedelta = timedelta(minutes=5)) -> RuleOutcome:
+                 max_gap: timedelta = SESSION_GAP) -> RuleOutcome:
     """Inside a regular session, consecutive bars of a symbol more than ``max_gap`` apart."""
     inside = _in_sessions(bars, sessions)
     gaps = inside.with_columns((pl.col("ts") - pl.col("ts").shift(1).over("symbol")).alias("gap")).filter(
@@ -132,7 +168,7 @@ def session_gaps(bars: pl.DataFrame, sessions: list[tuple[datetime, datetime]],
 
 
 def stale_data(bars: pl.DataFrame, sessions: list[tuple[datetime, datetime]], symbols: list[str],
-               now: datetime, max_silence: timedelta = timedelta(minutes=15)) -> RuleOutcome:
+               now: datetime, max_silence: timedelta = MAX_SILENCE) -> RuleOutcome:
     """Symbols with no bar for more than ``max_silence`` before min(now, session close).
 
     For a past day this flags feeds that stopped early; for today, feeds that went quiet.
@@ -155,7 +191,7 @@ def stale_data(bars: pl.DataFrame, sessions: list[tuple[datetime, datetime]], sy
                        stale[:5])
 
 
-def off_market_prints(ticks: pl.DataFrame, window: int = 101, threshold: float = 0.01) -> RuleOutcome:
+def off_market_prints(ticks: pl.DataFrame, window: int = OFF_MARKET_WINDOW, threshold: float = OFF_MARKET_MOVE) -> RuleOutcome:
     """Trades more than ``threshold`` away from the centred rolling median of ``window`` trades.
 
     Uses trades after the print too (a centred window): this is a data-quality flag on a stored
