@@ -34,7 +34,8 @@ EVAL_DESCRIPTION = (f"Scores the issues whose targets have been realised: covera
     partitions_def=daily_partitions,
     pool=WRITER_POOL,
     kinds={"duckdb", "pytorch"},
-    check_specs=[dg.AssetCheckSpec(EVAL_CHECK, asset=FORECASTS_KEY, description=EVAL_DESCRIPTION)],
+    check_specs=[dg.AssetCheckSpec(EVAL_CHECK, asset=FORECASTS_KEY, description=EVAL_DESCRIPTION,
+                                   partitions_def=daily_partitions)],
     description=(
         "P10/P50/P90 and mean of the close for each of the next 10 one-minute steps, issued every 15 minutes "
         "per symbol from the closes up to the issue bar (Chronos-Bolt, batched across all series; the model "

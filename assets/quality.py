@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 import dagster as dg
 import polars as pl
 
+from assets.partitions import daily_partitions
 from quant.quality import ERROR, RULE_DESCRIPTIONS, RuleOutcome
 from resources.great_expectations import GE_CHECK, run_ge_suite  # noqa: F401  (the ingest assets' suite)
 from resources.warehouse import WarehouseResource
@@ -40,10 +41,12 @@ GE_DESCRIPTION = ("The table's Great Expectations suite (resources/great_expecta
 
 def check_specs(asset_key: dg.AssetKey, names: list[str], blocking: set[str],
                 descriptions: dict[str, str] | None = None) -> list[dg.AssetCheckSpec]:
-    """One spec per check name, described by ``descriptions`` or the shared rule catalogue (a name in
-    neither is a programming error, caught at import), with whether it blocks the downstream steps."""
+    """One spec per check name of a daily-partitioned asset, described by ``descriptions`` or the shared
+    rule catalogue (a name in neither is a programming error, caught at import), with whether it blocks
+    the downstream steps. Results are recorded on the partition they checked."""
     known = {GE_CHECK: GE_DESCRIPTION, **RULE_DESCRIPTIONS, **(descriptions or {})}
-    return [dg.AssetCheckSpec(name, asset=asset_key, blocking=name in blocking, description=(
+    return [dg.AssetCheckSpec(name, asset=asset_key, blocking=name in blocking, partitions_def=daily_partitions,
+                              description=(
         known[name] + (" Blocking: a failure stops the downstream steps." if name in blocking
                        else " Not blocking: a failure is reported and alerted."))) for name in names]
 

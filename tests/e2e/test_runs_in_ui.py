@@ -13,6 +13,7 @@ from dagster._core.storage.tags import REPOSITORY_LABEL_TAG
 
 from orchestration.benchmarks.ui_day import wait_for_run, workspace
 from orchestration.run_main import FOR_RUN_TAG, PID_TAG, code_location_origin
+from orchestration.warm_runs import TAG_PID
 
 DAY = "2024-03-05"
 
@@ -46,6 +47,11 @@ def test_cli_runs_are_runs_of_the_deployed_job(tmp_path, monkeypatch):
         bars = instance.get_latest_materialization_event(dg.AssetKey(["duckdb", "bars_1m"]))
         assert bars.run_id == run.run_id and bars.asset_materialization.partition == DAY
         assert instance.get_materialized_partitions(dg.AssetKey(["duckdb", "bars_1m"])) == {DAY}
+        # check results sit on the partition they checked (the asset's Checks tab shows the day)
+        for check in ("duplicate_keys", "great_expectations_suite"):
+            key = dg.AssetCheckKey(dg.AssetKey(["duckdb", "bars_1m"]), check)
+            (latest,) = instance.event_log_storage.get_asset_check_execution_history(key, limit=1)
+            assert latest.partition == DAY and latest.run_id == run.run_id, check
 
         with workspace(instance) as request_context:
             code_location = request_context.get_code_location(location)
@@ -62,5 +68,6 @@ def test_cli_runs_are_runs_of_the_deployed_job(tmp_path, monkeypatch):
             e.message for e in instance.all_logs(rerun.run_id) if e.level >= 40][:5]
         assert rerun.parent_run_id == run.run_id and rerun.tags["dagster/partition"] == DAY
         assert rerun.remote_job_origin.location_name == location
+        assert rerun.tags.get(TAG_PID), "the instance's launcher forks the re-execution from the warm run worker"
         bars = instance.get_latest_materialization_event(dg.AssetKey(["duckdb", "bars_1m"]))
         assert bars.run_id == rerun.run_id and bars.asset_materialization.partition == DAY
