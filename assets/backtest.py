@@ -27,6 +27,10 @@ from resources.warehouse import WRITER_POOL, WarehouseResource
 RUNS_KEY = dg.AssetKey(["duckdb", "backtest_runs"])
 RESULTS_KEY = dg.AssetKey(["duckdb", "strategy_results"])
 LEADERBOARD_KEY = dg.AssetKey(["duckdb", "strategy_leaderboard"])
+SESSIONS_CHECK = dg.AssetCheckSpec(
+    "enough_sessions", asset=RUNS_KEY, partitions_def=daily_partitions,
+    description="The backtest ran on at least the configured number of sessions of bars_1m (90 by default); "
+                "WARN with the count when it had fewer (a short history makes every metric noisier). Not blocking.")
 
 
 def load_backtest_bars(warehouse: WarehouseResource, run_day: date, sessions: int) -> pl.DataFrame:
@@ -77,7 +81,8 @@ def run_backtest_chunk(context: dg.OpExecutionContext, warehouse: WarehouseResou
 
 
 @dg.op(
-    out={"backtest_runs": dg.Out(is_required=True), "strategy_results": dg.Out(), "strategy_leaderboard": dg.Out()},
+    out={"backtest_runs": dg.Out(is_required=True), "strategy_results": dg.Out(), "strategy_leaderboard": dg.Out(),
+         SESSIONS_CHECK.get_python_identifier(): dg.Out()},
     description="Deflated Sharpe and PBO across all trials; write runs, results and the leaderboard.",
     pool=WRITER_POOL,
 )
@@ -101,6 +106,11 @@ def gather_backtest(context: dg.OpExecutionContext, warehouse: WarehouseResource
                         "max_drawdown", "n_trades") if c in shown.columns]
     yield dg.Output(None, "backtest_runs", metadata={**{k: v for k, v in summary.items() if v is not None},
                                                      **coverage, "sessions_configured": backtest.sessions})
+    yield dg.AssetCheckResult(
+        check_name=SESSIONS_CHECK.name, asset_key=RUNS_KEY, passed=coverage["sessions_used"] >= backtest.sessions,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=f"{coverage['sessions_used']} of {backtest.sessions} sessions",
+        metadata={"sessions_used": coverage["sessions_used"], "sessions_configured": backtest.sessions})
     yield dg.Output(None, "strategy_results", metadata={"dagster/row_count": results.height, **coverage})
     board_metadata = {
         "dagster/row_count": leaderboard.height,
@@ -171,9 +181,12 @@ def _equity_plot(chunks: list[ChunkResult], strategy_ids: list[str], title: str)
     # on the decorator: graph_multi_asset ignores group_name set on an AssetOut
     group_name="backtest",
     partitions_def=daily_partitions,
+    check_specs=[SESSIONS_CHECK],
     ins={"bars_1m": dg.AssetIn(key=BARS_KEY, dagster_type=dg.Nothing),
          "physics_states": dg.AssetIn(key=PHYSICS_KEY, dagster_type=dg.Nothing)},
 )
 def nightly_backtest_assets(bars_1m, physics_states):
     chunks = plan_backtest_chunks(bars_ready=bars_1m, physics_ready=physics_states).map(run_backtest_chunk)
-    return gather_backtest(chunks.collect())
+    runs, results, leaderboard, sessions_check = gather_backtest(chunks.collect())
+    return {"backtest_runs": runs, "strategy_results": results, "strategy_leaderboard": leaderboard,
+            SESSIONS_CHECK.get_python_identifier(): sessions_check}

@@ -100,6 +100,9 @@ def test_the_run_says_what_it_ran_on_and_names_only_passing_strategies_the_leade
     assert runs["sessions_used"].value == len(DAYS) and runs["symbols_used"].value == 3
     assert runs["sessions_configured"].value == 90 and runs["sessions_short"].value == 90 - len(DAYS)
     assert (runs["first_session"].value, runs["last_session"].value) == (DAYS[0], DAYS[-1])
+    (check,) = result.get_asset_check_evaluations()
+    assert check.check_name == "enough_sessions" and not check.passed  # 3 of 90 sessions
+    assert check.severity == dg.AssetCheckSeverity.WARN and check.metadata["sessions_used"].value == len(DAYS)
     board = meta["strategy_leaderboard"]
     passed = backtest_warehouse.query("SELECT strategy_id FROM strategy_leaderboard")["strategy_id"].to_list()
     if passed:
