@@ -70,6 +70,10 @@ def serves(job_code_origin: Any, root: Path = PROJECT_ROOT) -> bool:
     return Path(working_directory).resolve() == root
 
 
+class _RequestNotSent(WarmWorkerError):
+    """The run request never reached the server, so starting the run elsewhere is safe."""
+
+
 class _ForkServer:
     """The launcher's side of one fork server: a child process spoken to over its stdin/stdout."""
 
@@ -99,8 +103,11 @@ class _ForkServer:
         return self.proc.poll() is None
 
     def start(self, run_id: str, instance_ref: str) -> tuple[int, float]:
-        self.proc.stdin.write(json.dumps({"run_id": run_id, "instance_ref": instance_ref}) + "\n")
-        self.proc.stdin.flush()
+        try:
+            self.proc.stdin.write(json.dumps({"run_id": run_id, "instance_ref": instance_ref}) + "\n")
+            self.proc.stdin.flush()
+        except OSError as exc:
+            raise _RequestNotSent(f"fork server closed its input: {exc}") from exc
         answer = self._expect("pid", 30.0)
         return int(answer["pid"]), float(answer["started"])
 
@@ -151,17 +158,34 @@ class WarmRunLauncher(DefaultRunLauncher):
             server = self._server = _ForkServer(self._log_path())
         return server
 
+    def _discard_server(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
+    def _launch_fresh(self, context: LaunchRunContext, reason: Exception) -> None:
+        self._instance.report_engine_event(
+            f"Warm run worker unavailable ({reason}); starting a fresh run process instead.", context.dagster_run)
+        super().launch_run(context)
+
     def launch_run(self, context: LaunchRunContext) -> None:
         run = context.dagster_run
         if not (self._enabled and serves(run.job_code_origin)):
             return super().launch_run(context)
-        try:
-            with self._lock:
-                pid, started = self._ready_server().start(run.run_id, serialize_value(self._instance.get_ref()))
-        except (WarmWorkerError, OSError, ValueError) as exc:
-            self._instance.report_engine_event(
-                f"Warm run worker unavailable ({exc}); starting a fresh run process instead.", run)
-            return super().launch_run(context)
+        with self._lock:
+            try:
+                server = self._ready_server()
+            except (WarmWorkerError, OSError, ValueError) as exc:
+                return self._launch_fresh(context, exc)
+            try:
+                pid, started = server.start(run.run_id, serialize_value(self._instance.get_ref()))
+            except _RequestNotSent as exc:
+                self._discard_server()
+                return self._launch_fresh(context, exc)
+            except (WarmWorkerError, OSError, ValueError) as exc:
+                # the request was sent, so the run may be executing: never launch it a second time
+                self._discard_server()
+                raise WarmWorkerError(f"the warm run worker did not confirm run {run.run_id}: {exc}") from exc
         self._instance.add_run_tags(run.run_id, {TAG_PID: str(pid), TAG_PID_STARTED: f"{started:.3f}"})
 
     def _worker(self, run_id: str):

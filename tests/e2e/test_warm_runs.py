@@ -127,3 +127,31 @@ def test_other_code_is_not_forked():
     assert warm_runs.serves(Origin())
     Pointer.working_directory = "/somewhere/else"
     assert not warm_runs.serves(Origin())
+
+
+def _server_running(code: str, tmp_path) -> warm_runs._ForkServer:
+    """A _ForkServer speaking to a stand-in process (the real one needs a full project load)."""
+    import subprocess
+    import sys
+
+    server = warm_runs._ForkServer.__new__(warm_runs._ForkServer)
+    server._log = open(tmp_path / "server.log", "ab")  # noqa: SIM115 - closed by server.close()
+    server.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                   text=True, bufsize=1)
+    return server
+
+
+def test_a_request_the_server_never_read_may_start_elsewhere_but_an_unconfirmed_one_may_not(tmp_path):
+    exited = _server_running("pass", tmp_path)
+    exited.proc.wait(timeout=30)
+    with pytest.raises(warm_runs._RequestNotSent):
+        # a pipe to an exited process: the request is refused before anything could run
+        for _ in range(100):
+            exited.start("run-a", "{}")
+    exited.close()
+
+    silent = _server_running("import sys; sys.stdin.readline(); sys.exit(0)", tmp_path)
+    with pytest.raises(warm_runs.WarmWorkerError) as raised:
+        silent.start("run-b", "{}")
+    assert not isinstance(raised.value, warm_runs._RequestNotSent)
+    silent.close()
