@@ -44,15 +44,41 @@ run_launcher:
     enabled: true
 """
 
-_EARLIER_DEFAULTS = (_OLD_DAGSTER_YAML, _MONITORED_DAGSTER_YAML)
+# Dagster's sqlite storage (the same files under $DAGSTER_HOME) whose event log reuses its SQLAlchemy
+# engines (orchestration/dagster_storage.py): a micro-batch run writes ~130 events
+_STORAGE_YAML = """\
+storage:
+  custom:
+    module: orchestration.dagster_storage
+    class: FeynmanSqliteStorage
+    config:
+      base_dir: {home}
+"""
+
+_EARLIER_DEFAULTS = (_OLD_DAGSTER_YAML, _MONITORED_DAGSTER_YAML, _DAGSTER_YAML)
+
+
+def dagster_yaml(home: "str | os.PathLike", warm_runs: bool = True) -> str:
+    """The deployed instance config for ``home``; ``warm_runs=False``: a fresh process per run."""
+    text = _DAGSTER_YAML + _STORAGE_YAML.format(home=os.fspath(home))
+    return text if warm_runs else text.replace("    enabled: true\n", "    enabled: false\n")
+
+
+def _written_by_us(text: str) -> bool:
+    """A default config of this or an older version (perhaps for another folder), never edited by hand."""
+    if text in _EARLIER_DEFAULTS:
+        return True
+    prefix, suffix = dagster_yaml("\0").split("\0")
+    return text.startswith(prefix) and text.endswith(suffix) and "\n" not in text[len(prefix):-len(suffix)]
 
 
 def ensure_dagster_home() -> str:
     home = dagster_home()
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
-    if not config.exists() or config.read_text() in _EARLIER_DEFAULTS:  # a default of older versions, never edited
-        config.write_text(_DAGSTER_YAML)
+    wanted = dagster_yaml(home.resolve())
+    if not config.exists() or (config.read_text() != wanted and _written_by_us(config.read_text())):
+        config.write_text(wanted)
     os.environ["DAGSTER_HOME"] = str(home)
     return str(home)
 

@@ -13,8 +13,8 @@ lookups find and score neighbours.
 
 Path measured, as the Dagster daemon runs it: the micro-batch sensor's work
 (``MicrobatchCoordinator.tick``) is evaluated every ``interval_s`` seconds (the deployed sensor's
-``minimum_interval_seconds``, 5 s by default) against a temporary DAGSTER_HOME instance (sqlite, consolidated
-event log); each RunRequest becomes a run created with the job's snapshot from a real code
+``minimum_interval_seconds``, 5 s by default) against a temporary DAGSTER_HOME instance configured as deployed (``orchestration/instance.py``:
+sqlite storage with the engine-caching event log); each RunRequest becomes a run created with the job's snapshot from a real code
 location (a ``dagster api grpc`` code server loading ``orchestration.definitions:defs``) and submitted with
 ``instance.submit_run``: the DefaultRunCoordinator hands it to the instance's run launcher, exactly as for a
 sensor-launched run. Two lines: the deployed ``WarmRunLauncher`` (a fork of the warm run worker; its
@@ -41,26 +41,9 @@ from typing import Any
 
 import dagster as dg
 
+from orchestration.instance import dagster_yaml
+
 NAME = "microbatch"
-
-
-_DAGSTER_YAML = """\
-telemetry:
-  enabled: false
-run_coordinator:
-  module: dagster._core.run_coordinator
-  class: DefaultRunCoordinator
-run_launcher:
-  module: orchestration.warm_runs
-  class: WarmRunLauncher
-  config:
-    enabled: {warm}
-event_log_storage:
-  module: dagster._core.storage.event_log
-  class: ConsolidatedSqliteEventLogStorage
-  config:
-    base_dir: {home}/history
-"""
 
 
 def _seed_history(warehouse, symbols: list[str], history_days: list[date], live_session, first_window) -> int:
@@ -174,7 +157,7 @@ def _run_once(quick: bool, warm: bool) -> list[dict[str, Any]]:
     os.environ["DAGSTER_HOME"] = str(work_dir / "dagster_home")
     os.environ.pop("FEYNMAN_MICROBATCH_LOCK", None)
     (work_dir / "dagster_home").mkdir(parents=True)
-    (work_dir / "dagster_home" / "dagster.yaml").write_text(_DAGSTER_YAML.format(home=work_dir / "dagster_home", warm=str(warm).lower()))
+    (work_dir / "dagster_home" / "dagster.yaml").write_text(dagster_yaml(work_dir / "dagster_home", warm_runs=warm))
     hot = None
     launcher = None
     instance = None
@@ -283,7 +266,7 @@ def _run_once(quick: bool, warm: bool) -> list[dict[str, Any]]:
                 "symbols": n_symbols, "windows": n_windows, "history_sessions": n_history,
                 "bars_seeded": seeded, "states_seeded": seeded_states, "lookback_bars": warmup_bars(), "cadence_s": cadence_s,
                 "sensor_interval_s": interval_s, "lateness_s": 0.0,
-                "instance": "sqlite, consolidated event log, DefaultRunCoordinator + " + ("WarmRunLauncher" if warm else "DefaultRunLauncher"),
+                "instance": "deployed dagster.yaml (sqlite, engine-caching event log), DefaultRunCoordinator + " + ("WarmRunLauncher" if warm else "DefaultRunLauncher"),
                 "run_process": ("a fork of the warm run worker (definitions and GX loaded once)" if warm
                                 else "fresh process per run via a dagster api grpc code server"),
                 "forecaster": "issue every 15 min; model " + os.environ.get("FEYNMAN_CHRONOS_MODEL",

@@ -17,6 +17,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
+from orchestration.instance import dagster_yaml
 from quant.bars import ticks_to_bars
 from quant.features import compute_features
 from quant.physics import compute_physics
@@ -47,11 +48,8 @@ def live_setup(tmp_path, warehouse, embedded_redis):
     client.delete(stream)
     home = tmp_path / "dagster_home"
     home.mkdir()
-    # one event-log database for all runs: a new per-run sqlite file costs ~1.3 s per run here
-    (home / "dagster.yaml").write_text(
-        "telemetry:\n  enabled: false\nevent_log_storage:\n  module: dagster._core.storage.event_log\n"
-        f"  class: ConsolidatedSqliteEventLogStorage\n  config:\n    base_dir: {home / 'history'}\n")
-    instance = dg.DagsterInstance.local_temp(str(home))
+    (home / "dagster.yaml").write_text(dagster_yaml(home))  # as deployed
+    instance = dg.DagsterInstance.from_config(str(home))
     # a zero latency budget: every forecast issue must raise a forecast_latency alert
     resources = microbatch_run_resources(warehouse, embedded_redis, tmp_path, forecaster=ForecasterResource(
         model=str(tmp_path / "no-chronos-here"), issue_every_minutes=ISSUE_EVERY, latency_budget_ms_per_series=0.0))

@@ -15,6 +15,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
+from orchestration.instance import dagster_yaml
 from quant.simulator import simulate_ticks
 from resources.market_data import session_windows
 from sensors.live.coordinator import MicrobatchSettings
@@ -28,14 +29,10 @@ HISTORY_DAY, LIVE_DAY = date(2024, 3, 5), date(2024, 3, 6)
 MINUTE = timedelta(minutes=1)
 
 
-def make_instance(home: Path, consolidated: bool = True) -> dg.DagsterInstance:
-    """A persistent instance in ``home`` (other processes open it with DAGSTER_HOME=home)."""
+def make_instance(home: Path) -> dg.DagsterInstance:
+    """A persistent instance in ``home`` configured as deployed (other processes open it with DAGSTER_HOME=home)."""
     home.mkdir(parents=True, exist_ok=True)
-    text = "telemetry:\n  enabled: false\n"
-    if consolidated:  # one event-log database for all runs: a new per-run sqlite file costs ~1.3 s per run
-        text += ("event_log_storage:\n  module: dagster._core.storage.event_log\n"
-                 f"  class: ConsolidatedSqliteEventLogStorage\n  config:\n    base_dir: {home / 'history'}\n")
-    (home / "dagster.yaml").write_text(text)
+    (home / "dagster.yaml").write_text(dagster_yaml(home))
     return dg.DagsterInstance.from_config(str(home))
 
 
