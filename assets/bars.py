@@ -6,6 +6,7 @@ from datetime import datetime, timezone
 import dagster as dg
 import polars as pl
 
+from assets.automation import after_the_close
 from assets.errors import source_errors_as_failures
 from assets.metadata import flatten_counts, frame_metadata
 from assets.plots import price_chart_png
@@ -31,6 +32,7 @@ BAR_CHECKS = [GE_CHECK, "duplicate_keys", "timestamps_increasing", "large_one_mi
     key=BARS_KEY,
     deps=[TICKS_KEY],
     group_name="bars",
+    automation_condition=after_the_close(),
     partitions_def=daily_partitions,
     pool=WRITER_POOL,
     kinds={"duckdb", "polars"},

@@ -24,6 +24,7 @@ from dagster import AssetExecutionContext
 from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtCliResource, dbt_assets
 from dagster_dbt.errors import DagsterDbtCliRuntimeError
 
+from assets.automation import OUTSIDE_TABLE_NAMES, after_parents_after_the_close, late_after_the_close
 from resources.dbt_project import FeynmanDbtCliResource, dbt_cli, dbt_project, ensure_manifest
 from resources.warehouse import WRITER_POOL, WarehouseResource
 
@@ -49,6 +50,14 @@ class FeynmanDbtTranslator(DagsterDbtTranslator):
                 if name.startswith(prefix):
                     return group
         return super().get_group_name(dbt_resource_props)
+
+    def get_automation_condition(self, dbt_resource_props: Mapping[str, Any]) -> dg.AutomationCondition | None:
+        if dbt_resource_props["resource_type"] != "model":
+            return super().get_automation_condition(dbt_resource_props)
+        parents = (dbt_resource_props.get("depends_on") or {}).get("nodes") or []
+        reads_the_graph = any(not parent.startswith("source.") or parent.rsplit(".", 1)[-1] not in OUTSIDE_TABLE_NAMES
+                              for parent in parents)
+        return after_parents_after_the_close() if reads_the_graph else late_after_the_close()
 
     def get_description(self, dbt_resource_props: Mapping[str, Any]) -> str:
         text = (dbt_resource_props.get("description") or "").strip()

@@ -3,6 +3,7 @@
 import dagster as dg
 import polars as pl
 
+from assets.automation import after_the_close
 from assets.forecasts import FORECASTS_KEY
 from assets.metadata import frame_metadata
 from assets.partitions import daily_partitions
@@ -38,6 +39,7 @@ def forecast_summary(forecasts: pl.DataFrame) -> pl.DataFrame:
     key=EMBEDDINGS_KEY,
     deps=[PHYSICS_KEY, FORECASTS_KEY],
     group_name="embeddings",
+    automation_condition=after_the_close(),
     partitions_def=daily_partitions,
     kinds={"lancedb", "pytorch"},
     check_specs=check_specs(EMBEDDINGS_KEY, EMBEDDING_CHECKS, blocking=set(EMBEDDING_CHECKS), descriptions={

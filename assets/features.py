@@ -4,6 +4,7 @@
 import dagster as dg
 import polars as pl
 
+from assets.automation import after_the_close
 from assets.bars import BARS_KEY
 from assets.metadata import frame_metadata
 from assets.partitions import daily_partitions
@@ -39,6 +40,7 @@ FEATURE_CHECKS = ["no_nan_after_warmup", "rsi_14_in_range"]
     key=FEATURES_KEY,
     deps=[BARS_KEY],
     group_name="features",
+    automation_condition=after_the_close(),
     partitions_def=daily_partitions,
     pool=WRITER_POOL,
     kinds={"duckdb", "polars"},

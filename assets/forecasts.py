@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 import dagster as dg
 import polars as pl
 
+from assets.automation import after_the_close
 from assets.bars import BARS_KEY
 from assets.features import bars_with_warmup
 from assets.metadata import frame_metadata, markdown_table
@@ -31,6 +32,7 @@ EVAL_DESCRIPTION = (f"Scores the issues whose targets have been realised: covera
     key=FORECASTS_KEY,
     deps=[BARS_KEY],
     group_name="forecasts",
+    automation_condition=after_the_close(),
     partitions_def=daily_partitions,
     pool=WRITER_POOL,
     kinds={"duckdb", "pytorch"},

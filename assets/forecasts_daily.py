@@ -5,6 +5,7 @@ from datetime import datetime, timedelta, timezone
 import dagster as dg
 import polars as pl
 
+from assets.automation import after_parents_after_the_close
 from assets.forecasts import EVAL_CHECK, EVAL_DESCRIPTION, evaluate_against, evaluation_check, forecast_issues
 from assets.metadata import frame_metadata, markdown_table
 from assets.plots import forecast_fan_png
@@ -22,6 +23,7 @@ BARS_1D_KEY = dg.AssetKey(["duckdb", "bars_1d"])
     key=FORECASTS_DAILY_KEY,
     deps=[BARS_1D_KEY, BARS_DAILY_KEY],
     group_name="forecasts",
+    automation_condition=after_parents_after_the_close(),
     pool=WRITER_POOL,
     kinds={"duckdb", "pytorch"},
     check_specs=[dg.AssetCheckSpec(EVAL_CHECK, asset=FORECASTS_DAILY_KEY, description=EVAL_DESCRIPTION)],

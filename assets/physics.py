@@ -4,6 +4,7 @@
 import dagster as dg
 import polars as pl
 
+from assets.automation import after_the_close
 from assets.features import FEATURES_KEY
 from assets.metadata import frame_metadata, markdown_table
 from assets.partitions import daily_partitions
@@ -42,6 +43,7 @@ EMPTY_PHYSICS = {"symbol": pl.String, "ts": pl.Datetime("us", "UTC"),
     key=PHYSICS_KEY,
     deps=[FEATURES_KEY],
     group_name="physics",
+    automation_condition=after_the_close(),
     partitions_def=daily_partitions,
     pool=WRITER_POOL,
     kinds={"duckdb", "redis", "polars"},

@@ -8,6 +8,7 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
+from assets.automation import after_the_close
 from assets.embeddings import EMBEDDINGS_KEY, STATE_COLUMNS
 from assets.forecasts import FORECASTS_KEY
 from assets.metadata import frame_metadata, markdown_table
@@ -98,6 +99,7 @@ SIGNAL_CHECKS = ["size_within_cap", "veto_when_alpha_below_2", "no_trade_in_crit
     key=SIGNALS_KEY,
     deps=[FORECASTS_KEY, PHYSICS_KEY, EMBEDDINGS_KEY],
     group_name="signals",
+    automation_condition=after_the_close(),
     partitions_def=daily_partitions,
     pool=WRITER_POOL,
     kinds={"duckdb", "redis"},

@@ -6,6 +6,7 @@ from datetime import datetime, timezone
 import dagster as dg
 import polars as pl
 
+from assets.automation import after_the_close
 from assets.errors import source_errors_as_failures
 from assets.metadata import flatten_counts, frame_metadata
 from assets.partitions import daily_partitions
@@ -29,6 +30,7 @@ MAX_QUARANTINE_SHARE = 0.01
     key=TICKS_KEY,
     deps=[STAGED_TICKS_KEY],
     group_name="ingest",
+    automation_condition=after_the_close(),
     partitions_def=daily_partitions,
     pool=WRITER_POOL,
     kinds={"duckdb", "polars"},

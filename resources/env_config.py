@@ -24,7 +24,8 @@ SOURCES = ("sim", "files", "alpaca")
 ALPACA_DATA_KINDS = ("bars", "trades")
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 WEBHOOK_SCHEMES = ("http", "https")
-CRON_VARIABLES = ("FEYNMAN_BACKTEST_CRON", "FEYNMAN_ARCHIVE_CRON", "FEYNMAN_PRUNE_CRON")
+CRON_VARIABLES = ("FEYNMAN_BACKTEST_CRON", "FEYNMAN_ARCHIVE_CRON", "FEYNMAN_PRUNE_CRON", "FEYNMAN_AFTER_CLOSE_CRON",
+                  "FEYNMAN_AFTER_CLOSE_LATE_CRON")
 
 # variable -> (integer, minimum, strict lower bound) of the micro-batch sensor's numbers
 MICROBATCH_NUMBERS: dict[str, tuple[bool, float, bool]] = {
@@ -119,7 +120,7 @@ def check_environment(environ: Mapping[str, str] | None = None) -> None:
     label = _get("FEYNMAN_FILES_BAR_LABEL", environ)
     if label and label not in ("start", "end"):
         raise EnvConfigError(f"FEYNMAN_FILES_BAR_LABEL must be start or end, got {label[:40]!r}")
-    for name in ("FEYNMAN_FILES_TZ", "FEYNMAN_BACKTEST_TZ"):
+    for name in ("FEYNMAN_FILES_TZ", "FEYNMAN_BACKTEST_TZ", "FEYNMAN_AFTER_CLOSE_TZ"):
         zone = _get(name, environ)
         if zone:
             from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
