@@ -1,8 +1,11 @@
-"""The automation sensor: evaluates the assets' automation conditions (assets/automation.py)."""
+"""Sensors that run the platform: the after-close automation and the freshness checks."""
+
+import warnings
 
 import dagster as dg
 
 from assets.automation import AFTER_CLOSE_CRON, AFTER_CLOSE_TZ, AUTOMATION_ON
+from assets.freshness import FRESHNESS_CHECKS
 
 automation_sensor = dg.AutomationConditionSensorDefinition(
     "after_the_close",
@@ -13,3 +16,9 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
                  "dbt rollups/marts and forecasts_daily once their parents updated. On by default; "
                  "FEYNMAN_AUTOMATION=off starts it stopped."),
 )
+
+with warnings.catch_warnings():  # the factory is superseded by FreshnessPolicy; see assets/freshness.py
+    warnings.simplefilter("ignore")
+    freshness_sensor = dg.build_sensor_for_freshness_checks(
+        freshness_checks=FRESHNESS_CHECKS, name="freshness_checks", minimum_interval_seconds=60,
+        default_status=dg.DefaultSensorStatus.RUNNING if AUTOMATION_ON else dg.DefaultSensorStatus.STOPPED)

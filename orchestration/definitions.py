@@ -14,7 +14,8 @@ from assets.forecasts_daily import forecasts_daily
 from assets.physics import physics_states
 from assets.quality import QUALITY_TABLE_SPECS, SOURCE_TABLE_SPECS
 from assets.ticks import ticks
-from orchestration.automation import automation_sensor
+from assets.freshness import FRESHNESS_CHECKS
+from orchestration.automation import automation_sensor, freshness_sensor
 from orchestration.backup_job import backup_job, backup_schedule
 from orchestration.jobs import dbt_models_job, main_job, nightly_backtest_job
 from orchestration.schedules import nightly_archive_schedule, nightly_backtest_schedule
@@ -28,7 +29,8 @@ defs = dg.Definitions(
     assets=[ticks, bars_1m, features, physics_states, forecasts, forecasts_daily, market_state_embeddings, signals,
             nightly_backtest_assets, archives, dbt_warehouse_models, *QUALITY_TABLE_SPECS, *SOURCE_TABLE_SPECS],
     jobs=[main_job, nightly_backtest_job, dbt_models_job, prune_vector_memory, microbatch_job, backup_job],
-    sensors=[microbatch_sensor, alert_sensor, automation_sensor],
+    asset_checks=FRESHNESS_CHECKS,
+    sensors=[microbatch_sensor, alert_sensor, automation_sensor, freshness_sensor],
     schedules=[nightly_backtest_schedule, nightly_archive_schedule, prune_vector_memory_schedule, backup_schedule],
     resources=build_resources(),
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from assets.freshness import FRESHNESS_CHECKS
 from assets.partitions import daily_partitions
 
 # One process per run, steps in order: a day's steps are short and mostly take turns on the DuckDB writer
@@ -18,7 +19,8 @@ FORECASTS_DAILY_KEY = dg.AssetKey(["duckdb", "forecasts_daily"])
 
 main_job = dg.define_asset_job(
     "main",
-    selection=dg.AssetSelection.groups(*MAIN_GROUPS) - dg.AssetSelection.assets(FORECASTS_DAILY_KEY),
+    selection=(dg.AssetSelection.groups(*MAIN_GROUPS) - dg.AssetSelection.assets(FORECASTS_DAILY_KEY)
+               - dg.AssetSelection.checks(*FRESHNESS_CHECKS)),
     partitions_def=daily_partitions,
     executor_def=RUN_EXECUTOR,
     description="One trading day end to end: ticks -> bars_1m with quality checks (and every later layer).",
@@ -35,7 +37,8 @@ nightly_backtest_job = dg.define_asset_job(
 
 dbt_models_job = dg.define_asset_job(
     "dbt_models",
-    selection=dg.AssetSelection.groups("rollups", "marts") | dg.AssetSelection.assets(FORECASTS_DAILY_KEY),
+    selection=((dg.AssetSelection.groups("rollups", "marts") | dg.AssetSelection.assets(FORECASTS_DAILY_KEY))
+               - dg.AssetSelection.checks(*FRESHNESS_CHECKS)),
     executor_def=RUN_EXECUTOR,
     description="dbt build: 5m/15m/1h/1d rollups of bars_1m and the marts, with dbt tests as asset checks; "
                 "then the daily forecast from bars_1d.",

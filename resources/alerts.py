@@ -43,6 +43,8 @@ ALERT_KINDS = {
     "forecast_latency": "forecast latency per series above its budget",
     "asset_check_failed": "a Dagster asset check failed",
     "run_failed": "a Dagster run failed",
+    "stream_lag": "more entries of the tick stream wait unacknowledged than the limit (1,000 by default)",
+    "microbatch_lag": "more closed minute windows wait for a successful micro-batch run than the limit (5)",
     "stale_bars": "a session's bars are missing when a job that needs them is due (the nightly backtest waits)",
     "stream_trimmed": "entries of the tick stream were trimmed before they were processed",
     "microbatch_gave_up": "a micro-batch window failed too often and is no longer retried",

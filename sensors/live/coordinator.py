@@ -96,7 +96,9 @@ class MicrobatchSettings:
     claim_idle_ms: int = 300_000
     lost_run_timeout_s: float = 600.0
     max_failed_attempts: int = 3
-    no_data_alert_s: float = 120.0
+    no_data_alert_s: float = 300.0  # seed design: a live table without data for 300 s in a session
+    max_stream_backlog: int = 1000  # stream entries not yet acknowledged (seed design: alert above 1,000)
+    max_window_backlog: int = 5  # closed windows waiting for a run or with one in flight
     calendar: str = "XNYS"
     cursor_keep_s: float = 3600.0  # older finished windows are looked up in the instance if needed
 
@@ -107,7 +109,7 @@ class MicrobatchSettings:
             wall_clock=os.environ.get("FEYNMAN_MICROBATCH_WALL_CLOCK", "").lower() in {"1", "true", "yes"},
             idle_close_s=env_float("FEYNMAN_MICROBATCH_IDLE_CLOSE", 30.0),
             max_runs_per_tick=int(env_float("FEYNMAN_MICROBATCH_MAX_RUNS", 5)),
-            no_data_alert_s=env_float("FEYNMAN_NO_DATA_ALERT_SECONDS", 120.0),
+            no_data_alert_s=env_float("FEYNMAN_NO_DATA_ALERT_SECONDS", 300.0),
         )
 
 
@@ -220,6 +222,7 @@ class MicrobatchCoordinator:
         self._forget_old(state)
         self._prune_staged(state)
         self._no_data_alert(state, had_new, now)
+        self._lag_alerts(state, now)
         report.watermark = window_iso(state.watermark_us) if state.watermark_us is not None else None
         return requests, state.dump(), report
 
@@ -491,12 +494,45 @@ class MicrobatchCoordinator:
         self._alert("no_data", f"no trades on stream '{self.s.stream}' for {now - last:.0f} s while "
                     f"{self.s.calendar} is in session", "warning", dedup_key=f"{self.s.stream}:{int(last)}")
 
+    def stream_backlog(self) -> int:
+        """Entries of the stream the group has not acknowledged: pending (read, not acked) plus lag (not read)."""
+        for group in self.r.xinfo_groups(self.s.stream):
+            name = group.get("name")
+            if (name.decode() if isinstance(name, bytes) else name) == self.s.group:
+                lag = group.get("lag")
+                if lag is None:  # Redis < 7 or a trimmed stream: count entries after the last delivered id
+                    last = group.get("last-delivered-id") or "0-0"
+                    lag = len(self.r.xrange(self.s.stream, min=f"({_as_text(last)}", count=self.s.max_stream_backlog + 1))
+                return int(group.get("pending") or 0) + int(lag)
+        return 0
+
+    def _lag_alerts(self, state: CursorState, now: float) -> None:
+        hour = int(now // 3600)  # at most one alert of each kind per hour
+        backlog = self.stream_backlog()
+        if backlog > self.s.max_stream_backlog:
+            self._alert("stream_lag", f"{backlog} entries of stream '{self.s.stream}' are not yet acknowledged "
+                        f"(alert above {self.s.max_stream_backlog})", "warning", dedup_key=f"{self.s.stream}:{hour}",
+                        details={"backlog": backlog})
+        if state.watermark_us is None:
+            return
+        behind = sorted(start for start, rec in state.windows.items()
+                        if (rec.need or rec.run_key is not None) and not rec.gave_up
+                        and start + self.s.window_s * _US <= state.watermark_us)
+        if len(behind) > self.s.max_window_backlog:
+            self._alert("microbatch_lag", f"{len(behind)} closed minute windows wait for a successful micro-batch "
+                        f"run, the oldest {window_iso(behind[0])} (alert above {self.s.max_window_backlog})",
+                        "warning", dedup_key=f"{self.s.stream}:{hour}", details={"windows_behind": len(behind)})
+
     def _alert(self, kind: str, message: str, severity: str, **kwargs: Any) -> None:
         if self.alerting is None:
             log.warning("%s: %s", kind, message)
             return
         self.alerting.raise_alert(kind, message, severity=severity, warehouse=self.warehouse,
                                   hot_state=self.hot_state, **kwargs)
+
+
+def _as_text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _id_key(entry_id: str) -> tuple[int, int]:

@@ -76,25 +76,26 @@ def schedule_resources(warehouse, embedded_redis):
             "hot_state": embedded_redis}
 
 
+def _evaluate(instance, at, resources):
+    # the context manager: a schedule context left open keeps this instance as the current one after the test
+    with dg.build_schedule_context(instance=instance, scheduled_execution_time=at, resources=resources) as context:
+        return nightly_backtest_schedule(context)
+
+
 def test_the_nightly_backtest_waits_for_the_sessions_bars_with_one_alert(tmp_path, schedule_resources, warehouse):
     at = datetime(2026, 12, 3, 3, 0, tzinfo=timezone.utc)  # the night after Wednesday 2026-12-02's session
     with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
         for attempt in range(2):
-            context = dg.build_schedule_context(instance=instance, scheduled_execution_time=at,
-                                                resources=schedule_resources)
-            result = nightly_backtest_schedule(context)
+            result = _evaluate(instance, at, schedule_resources)
             assert isinstance(result, dg.SkipReason), attempt
             assert "2026-12-02" in result.skip_message and "bars_1m" in result.skip_message
         alerts = warehouse.query("SELECT kind, message FROM alerts WHERE kind = 'stale_bars'")
         assert alerts.height == 1, "one alert for the day, however many ticks wait"
 
         instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=BARS_1M_KEY, partition="2026-12-02"))
-        context = dg.build_schedule_context(instance=instance, scheduled_execution_time=at, resources=schedule_resources)
-        request = nightly_backtest_schedule(context)
+        request = _evaluate(instance, at, schedule_resources)
         assert isinstance(request, dg.RunRequest) and request.partition_key == "2026-12-02"
 
         # the night after a Saturday has no session to wait for
         sunday = datetime(2026, 12, 6, 3, 0, tzinfo=timezone.utc)
-        context = dg.build_schedule_context(instance=instance, scheduled_execution_time=sunday,
-                                            resources=schedule_resources)
-        assert isinstance(nightly_backtest_schedule(context), dg.RunRequest)
+        assert isinstance(_evaluate(instance, sunday, schedule_resources), dg.RunRequest)

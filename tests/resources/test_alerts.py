@@ -139,6 +139,37 @@ def test_no_data_alert_only_in_session_and_once_per_quiet_spell(warehouse, embed
     instance.dispose()
 
 
+def test_stream_and_microbatch_lag_alert_once_an_hour(warehouse, embedded_redis, tmp_path):
+    from resources.live import TickStreamWriter, trade_fields
+
+    (tmp_path / "dh").mkdir()
+    instance = dg.DagsterInstance.local_temp(str(tmp_path / "dh"))
+    open_, close = session_windows(date(2024, 3, 6))[0]
+    clock = {"now": open_.timestamp() + 600}
+    stream = f"lagging_{tmp_path.name}"
+    settings = MicrobatchSettings(stream=stream, lateness_s=0.0, idle_close_s=1e9, no_data_alert_s=0,
+                                  max_stream_backlog=50, max_window_backlog=2, max_runs_per_tick=1)
+    coordinator = MicrobatchCoordinator(settings, embedded_redis.client(), warehouse, instance,
+                                        alerting=AlertingResource(), hot_state=embedded_redis,
+                                        wall=lambda: clock["now"], sessions=lambda _m: [(open_, close)])
+    _, cursor, _ = coordinator.tick(None)
+    writer = TickStreamWriter(embedded_redis.client(), stream=stream)
+    start_us = int(open_.timestamp() * 1e6)
+    writer.add_many(trade_fields("AAA", start_us + k * 6_000_000, 100.0 + k * 0.01, 10, trade_id=k) for k in range(40))
+    _, cursor, _ = coordinator.tick(cursor)  # 40 entries pending (no run succeeded), 3 closed windows unprocessed
+    assert coordinator.stream_backlog() == 40
+    assert _alerts(warehouse)["kind"].to_list() == ["microbatch_lag"]
+
+    writer.add_many(trade_fields("AAA", start_us + k * 6_000_000, 100.0, 10, trade_id=k) for k in range(40, 60))
+    assert coordinator.stream_backlog() == 60  # 40 read and pending + 20 not read yet
+    _, cursor, _ = coordinator.tick(cursor)
+    _, cursor, _ = coordinator.tick(cursor)  # the same hour: no second page
+    rows = _alerts(warehouse)
+    assert sorted(rows["kind"].to_list()) == ["microbatch_lag", "stream_lag"]
+    assert "60 entries" in rows.filter(pl.col("kind") == "stream_lag")["message"][0]
+    instance.dispose()
+
+
 @dg.asset(check_specs=[dg.AssetCheckSpec("prices_positive", asset="quotes"),
                        dg.AssetCheckSpec("fresh_enough", asset="quotes")])
 def quotes():
