@@ -13,7 +13,7 @@ from assets.metadata import frame_metadata, markdown_table
 from assets.partitions import daily_partitions
 from assets.scope import layer_scope
 from assets.plots import forecast_fan_png
-from quant.forecast_eval import COVERAGE_OK, evaluate_forecasts
+from quant.forecast_eval import COVERAGE_OK, bar_length, evaluate_forecasts
 from quant.forecast_schedule import issue_points, split_series, stacked_histories
 from resources.alerts import AlertingResource
 from resources.live_window import LiveWindow
@@ -109,12 +109,13 @@ def forecast_issues(context: dg.AssetExecutionContext, model, history: pl.DataFr
     return IssuedForecasts(split_series(report.frame), report.model, report.is_fallback, report.skipped, latency_ms)
 
 
-def evaluate_against(frame: pl.DataFrame, closes: pl.DataFrame) -> pl.DataFrame:
-    """Coverage and pinball loss of ``frame`` against the realised ``closes`` (symbol, ts, close) so far."""
+def evaluate_against(frame: pl.DataFrame, closes: pl.DataFrame, step: str = "1m") -> pl.DataFrame:
+    """Coverage and pinball loss of ``frame`` against the realised ``closes`` (symbol, ts, close; bars of
+    ``step``) as of the end of the newest bar."""
     if not frame.height or not closes.height:
         return pl.DataFrame()
-    as_of = closes["ts"].max()
-    return evaluate_forecasts(frame, closes, as_of=as_of, by=())
+    as_of = closes["ts"].max() + bar_length(step)
+    return evaluate_forecasts(frame, closes, as_of=as_of, by=(), step=step)
 
 
 def evaluation_check(evaluation: pl.DataFrame) -> dg.AssetCheckResult:

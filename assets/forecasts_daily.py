@@ -53,7 +53,7 @@ def forecasts_daily(context: dg.AssetExecutionContext, market_data: MarketDataRe
                                if frame.height else frame, start=issues["issue_ts"].min(),
                                end=issues["issue_ts"].max() + timedelta(days=1), symbols=symbols)
     stored = warehouse.read_window("forecasts_daily", None, None, symbols)
-    evaluation = evaluate_against(stored, history.select("symbol", "ts", "close"))
+    evaluation = evaluate_against(stored, history.select("symbol", "ts", "close"), step=forecaster.daily_step)
     sources = history.group_by("source").agg(pl.col("symbol").n_unique().alias("symbols"),
                                              pl.len().alias("daily_bars")) if history.height else pl.DataFrame()
     return dg.MaterializeResult(

@@ -1,10 +1,15 @@
 """Scoring of probabilistic forecasts against realised closes.
 
-A forecast row (``FORECAST_SCHEMA``) is scored when its ``target_ts <= as_of`` and a
-realised close exists at exactly (symbol, ts == target_ts) among the closes with
-``ts <= as_of`` (closes after ``as_of`` are never read, so an evaluation at as_of
-uses only what was known then). Other rows are ``pending`` (target after as_of) or
-``unmatched`` (no bar at target_ts, e.g. no trades in that minute or market closed).
+Timing (nothing looks ahead). Bars carry ``ts`` = bar *start*; a bar's close is known at
+its end, ts + step. As in ``quant.forecast_fallback``, ``target_ts`` is the start of the
+bar whose close is forecast, so the realised value of a target is the close of the bar
+with ts == target_ts, known at target_ts + step. An evaluation at ``as_of`` reads only the
+closes of bars that have ended by then (ts + step <= as_of); closes after ``as_of`` are
+never read. A forecast row (``FORECAST_SCHEMA``) is scored when its target bar has ended
+(target_ts + step <= as_of) and both that close and the close at issue_ts exist. Other
+rows are ``pending`` (target bar not ended by as_of, e.g. target_ts == as_of) or
+``unmatched`` (no bar at target_ts or issue_ts, e.g. no trades in that minute or market
+closed). For an evaluation "at the close of bar T" pass as_of = T + step.
 
 Per scored row:
 - ``in_interval``: p10 <= realised <= p90 (the 80% central interval).
@@ -25,11 +30,12 @@ WARN when coverage is outside [0.6, 0.95], NO_DATA when nothing was scored, else
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import numpy as np
 import polars as pl
 
+from quant.forecast_fallback import ForecastInputError, parse_step
 from quant.schema import TS_DTYPE
 
 QUANTILES = (0.1, 0.5, 0.9)
@@ -38,6 +44,15 @@ COVERAGE_OK = (0.6, 0.95)
 
 class EvalInputError(ValueError):
     """Inputs that cannot be evaluated."""
+
+
+def bar_length(step: str) -> timedelta:
+    """Duration of one bar of ``step`` ("1m", "5m", "1h", "1d"; "Nbd" bars last N days)."""
+    try:
+        parsed = parse_step(step)
+    except ForecastInputError as exc:
+        raise EvalInputError(str(exc)) from exc
+    return parsed.every if parsed.every is not None else timedelta(days=parsed.business_days)
 
 
 def pinball(y: np.ndarray, quantile_pred: np.ndarray, q: float) -> np.ndarray:
@@ -67,6 +82,7 @@ def score_forecasts(
     closes: pl.DataFrame,
     *,
     as_of: datetime,
+    step: str = "1m",
     baseline_window: int = 500,
     min_baseline_returns: int = 5,
 ) -> pl.DataFrame:
@@ -74,7 +90,8 @@ def score_forecasts(
 
     ``forecasts``: symbol, issue_ts, target_ts, horizon_step, p10, p50, p90.
     ``closes``: symbol, ts, close (bars; ts = bar start, UTC), history and realised.
-    ``as_of``: evaluation time (tz-aware). Returns the forecast key columns plus
+    ``as_of``: evaluation time (tz-aware): only bars with ts + ``step`` <= as_of are read.
+    ``step``: bar length of ``closes`` (and of the forecast grid). Returns the forecast key columns plus
     status ("scored"/"pending"/"unmatched"), realised, issue_close, in_interval,
     pinball_model, pinball_naive (null unless scored).
     """
@@ -88,9 +105,10 @@ def score_forecasts(
     if as_of.tzinfo is None:
         raise EvalInputError("as_of must be time-zone aware (UTC)")
 
+    # A bar's close is known at its end: the bar starting at as_of closes one step later.
     known = (
         closes.select("symbol", pl.col("ts").cast(TS_DTYPE), pl.col("close").cast(pl.Float64))
-        .filter(pl.col("ts") <= as_of)
+        .filter(pl.col("ts") + bar_length(step) <= as_of)
         .sort("symbol", "ts")
     )
     if known.select(pl.struct("symbol", "ts").is_duplicated().any()).item():
@@ -106,7 +124,7 @@ def score_forecasts(
         known.rename({"ts": "target_ts", "close": "realised"}), on=["symbol", "target_ts"], how="left"
     ).join(known.rename({"ts": "issue_ts", "close": "issue_close"}), on=["symbol", "issue_ts"], how="left")
     rows = rows.with_columns(
-        pl.when(pl.col("target_ts") > as_of)
+        pl.when(pl.col("target_ts") + bar_length(step) > as_of)
         .then(pl.lit("pending"))
         .when(pl.col("realised").is_null() | pl.col("issue_close").is_null())
         .then(pl.lit("unmatched"))
@@ -179,11 +197,13 @@ def evaluate_forecasts(
     *,
     as_of: datetime,
     by: tuple[str, ...] = ("symbol",),
+    step: str = "1m",
     baseline_window: int = 500,
     min_baseline_returns: int = 5,
 ) -> pl.DataFrame:
     """Coverage and pinball loss vs the naive baseline, per ``by`` group; see module doc."""
     scored = score_forecasts(
-        forecasts, closes, as_of=as_of, baseline_window=baseline_window, min_baseline_returns=min_baseline_returns
+        forecasts, closes, as_of=as_of, step=step, baseline_window=baseline_window,
+        min_baseline_returns=min_baseline_returns,
     )
     return summarize_scores(scored, by=by)

@@ -11,16 +11,22 @@ Inputs joined to it, all *backward* in time (no look-ahead):
   ``n``. The producer must only use neighbours whose outcome was realised by ts; this
   module cannot check that.
 
-Per signal: expected_return = P50 / last_close - 1; ES_95 and sizing as in
-``quant.risk`` (lambda = alpha - 2, size = lambda * (E[R] - r_f * T) / ES, capped at
-20%, veto when alpha < 2). side = BUY if size > 0, SELL if size < 0, else HOLD.
-strength = |size| / cap. confidence in [0, 1]::
+Per signal: expected_return = E[R], the mean simple return of the spliced-normal fit of
+P10/P50/P90 (``quant.risk.mean_return_from_quantiles``; not P50 / last - 1, which reads a
+drift-free lognormal forecast as a loss). Decision, sizing and vetoes as in ``quant.risk``:
+BUY when E[R] - r_f * T - cost > 0, SELL when -E[R] - r_f * T - cost > 0 (shorts earn no
+interest on their collateral), else HOLD; size = lambda * edge / ES_95 of that side with
+lambda = clip(alpha - 2, 0, 1), capped at 20%; veto when alpha < 2 or alpha is null.
+T = horizon_step bars of ``step`` in trading years; cost = ``cost_bps`` / 1e4 round trip
+(default ``DEFAULT_COST_BPS`` = 4 bp). side = BUY if size > 0, SELL if size < 0, else HOLD
+(also when |size| < ``min_abs_size``). strength = |size| / cap. confidence in [0, 1]::
 
-    direction     = sign of the excess return (BUY side when 0)
+    direction     = the side taken; for HOLD the sign of E[R] (up when 0)
     forecast_conf = 2 * P(price moves in direction) - 1, clipped at 0, with P from the
                     spliced-normal fit of the forecast quantiles
     agreement     = share of similar states that moved in direction (0 when none)
-    regime_weight = 1.0 Gaussian (alpha >= 3), 0.75 Levy (2 <= alpha < 3), 0 Critical
+    regime_weight = 1.0 Gaussian (alpha >= 3), 0.75 Levy (2 <= alpha < 3), 0 Critical,
+                    0 Insufficient (a state whose alpha is null), 0 Unknown (no state)
     confidence    = regime_weight * (forecast_conf + agreement) / 2
 
 so a signal without similar states has at most half the confidence.
@@ -35,7 +41,16 @@ from typing import Any, Mapping
 import numpy as np
 import polars as pl
 
-from quant.risk import MAX_POSITION, es95_from_quantiles, prob_up, size_positions, step_in_years
+from quant.risk import (
+    DEFAULT_COST_BPS,
+    MAX_POSITION,
+    es95_from_quantiles,
+    format_alpha,
+    mean_return_from_quantiles,
+    prob_up,
+    size_positions,
+    step_in_years,
+)
 from quant.schema import TS_DTYPE
 
 SIGNAL_SCHEMA: dict[str, pl.DataType] = {
@@ -57,7 +72,8 @@ SIGNAL_SCHEMA: dict[str, pl.DataType] = {
     "reason": pl.Utf8,
 }
 
-REGIME_WEIGHT = {"Gaussian": 1.0, "Levy": 0.75, "Critical": 0.0}
+REGIME_WEIGHT = {"Gaussian": 1.0, "Levy": 0.75, "Critical": 0.0, "Insufficient": 0.0, "Unknown": 0.0}
+INSUFFICIENT = "Insufficient"  # a physics state exists but its alpha is null (too few informative returns)
 
 
 class SignalInputError(ValueError):
@@ -65,7 +81,9 @@ class SignalInputError(ValueError):
 
 
 def regime_of(alpha: float | None) -> str:
-    """Gaussian (alpha >= 3), Levy (2 <= alpha < 3), Critical (alpha < 2), Unknown (None/NaN)."""
+    """Gaussian (alpha >= 3), Levy (2 <= alpha < 3), Critical (alpha < 2), Unknown (None/NaN).
+
+    ``make_signals`` reads a NaN alpha as "Insufficient" when a physics state exists."""
     if alpha is None or not np.isfinite(alpha):
         return "Unknown"
     return "Gaussian" if alpha >= 3 else "Levy" if alpha >= 2 else "Critical"
@@ -92,6 +110,7 @@ def make_signals(
     similar_outcomes: pl.DataFrame | None = None,
     *,
     r_f: float = 0.04,
+    cost_bps: float = DEFAULT_COST_BPS,
     step: str = "1m",
     horizon: int | None = None,
     as_of: datetime | None = None,
@@ -106,8 +125,10 @@ def make_signals(
     horizon_step to trade (default: the largest per issue). ``physics_states``: symbol,
     ts, alpha (regime optional, derived from alpha when absent). ``similar_outcomes``:
     symbol, ts, mean_return, n_up, n (may be None or empty). ``step``: bar spacing, for
-    scaling r_f (annual) to the horizon. ``as_of``: ignore forecasts issued after it.
-    ``max_state_age``: states older than this are ignored (alpha unknown -> veto).
+    scaling r_f (annual) to the horizon. ``cost_bps``: round-trip trading cost in basis
+    points of the position, part of the hurdle of both sides. ``as_of``: ignore forecasts
+    issued after it. ``max_state_age``: states older than this are ignored (alpha unknown -> veto). A state
+    with null alpha, or regime "Insufficient", vetoes with "insufficient information".
     Sizes below ``min_abs_size`` become HOLD.
     """
     _require(forecasts, "forecasts", {"symbol", "issue_ts", "target_ts", "horizon_step", "p10", "p50", "p90", "last_close"})
@@ -162,7 +183,17 @@ def make_signals(
         )
 
     p10, p50, p90, last = (joined[c].to_numpy().astype(np.float64) for c in ("p10", "p50", "p90", "last_close"))
+    has_state = joined["state_ts"].is_not_null().to_numpy()
     alpha = joined["alpha"].fill_null(np.nan).to_numpy().astype(np.float64)
+    if "state_regime" in joined.columns:
+        state_regime = joined["state_regime"].to_list()
+        alpha = np.where([r == INSUFFICIENT for r in state_regime], np.nan, alpha)
+    else:
+        state_regime = [None] * joined.height
+    regimes = [
+        r if r is not None else regime_of(a) if np.isfinite(a) else INSUFFICIENT if found else "Unknown"
+        for r, a, found in zip(state_regime, alpha, has_state)
+    ]
     steps = joined["horizon_step"].to_numpy()
     # Rows whose quantiles cannot describe a price distribution are vetoed, not fatal.
     valid = (
@@ -170,7 +201,8 @@ def make_signals(
         & (p10 > 0) & (last > 0) & (p10 <= p50) & (p50 <= p90)
     )
     safe = [np.where(valid, a, 1.0) for a in (p10, p50, p90, last)]
-    expected = np.where(valid, p50 / np.where(valid, last, 1.0) - 1.0, np.nan)
+    p50_return = np.where(valid, safe[1] / safe[3] - 1.0, np.nan)
+    expected = np.where(valid, mean_return_from_quantiles(*safe), np.nan)
     sized = size_positions(
         alpha,
         expected,
@@ -178,40 +210,44 @@ def make_signals(
         np.where(valid, es95_from_quantiles(*safe, side="short"), np.nan),
         r_f=r_f,
         horizon_years=steps * step_in_years(step),
+        cost_bps=cost_bps,
         cap=cap,
         min_abs_size=min_abs_size,
+        has_state=has_state,
     )
     size = sized["size"]
     side = np.where(size > 0, "BUY", np.where(size < 0, "SELL", "HOLD"))
 
-    direction_up = sized["excess"] >= 0
+    direction_up = np.where(sized["side"] != 0, sized["side"] > 0, ~(expected < 0))
     p_up = np.where(valid, prob_up(*safe), 0.5)
     forecast_conf = np.clip(2.0 * np.where(direction_up, p_up, 1.0 - p_up) - 1.0, 0.0, 1.0)
     sim_n = joined["sim_n"].fill_null(0).to_numpy()
     sim_up = joined["sim_up"].fill_null(0).to_numpy()
     with np.errstate(divide="ignore", invalid="ignore"):
         agreement = np.where(sim_n > 0, np.where(direction_up, sim_up, sim_n - sim_up) / np.maximum(sim_n, 1), 0.0)
-    if "state_regime" in joined.columns:
-        regimes = [r if r is not None else regime_of(a) for r, a in zip(joined["state_regime"].to_list(), alpha)]
-    else:
-        regimes = [regime_of(a) for a in alpha]
     weight = np.array([REGIME_WEIGHT.get(r, 0.0) for r in regimes])
     confidence = weight * (forecast_conf + agreement) / 2.0
 
     reasons = []
     sim_mean = joined["sim_mean"].to_list()
     for i, (ts, target) in enumerate(zip(joined["ts"].to_list(), joined["target_ts"].to_list())):
-        parts = [f"P50 {expected[i]:+.2%} over {_format_horizon(target - ts, int(steps[i]))}"]
-        parts.append(f"regime {regimes[i]} alpha {alpha[i]:.2f}" if np.isfinite(alpha[i]) else "no physics state")
+        parts = [f"E[R] {expected[i] * 1e4:+.2f} bp (P50 {p50_return[i] * 1e4:+.2f} bp) over "
+                 f"{_format_horizon(target - ts, int(steps[i]))}"]
+        if np.isfinite(alpha[i]):
+            parts.append(f"regime {regimes[i]} alpha {format_alpha(alpha[i])}")
+        else:
+            parts.append(f"regime {regimes[i]}, no tail index" if has_state[i] else "no physics state")
         if sim_n[i] > 0 and sim_mean[i] is not None:
             parts.append(f"{sim_n[i]} similar states avg {sim_mean[i]:+.2%} ({sim_up[i]}/{sim_n[i]} up)")
         else:
             parts.append("no similar states")
         if sized["vetoed"][i]:
             parts.append(f"VETO {sized['veto_reason'][i]}")
+        elif sized["side"][i] == 0:
+            parts.append(f"HOLD |E[R]| within hurdle {sized['hurdle'][i] * 1e4:.2f} bp (r_f*T + costs)")
         else:
             note = " capped" if sized["capped"][i] else " below minimum" if size[i] == 0 and sized["raw_size"][i] else ""
-            parts.append(f"size {size[i]:+.2f}{note}")
+            parts.append(f"edge {sized['excess'][i] * 1e4:+.2f} bp size {size[i]:+.3f}{note}")
         reasons.append("; ".join(parts))
 
     return pl.DataFrame(

@@ -8,11 +8,13 @@ from quant.forecast_eval import EvalInputError, evaluate_forecasts, pinball, sco
 from quant.schema import TS_DTYPE
 
 T0 = datetime(2024, 3, 4, 15, 0, tzinfo=timezone.utc)
+# bars start at minute i and close at minute i + 1; at AS_OF = minute 10 bars 0..9 have closed
+AS_OF = T0 + timedelta(minutes=10)
 CLOSES_A = [100.0, 101.0, 102.0, 101.0, 103.0, 104.0, 102.0, 105.0, 106.0, 107.0, 99.0]
 
 
-def minute(i: float) -> datetime:
-    return T0 + timedelta(minutes=i)
+def minute(i: float, seconds: float = 0) -> datetime:
+    return T0 + timedelta(minutes=i, seconds=seconds)
 
 
 def closes_frame(values=CLOSES_A) -> pl.DataFrame:
@@ -28,7 +30,7 @@ def forecasts_frame() -> pl.DataFrame:
         ("A", 5, 1, 103.0, 104.0, 105.0),  # realised 102: below the interval
         ("A", 5, 2, 103.0, 105.0, 107.0),  # realised 105: inside
         ("A", 8, 1, 105.0, 106.0, 108.0),  # realised 107: inside
-        ("A", 8, 2, 105.0, 106.0, 108.0),  # target minute 10 > as_of: pending
+        ("A", 8, 2, 105.0, 106.0, 108.0),  # target bar 10 ends at minute 11 > as_of: pending
         ("B", 5, 1, 10.0, 11.0, 12.0),  # no B closes: unmatched
     ]
     return pl.DataFrame(
@@ -52,7 +54,7 @@ def test_pinball_hand_values():
 
 
 def test_row_scores_against_hand_numbers():
-    scored = score_forecasts(forecasts_frame(), closes_frame(), as_of=minute(9), min_baseline_returns=2)
+    scored = score_forecasts(forecasts_frame(), closes_frame(), as_of=AS_OF, min_baseline_returns=2)
     assert scored["status"].to_list() == ["scored", "scored", "scored", "pending", "unmatched"]
     got = scored.filter(pl.col("status") == "scored")
     assert got["realised"].to_list() == [102.0, 105.0, 107.0]
@@ -73,7 +75,7 @@ def naive_loss(closes, issue, h, realised):
 
 
 def test_naive_baseline_uses_only_history_up_to_issue():
-    scored = score_forecasts(forecasts_frame(), closes_frame(), as_of=minute(9), min_baseline_returns=2)
+    scored = score_forecasts(forecasts_frame(), closes_frame(), as_of=AS_OF, min_baseline_returns=2)
     got = scored.filter(pl.col("status") == "scored")["pinball_naive"].to_list()
     expected = [
         naive_loss(CLOSES_A, 5, 1, 102.0),
@@ -84,7 +86,7 @@ def test_naive_baseline_uses_only_history_up_to_issue():
 
 
 def test_summary_coverage_status_and_counts():
-    summary = evaluate_forecasts(forecasts_frame(), closes_frame(), as_of=minute(9), min_baseline_returns=2)
+    summary = evaluate_forecasts(forecasts_frame(), closes_frame(), as_of=AS_OF, min_baseline_returns=2)
     a = summary.filter(pl.col("symbol") == "A").row(0, named=True)
     assert a["n_scored"] == 3 and a["n_pending"] == 1 and a["n_unmatched"] == 0
     assert a["coverage_80"] == pytest.approx(2 / 3)
@@ -100,24 +102,42 @@ def test_summary_coverage_status_and_counts():
 
 
 def test_closes_after_as_of_are_never_used():
-    as_of = minute(9)
+    as_of = AS_OF
     base = score_forecasts(forecasts_frame(), closes_frame(), as_of=as_of, min_baseline_returns=2)
-    changed = CLOSES_A[:10] + [1.0]  # rewrite the bar after as_of
+    changed = CLOSES_A[:10] + [1.0]  # rewrite the bar that starts at as_of (it closes at as_of + 1m)
     again = score_forecasts(forecasts_frame(), closes_frame(changed), as_of=as_of, min_baseline_returns=2)
     assert base.equals(again)
-    # once as_of passes minute 10, the pending row is scored with the minute-10 close
-    later = score_forecasts(forecasts_frame(), closes_frame(), as_of=minute(10), min_baseline_returns=2)
+    # once the minute-10 bar has closed (as_of = minute 11), the pending row is scored with its close
+    later = score_forecasts(forecasts_frame(), closes_frame(), as_of=minute(11), min_baseline_returns=2)
     assert later["status"].to_list()[3] == "scored"
     assert later["realised"].to_list()[3] == 99.0
 
 
+def test_target_at_as_of_is_pending_until_its_bar_closes():
+    # boundary: target_ts == as_of is the bar *starting* at as_of; its close is not known yet
+    fc = forecasts_frame().filter(pl.col("symbol") == "A")
+    for as_of, status in ((minute(9), "pending"), (minute(9, seconds=59), "pending"), (minute(10), "scored")):
+        row = score_forecasts(fc, closes_frame(), as_of=as_of, min_baseline_returns=2).row(2, named=True)
+        assert row["target_ts"] == minute(9) and row["status"] == status, as_of
+        assert row["realised"] == (107.0 if status == "scored" else None)
+    # the result at as_of = minute 9 cannot depend on the minute-9 bar's close, nor on later ones
+    at9 = score_forecasts(fc, closes_frame(), as_of=minute(9), min_baseline_returns=2)
+    moved = score_forecasts(fc, closes_frame(CLOSES_A[:9] + [500.0, 600.0]), as_of=minute(9), min_baseline_returns=2)
+    assert at9.equals(moved)
+    # with step="5m" a bar is known 5 minutes after its start: the minute-9 target at minute 14
+    for as_of, status in ((minute(13, seconds=59), "pending"), (minute(14), "scored")):
+        assert score_forecasts(fc, closes_frame(), as_of=as_of, step="5m", min_baseline_returns=2)["status"][2] == status
+
+
 def test_warn_when_coverage_outside_band():
     fc = forecasts_frame().filter(pl.col("symbol") == "A").with_columns(p10=pl.lit(200.0), p50=pl.lit(201.0), p90=pl.lit(202.0))
-    summary = evaluate_forecasts(fc, closes_frame(), as_of=minute(9), by=())
+    summary = evaluate_forecasts(fc, closes_frame(), as_of=AS_OF, by=())
     assert summary["coverage_80"][0] == 0.0
     assert summary["status"][0] == "WARN"
 
 
 def test_missing_columns_raise():
     with pytest.raises(EvalInputError, match="close"):
-        score_forecasts(forecasts_frame(), closes_frame().drop("close"), as_of=minute(9))
+        score_forecasts(forecasts_frame(), closes_frame().drop("close"), as_of=AS_OF)
+    with pytest.raises(EvalInputError, match="step"):
+        score_forecasts(forecasts_frame(), closes_frame(), as_of=AS_OF, step="1 minute")
