@@ -31,13 +31,26 @@ is the usual r = h * (close[t]/close[t-1] - 1) less costs.
 
 Sessions
 --------
-A new session starts when the exchange-local date (``session_tz``, default America/New_York)
-changes or when two consecutive bars of a symbol are more than ``session_gap`` apart (default 30
-minutes; None disables the gap rule). Unless a strategy has ``"hold_overnight": true`` it is
-forced flat at the close of the last bar of every session (a market-on-close exit, also with
-``fill="next_open"``) and its signal state restarts at the next session, so no position is carried
-across a session gap. Every strategy is flat after the close of the last bar of the data (open
-trades are closed there).
+Each symbol has a bar interval: ``bar_interval`` when given, else the modal spacing of its own
+consecutive bars (the most common difference of ``ts``; the smallest on a tie; 1 minute for a
+single bar). It depends on nothing else in the call and is unchanged by holes in the data.
+
+* Intraday symbols (interval < 1 day): a new session starts when the exchange-local date
+  (``session_tz``, default America/New_York) changes or when two consecutive bars are more
+  than max(``session_gap``, 2 x interval) apart (``session_gap`` default 30 minutes; None
+  disables the gap rule).
+* Daily (or longer) symbols: the date rule does not apply, so positions are carried from bar to
+  bar (holding overnight is the point of daily strategies); a new session only starts after a
+  hole of more than max(``session_gap``, 7 x interval) (7 calendar days for daily bars:
+  weekends, holidays and the 2001-09-11 closure are held through; a symbol's multi-month data
+  hole is not). None disables it.
+
+Unless a strategy has ``"hold_overnight": true`` it is forced flat at the close of the last bar
+of every session (a market-on-close exit, also with ``fill="next_open"``) and its signal state
+restarts at the next session, so no position is carried across a session gap. Every strategy is
+flat after the close of the last bar of the data (open trades are closed there). Bars whose
+sessions are all one bar long (nothing could ever be held) are refused with
+BacktestInputError rather than backtested to zero trades.
 
 Look-ahead warning: "bar t is the last of its session" is read from the timestamp of bar t+1.
 That is a calendar fact for exchange closes (known in advance), but for sparse bars a
@@ -51,9 +64,7 @@ Per-bar simple returns r[t] over all N bars of the symbol (flat bars count as 0)
 * total_return = prod(1 + r) - 1; cagr = (1 + total_return) ** (bars_per_year / N) - 1.
 * sharpe = mean(r) / std(r, ddof=1) * sqrt(bars_per_year); sortino = mean(r) /
   sqrt(mean(min(r, 0)**2)) * sqrt(bars_per_year). Null when the denominator is 0.
-  ``bars_per_year`` defaults to 252 * the median number of bars per session in ``bars``
-  (98,280 for regular-hours minute bars); pass it explicitly when results of different calls
-  (chunks) must be comparable.
+  ``bars_per_year`` comes from the calendar (see Annualisation).
 * max_drawdown: largest fall from a running peak of the close-to-close equity curve (which
   starts at 1), as a positive fraction.
 * n_trades: number of entries (a move from flat to a position or a reversal of sign). Every
@@ -63,6 +74,31 @@ Per-bar simple returns r[t] over all N bars of the symbol (flat bars count as 0)
   Null without trades. avg_trade_return: mean of those round-trip returns.
 * turnover: sum of |position changes| (2.0 = one long round trip at full size).
 * exposure: fraction of bars with a non-zero position after the open fill.
+
+Annualisation
+-------------
+Annualisation comes from the exchange calendar, never from the data's density (DESIGN 5):
+``bars_per_year`` = ``calendar_bars_per_year(interval, calendar)`` of each symbol's bar interval
+(see Sessions), so a sparse symbol of minute bars and a dense one both get 252 x 390:
+
+=============  ===================================  =========================================
+calendar       interval < 1 day                     interval >= 1 day (``days`` = interval)
+=============  ===================================  =========================================
+"regular"      252 x 390 / interval_minutes          252 / days (daily bars: 252); for
+               (minute bars 98,280; 5 min 19,656)    days >= 7: 365.25 / days (weekly ~52.2)
+"extended"     252 x 960 / interval_minutes          as "regular"
+               (04:00-20:00 ET extended hours)
+"24/7"         365 x 1440 / interval_minutes         365 / days; for days >= 7: 365.25 / days
+               (crypto; minute bars 525,600)
+=============  ===================================  =========================================
+
+The default is "regular" (also for minute files that carry extended-hours bars: their Sharpe is
+then quoted per regular-hours year; pass ``calendar="extended"`` to count the extended hours).
+An explicit ``bars_per_year`` overrides the rule for every symbol and the portfolio (pass it
+when results of different calls must share one figure). The equal-weight portfolio of
+``run_sweep_with_portfolio`` is annualised on its own timeline: the calendar rule applied to the
+modal spacing of the union of all bar timestamps (or ``bar_interval``), with N = the number of
+union bars.
 
 Work can be split by symbol or by strategy (``split_work``) and gathered with
 ``combine_results``; each (strategy, symbol) row depends only on that symbol's bars.
@@ -90,6 +126,7 @@ from datetime import timedelta
 import numpy as np
 import polars as pl
 
+from quant.risk import tail_lambda
 from quant.schema import TS_DTYPE, is_valid_symbol
 from quant.strategies import (
     SignalContext,
@@ -100,9 +137,14 @@ from quant.strategies import (
 )
 
 FILLS = ("next_open", "close")
-TRADING_DAYS_PER_YEAR = 252
 DEFAULT_SESSION_GAP = timedelta(minutes=30)
 DEFAULT_SESSION_TZ = "America/New_York"
+# calendar -> (sessions per year, minutes per session)
+CALENDARS: dict[str, tuple[int, int]] = {"regular": (252, 390), "extended": (252, 960), "24/7": (365, 1440)}
+DEFAULT_CALENDAR = "regular"
+DAILY_HOLE_BARS = 7  # daily bars: a hole longer than this many intervals ends a session
+_US_PER_MINUTE = 60_000_000
+_US_PER_DAY = 86_400_000_000
 SCAN_BLOCK = 64  # rows per block in the blocked scans (see _path_metrics)
 STRATEGY_BLOCK = 64  # strategies per block in the return/metric kernels
 FAMILY_CHUNK = 128  # strategies per call of the signal code (bounds temporary memory)
@@ -162,6 +204,7 @@ class SymbolBars:
     regime: np.ndarray | None  # object array of lower-case regime names (None = unknown)
     session_start: np.ndarray  # int32: index of the first bar of each bar's session
     session_end: np.ndarray  # bool: last bar of its session
+    interval_us: int = _US_PER_MINUTE  # bar interval (explicit or modal spacing), microseconds
 
     @property
     def n(self) -> int:
@@ -181,14 +224,72 @@ def _regime_from_alpha(alpha: np.ndarray) -> np.ndarray:
     return out
 
 
+def modal_interval_us(ts: np.ndarray) -> int | None:
+    """Most common positive spacing of sorted int64 timestamps (us); the smallest on a tie; None
+    with fewer than two distinct timestamps."""
+    return _mode_of_spacings(np.diff(np.asarray(ts, dtype=np.int64)))
+
+
+def _mode_of_spacings(d: np.ndarray) -> int | None:
+    d = d[d > 0]
+    if not d.size:
+        return None
+    vals, counts = np.unique(d, return_counts=True)
+    return int(vals[np.argmax(counts)])
+
+
+def calendar_bars_per_year(interval: timedelta, calendar: str = DEFAULT_CALENDAR) -> float:
+    """Bars per year of bars ``interval`` apart on ``calendar`` (see the module docstring).
+
+    regular: 252 x 390 / minutes (intraday), 252 / days (daily); 24/7: 365 x 1440 / minutes,
+    365 / days; 365.25 / days for bars a week apart or more.
+    """
+    if calendar not in CALENDARS:
+        raise BacktestInputError(f"calendar must be one of {tuple(CALENDARS)}, got {calendar!r}")
+    if not isinstance(interval, timedelta) or interval <= timedelta(0):
+        raise BacktestInputError(f"bar_interval must be a positive timedelta, got {interval!r}")
+    sessions, minutes = CALENDARS[calendar]
+    if interval < timedelta(days=1):
+        return sessions * minutes / (interval / timedelta(minutes=1))
+    days = interval / timedelta(days=1)
+    return 365.25 / days if days >= 7 else sessions / days
+
+
+def _interval_of(ts: np.ndarray, bar_interval: timedelta | None) -> int:
+    if bar_interval is not None:
+        return int(bar_interval / timedelta(microseconds=1))
+    return modal_interval_us(ts) or _US_PER_MINUTE
+
+
+def _check_interval(bar_interval: timedelta | None) -> None:
+    if bar_interval is not None and (not isinstance(bar_interval, timedelta) or bar_interval <= timedelta(0)):
+        raise BacktestInputError(f"bar_interval must be a positive timedelta, got {bar_interval!r}")
+
+
+def _session_breaks(ts: np.ndarray, day: np.ndarray, interval_us: int,
+                    session_gap: timedelta | None) -> np.ndarray:
+    """bool (N,): bar t starts a new session (see Sessions in the module docstring)."""
+    dt = np.diff(ts)
+    gap_us = None if session_gap is None else int(session_gap / timedelta(microseconds=1))
+    if interval_us >= _US_PER_DAY:  # daily bars: only a long hole ends a session
+        brk = dt > max(gap_us, DAILY_HOLE_BARS * interval_us) if gap_us is not None else np.zeros(dt.shape, bool)
+    else:
+        brk = day[1:] != day[:-1]
+        if gap_us is not None:
+            brk |= dt > max(gap_us, 2 * interval_us)
+    return np.r_[True, brk]
+
+
 def prepare_bars(bars: pl.DataFrame, *, need_high_low: bool = False, need_physics: bool = False,
-                 session_gap: timedelta | None = DEFAULT_SESSION_GAP,
-                 session_tz: str = DEFAULT_SESSION_TZ) -> list[SymbolBars]:
+                 session_gap: timedelta | None = DEFAULT_SESSION_GAP, session_tz: str = DEFAULT_SESSION_TZ,
+                 bar_interval: timedelta | None = None) -> list[SymbolBars]:
     """Validate and split bars per symbol (sorted by symbol, then ts) with session markers.
 
-    Raises BacktestInputError for missing columns, null/non-finite/non-positive prices, invalid
-    symbols and duplicate (symbol, ts) rows; nothing is dropped.
+    ``bar_interval`` None: each symbol's modal bar spacing. Raises BacktestInputError for
+    missing columns, null/non-finite/non-positive prices, invalid symbols and duplicate
+    (symbol, ts) rows; nothing is dropped.
     """
+    _check_interval(bar_interval)
     required = ["symbol", "ts", "open", "close"] + (["high", "low"] if need_high_low else [])
     missing = [c for c in required if c not in bars.columns]
     if missing:
@@ -231,11 +332,8 @@ def prepare_bars(bars: pl.DataFrame, *, need_high_low: bool = False, need_physic
     if n_dup:
         raise BacktestInputError(f"bars have {n_dup} duplicate (symbol, ts) row(s)")
 
-    local_date = pl.col("ts").dt.convert_time_zone(session_tz).dt.date()
-    new_session = (pl.col("symbol") != pl.col("symbol").shift()) | (local_date != local_date.shift())
-    if session_gap is not None:
-        new_session = new_session | ((pl.col("ts") - pl.col("ts").shift()) > session_gap)
-    frame = frame.with_columns(new_session.fill_null(True).alias("_new_session"))
+    frame = frame.with_columns(pl.col("ts").dt.convert_time_zone(session_tz).dt.date().cast(pl.Int32)
+                               .alias("_local_day"))
 
     sym = frame["symbol"].to_numpy()
     starts = np.flatnonzero(np.r_[True, sym[1:] != sym[:-1]])
@@ -244,7 +342,8 @@ def prepare_bars(bars: pl.DataFrame, *, need_high_low: bool = False, need_physic
     arrays = {c: frame[c].to_numpy() for c in frame.columns if c not in ("symbol", "ts")}
     out = []
     for a, b in zip(starts, ends, strict=True):
-        new = arrays["_new_session"][a:b]
+        interval_us = _interval_of(ts_all[a:b], bar_interval)
+        new = _session_breaks(ts_all[a:b], arrays["_local_day"][a:b], interval_us, session_gap)
         n = b - a
         sstart = np.maximum.accumulate(np.where(new, np.arange(n), 0)).astype(np.int32)
         send = np.r_[new[1:], True]
@@ -259,22 +358,39 @@ def prepare_bars(bars: pl.DataFrame, *, need_high_low: bool = False, need_physic
         out.append(SymbolBars(
             symbol=str(sym[a]), ts=ts_all[a:b], open=arrays["open"][a:b], close=arrays["close"][a:b],
             high=arrays["high"][a:b] if need_high_low else None, low=arrays["low"][a:b] if need_high_low else None,
-            alpha=alpha, regime=regime, session_start=sstart, session_end=send,
+            alpha=alpha, regime=regime, session_start=sstart, session_end=send, interval_us=interval_us,
         ))
     return out
 
 
-def infer_bars_per_year(bars: pl.DataFrame, session_gap: timedelta | None = DEFAULT_SESSION_GAP,
-                        session_tz: str = DEFAULT_SESSION_TZ) -> float:
-    """252 * the median number of bars per (symbol, session) in ``bars``."""
-    return _bars_per_year(prepare_bars(bars, session_gap=session_gap, session_tz=session_tz))
+def _bar_ts_by_symbol(bars: pl.DataFrame) -> dict[str, np.ndarray]:
+    if bars.height == 0:
+        return {}
+    frame = bars.select(pl.col("symbol").cast(pl.Utf8), pl.col("ts").dt.epoch("us")).sort("symbol", "ts")
+    sym, ts = frame["symbol"].to_numpy(), frame["ts"].to_numpy()
+    starts = np.flatnonzero(np.r_[True, sym[1:] != sym[:-1]])
+    return {str(sym[a]): ts[a:b] for a, b in zip(starts, np.r_[starts[1:], len(sym)], strict=True)}
 
 
-def _bars_per_year(symbols: list[SymbolBars]) -> float:
-    lengths = [np.diff(np.r_[np.flatnonzero(np.r_[True, s.session_end[:-1]]), s.n]) for s in symbols]
-    if not lengths:
-        return float(TRADING_DAYS_PER_YEAR)
-    return float(TRADING_DAYS_PER_YEAR * np.median(np.concatenate(lengths)))
+def bars_per_year_by_symbol(bars: pl.DataFrame, calendar: str = DEFAULT_CALENDAR,
+                            bar_interval: timedelta | None = None) -> dict[str, float]:
+    """The calendar ``bars_per_year`` each symbol of ``bars`` is annualised with: {symbol: float}."""
+    _check_interval(bar_interval)
+    return {sym: calendar_bars_per_year(timedelta(microseconds=_interval_of(ts, bar_interval)), calendar)
+            for sym, ts in _bar_ts_by_symbol(bars).items()}
+
+
+def infer_bars_per_year(bars: pl.DataFrame, calendar: str = DEFAULT_CALENDAR,
+                        bar_interval: timedelta | None = None) -> float:
+    """One calendar ``bars_per_year`` for all of ``bars``: the rule applied to ``bar_interval`` or
+    to the modal spacing of consecutive bars pooled over symbols (98,280 for minute bars on the
+    regular calendar, 252 for daily bars), whatever the bars' density or holes."""
+    _check_interval(bar_interval)
+    if bar_interval is None:
+        diffs = [np.diff(ts) for ts in _bar_ts_by_symbol(bars).values()]
+        us = _mode_of_spacings(np.concatenate(diffs)) if diffs else None
+        bar_interval = timedelta(microseconds=us or _US_PER_MINUTE)
+    return calendar_bars_per_year(bar_interval, calendar)
 
 
 # --------------------------------------------------------------------------------------------
@@ -646,7 +762,8 @@ def _positions(sb: SymbolBars, plan: _Plan) -> np.ndarray:
 
 
 def _lambda_scale(sb: SymbolBars) -> np.ndarray:
-    return np.nan_to_num(np.clip(sb.alpha - 2.0, 0.0, 1.0), nan=0.0)
+    """The signals' lambda (quant.risk.tail_lambda), with an unknown alpha read as no position."""
+    return np.nan_to_num(tail_lambda(sb.alpha), nan=0.0)
 
 
 _ACC_KEYS = ("sum_r", "sum_r2", "sum_neg2", "final", "mdd", "turnover", "exposed", "n_trades", "wins",
@@ -734,11 +851,20 @@ def _check_options(fill: str, fee_bps: float, slippage_bps: float) -> float:
     return cost
 
 
-def _setup(bars, strategies, fill, fee_bps, slippage_bps, session_gap, session_tz, bars_per_year,
-           block=STRATEGY_BLOCK):
+def _setup(bars, strategies, fill, fee_bps, slippage_bps, session_gap, session_tz, bar_interval=None,
+           block=STRATEGY_BLOCK, calendar=DEFAULT_CALENDAR, bars_per_year=None):
     cost = _check_options(fill, fee_bps, slippage_bps)
     if not isinstance(block, int) or block < 1:
         raise BacktestInputError(f"block must be a positive integer, got {block!r}")
+    if calendar not in CALENDARS:
+        raise BacktestInputError(f"calendar must be one of {tuple(CALENDARS)}, got {calendar!r}")
+    if bars_per_year is not None:
+        try:
+            ok = 0 < float(bars_per_year) < math.inf
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise BacktestInputError(f"bars_per_year must be a finite number > 0, got {bars_per_year!r}")
     specs = parse_strategies(strategies)
     plan = _Plan.of(specs, block)
     needs = required_bar_columns(specs)
@@ -747,11 +873,28 @@ def _setup(bars, strategies, fill, fee_bps, slippage_bps, session_gap, session_t
         raise BacktestInputError("strategies with scale_by_lambda need an 'alpha' column in the bars "
                                  "(run the physics step first or leave those strategies out)")
     symbols = prepare_bars(bars, need_high_low=bool(needs & {"high", "low"}), need_physics=physics,
-                           session_gap=session_gap, session_tz=session_tz)
-    bpy = float(bars_per_year) if bars_per_year is not None else _bars_per_year(symbols)
-    if not bpy > 0:
-        raise BacktestInputError(f"bars_per_year must be > 0, got {bars_per_year!r}")
-    return cost, plan, symbols, bpy
+                           session_gap=session_gap, session_tz=session_tz, bar_interval=bar_interval)
+    if (symbols and not plan.overnight.all() and max(sb.n for sb in symbols) > 1
+            and all(sb.n_sessions == sb.n for sb in symbols)):
+        iv = timedelta(microseconds=symbols[0].interval_us)
+        raise BacktestInputError(f"every session has a single bar (bar interval {iv}), so no strategy without "
+                                 "hold_overnight could ever hold a position; pass bar_interval / session_gap")
+    return cost, plan, symbols
+
+
+def _symbol_bpy(symbols: list[SymbolBars], bars_per_year: float | None, calendar: str) -> list[float]:
+    """bars_per_year per symbol: the explicit figure, or the calendar rule of its bar interval."""
+    if bars_per_year is not None:
+        return [float(bars_per_year)] * len(symbols)
+    return [calendar_bars_per_year(timedelta(microseconds=sb.interval_us), calendar) for sb in symbols]
+
+
+def _timeline_bpy(ts: np.ndarray, bars_per_year: float | None, bar_interval: timedelta | None,
+                  calendar: str) -> float:
+    """bars_per_year of a (portfolio) timeline of int64 us timestamps (T,), from its own spacing."""
+    if bars_per_year is not None:
+        return float(bars_per_year)
+    return calendar_bars_per_year(timedelta(microseconds=_interval_of(ts, bar_interval)), calendar)
 
 
 def _map_symbols(fn, symbols: list[SymbolBars], workers: int | None):
@@ -766,13 +909,13 @@ def _nan_to_null(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.with_columns([pl.col(c).fill_nan(None) for c, t in frame.schema.items() if t == pl.Float64])
 
 
-def _result_frame(plan: _Plan, symbols: list[SymbolBars], per_symbol: list[dict], bpy: float) -> pl.DataFrame:
+def _result_frame(plan: _Plan, symbols: list[SymbolBars], per_symbol: list[dict], bpys: list[float]) -> pl.DataFrame:
     s = len(plan.specs)
     inv = plan.inverse()
     ids = [plan.specs[j].strategy_id for j in inv]
     fams = [plan.specs[j].family for j in inv]
     parts = []
-    for sb, acc in zip(symbols, per_symbol, strict=True):
+    for sb, acc, bpy in zip(symbols, per_symbol, bpys, strict=True):
         m = _finish(acc, sb.n, bpy)
         cols = {"strategy_id": ids, "family": fams, "symbol": [sb.symbol] * s,
                 "n_bars": np.full(s, sb.n), "n_sessions": np.full(s, sb.n_sessions)}
@@ -786,19 +929,22 @@ def _result_frame(plan: _Plan, symbols: list[SymbolBars], per_symbol: list[dict]
 def run_sweep(bars: pl.DataFrame, strategies: pl.DataFrame, fill: str = "next_open", fee_bps: float = 0.0,
               slippage_bps: float = 0.0, *, session_gap: timedelta | None = DEFAULT_SESSION_GAP,
               session_tz: str = DEFAULT_SESSION_TZ, bars_per_year: float | None = None,
+              calendar: str = DEFAULT_CALENDAR, bar_interval: timedelta | None = None,
               workers: int | None = None, block: int = STRATEGY_BLOCK) -> pl.DataFrame:
     """Backtest every strategy on every symbol: one row per (strategy, symbol), RESULT_SCHEMA.
 
-    See the module docstring for the timing model, sessions and metric definitions. Rows are
-    ordered by symbol, then by the order of ``strategies``. ``workers`` threads process symbols
-    in parallel (default: the CPU count); memory grows with ``workers`` (roughly 60 MB each
-    for 500 strategies x 35k bars, plus the signal temporaries of one family).
+    See the module docstring for the timing model, sessions, metric definitions and the
+    annualisation (``calendar``: "regular" | "extended" | "24/7"; ``bar_interval``: None = each
+    symbol's modal bar spacing; ``bars_per_year``: explicit override). Rows are ordered by
+    symbol, then by the order of ``strategies``. ``workers`` threads process symbols in parallel
+    (default: the CPU count); memory grows with ``workers`` (roughly 60 MB each for 500
+    strategies x 35k bars, plus the signal temporaries of one family).
     Raises BacktestInputError / StrategyError (both ValueError) for unusable input.
     """
-    cost, plan, symbols, bpy = _setup(bars, strategies, fill, fee_bps, slippage_bps, session_gap, session_tz,
-                                      bars_per_year, block)
+    cost, plan, symbols = _setup(bars, strategies, fill, fee_bps, slippage_bps, session_gap, session_tz,
+                                 bar_interval, block, calendar, bars_per_year)
     per_symbol = _map_symbols(lambda sb: _run_symbol(sb, plan, fill, cost), symbols, workers)
-    return _result_frame(plan, symbols, per_symbol, bpy)
+    return _result_frame(plan, symbols, per_symbol, _symbol_bpy(symbols, bars_per_year, calendar))
 
 
 def _portfolio_returns(symbols: list[SymbolBars], plan: _Plan, fill: str, cost: float, workers: int | None,
@@ -850,6 +996,7 @@ def run_sweep_with_portfolio(bars: pl.DataFrame, strategies: pl.DataFrame, fill:
                              fee_bps: float = 0.0, slippage_bps: float = 0.0, *,
                              session_gap: timedelta | None = DEFAULT_SESSION_GAP,
                              session_tz: str = DEFAULT_SESSION_TZ, bars_per_year: float | None = None,
+                             calendar: str = DEFAULT_CALENDAR, bar_interval: timedelta | None = None,
                              workers: int | None = None,
                              block: int = STRATEGY_BLOCK) -> tuple[pl.DataFrame, pl.DataFrame]:
     """``run_sweep`` plus, per strategy, the equal-weight portfolio across the symbols.
@@ -857,15 +1004,18 @@ def run_sweep_with_portfolio(bars: pl.DataFrame, strategies: pl.DataFrame, fill:
     Returns (per-symbol frame as ``run_sweep``, per-strategy frame PORTFOLIO_SCHEMA). The
     portfolio holds 1/K of equity in each of the K symbols' copies of the strategy, rebalanced
     every bar, on the union of all bar timestamps (a symbol without a bar at t contributes 0 at
-    t). Its metrics use the same definitions; turnover and exposure are the averages over
-    symbols and n_trades the sum. Extra memory: one float64 (T_union, S) matrix. Needs every
-    symbol of the portfolio in one call (split work by strategy, not by symbol).
+    t). Its metrics use the same definitions, annualised on that union timeline (calendar rule of
+    its modal spacing, N = T_union); turnover and exposure are the averages over symbols and
+    n_trades the sum. Extra memory: one float64 (T_union, S) matrix. Needs every symbol of the
+    portfolio in one call (split work by strategy, not by symbol).
     """
-    cost, plan, symbols, bpy = _setup(bars, strategies, fill, fee_bps, slippage_bps, session_gap, session_tz,
-                                      bars_per_year, block)
+    cost, plan, symbols = _setup(bars, strategies, fill, fee_bps, slippage_bps, session_gap, session_tz,
+                                 bar_interval, block, calendar, bars_per_year)
     per_symbol: list[dict] = []
-    _, port = _portfolio_returns(symbols, plan, fill, cost, workers, per_symbol)
-    return _result_frame(plan, symbols, per_symbol, bpy), _portfolio_frame(plan, symbols, per_symbol, port, bpy)
+    ts_union, port = _portfolio_returns(symbols, plan, fill, cost, workers, per_symbol)
+    port_bpy = _timeline_bpy(ts_union, bars_per_year, bar_interval, calendar)
+    return (_result_frame(plan, symbols, per_symbol, _symbol_bpy(symbols, bars_per_year, calendar)),
+            _portfolio_frame(plan, symbols, per_symbol, port, port_bpy))
 
 
 def portfolio_metrics(bars: pl.DataFrame, strategies: pl.DataFrame, fill: str = "next_open", fee_bps: float = 0.0,
@@ -876,22 +1026,34 @@ def portfolio_metrics(bars: pl.DataFrame, strategies: pl.DataFrame, fill: str = 
 
 def strategy_returns(bars: pl.DataFrame, strategies: pl.DataFrame, fill: str = "next_open", fee_bps: float = 0.0,
                      slippage_bps: float = 0.0, *, session_gap: timedelta | None = DEFAULT_SESSION_GAP,
-                     session_tz: str = DEFAULT_SESSION_TZ, workers: int | None = None,
-                     block: int = STRATEGY_BLOCK) -> tuple[np.ndarray, np.ndarray]:
+                     session_tz: str = DEFAULT_SESSION_TZ, bar_interval: timedelta | None = None,
+                     workers: int | None = None, block: int = STRATEGY_BLOCK) -> tuple[np.ndarray, np.ndarray]:
     """Per-bar equal-weight portfolio returns of each strategy.
 
     Returns (ts: datetime64[us] (T,) union of bar starts, UTC; returns: float64 (T, S) simple
-    returns, column j = strategies row j). This is the (T x N) input of quant.overfitting.
+    returns, column j = strategies row j). This is the (T x N) input of quant.overfitting;
+    annualise it with ``timeline_bars_per_year(ts)``.
     """
-    cost, plan, symbols, _ = _setup(bars, strategies, fill, fee_bps, slippage_bps, session_gap, session_tz, 1.0,
-                                    block)
+    cost, plan, symbols = _setup(bars, strategies, fill, fee_bps, slippage_bps, session_gap, session_tz,
+                                 bar_interval, block)
     ts_union, port = _portfolio_returns(symbols, plan, fill, cost, workers, [])
     return ts_union.astype("datetime64[us]"), port[:, plan.inverse()]
 
 
+def timeline_bars_per_year(ts: np.ndarray, calendar: str = DEFAULT_CALENDAR,
+                           bar_interval: timedelta | None = None) -> float:
+    """bars_per_year of a timeline (datetime64 or int64 us, (T,), sorted), e.g. the ``ts`` of
+    ``strategy_returns``: the calendar rule of ``bar_interval`` or of its modal spacing."""
+    _check_interval(bar_interval)
+    ts = np.asarray(ts)
+    us = ts.astype("datetime64[us]").astype(np.int64) if np.issubdtype(ts.dtype, np.datetime64) else ts
+    return _timeline_bpy(us.astype(np.int64), None, bar_interval, calendar)
+
+
 def equity_curves(bars: pl.DataFrame, strategies: pl.DataFrame, fill: str = "next_open", fee_bps: float = 0.0,
                   slippage_bps: float = 0.0, *, session_gap: timedelta | None = DEFAULT_SESSION_GAP,
-                  session_tz: str = DEFAULT_SESSION_TZ, workers: int | None = None) -> pl.DataFrame:
+                  session_tz: str = DEFAULT_SESSION_TZ, bar_interval: timedelta | None = None,
+                  workers: int | None = None) -> pl.DataFrame:
     """Bar-by-bar curves for plotting: strategy_id, symbol, ts, position, equity.
 
     ``position`` is the position held after the open fill of bar ``ts`` (the wanted position of
@@ -899,7 +1061,8 @@ def equity_curves(bars: pl.DataFrame, strategies: pl.DataFrame, fill: str = "nex
     close of bar ``ts`` (starting from 1, costs included). One row per strategy, symbol and
     bar: keep ``strategies`` small.
     """
-    cost, plan, symbols, _ = _setup(bars, strategies, fill, fee_bps, slippage_bps, session_gap, session_tz, 1.0)
+    cost, plan, symbols = _setup(bars, strategies, fill, fee_bps, slippage_bps, session_gap, session_tz,
+                                 bar_interval)
     schema = {"strategy_id": pl.Utf8, "symbol": pl.Utf8, "ts": TS_DTYPE, "position": pl.Float64, "equity": pl.Float64}
 
     def one(sb: SymbolBars) -> list[pl.DataFrame]:
@@ -934,8 +1097,8 @@ def split_work(symbols: list[str], strategies: pl.DataFrame, n_chunks: int,
     by="symbol": symbol groups with all strategies; by="strategy": strategy blocks with all
     symbols (needed for the portfolio metrics); by="auto": symbol groups first, then strategy
     blocks when n_chunks exceeds the number of symbols. Every (strategy, symbol) pair lands in
-    exactly one chunk; run ``run_sweep`` on each (with an explicit ``bars_per_year`` so the
-    annualisation is the same everywhere) and ``combine_results`` the outputs.
+    exactly one chunk; run ``run_sweep`` on each and ``combine_results`` the outputs (each
+    symbol's annualisation depends on its own bars only).
     """
     if not isinstance(n_chunks, int) or n_chunks < 1:
         raise BacktestInputError(f"n_chunks must be a positive integer, got {n_chunks!r}")

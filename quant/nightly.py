@@ -28,6 +28,7 @@ class SweepSettings:
     max_drawdown: float = 0.15
     min_oos_sharpe: float = 0.0
     min_deflated_sharpe: float = 0.95
+    max_pbo: float = 0.2  # the sweep's probability of backtest overfitting must not exceed this
 
 
 @dataclass
@@ -40,8 +41,12 @@ class ChunkResult:
 
 
 def evaluate_chunk(bars: pl.DataFrame, strategies: pl.DataFrame, settings: SweepSettings,
-                   bars_per_year: float) -> ChunkResult:
-    """Backtest one block of strategies over every symbol of ``bars`` (no look-ahead: see quant.backtest)."""
+                   bars_per_year: float | None = None) -> ChunkResult:
+    """Backtest one block of strategies over every symbol of ``bars`` (no look-ahead: see quant.backtest).
+
+    ``bars_per_year``: one figure for every chunk (``bars_per_year_of(bars)``); None = the
+    calendar rule per symbol and for the portfolio timeline (the same in every chunk).
+    """
     costs = dict(fill=settings.fill, fee_bps=settings.fee_bps, slippage_bps=settings.slippage_bps)
     per_symbol, portfolio = run_sweep_with_portfolio(bars, strategies, bars_per_year=bars_per_year, **costs)
     ts, returns = strategy_returns(bars, strategies, **costs)
@@ -58,6 +63,7 @@ def evaluate_chunk(bars: pl.DataFrame, strategies: pl.DataFrame, settings: Sweep
 
 
 def bars_per_year_of(bars: pl.DataFrame) -> float:
+    """Calendar annualisation of ``bars`` (252 x 390 for minute bars, 252 for daily; quant.backtest)."""
     return float(infer_bars_per_year(bars))
 
 
@@ -66,6 +72,10 @@ def gather(chunks: list[ChunkResult], settings: SweepSettings) -> tuple[pl.DataF
 
     strategy_results: the per-symbol rows plus one PORTFOLIO row per strategy carrying the
     walk-forward out-of-sample Sharpe and the deflated Sharpe ratio across all N trials.
+    leaderboard: the PORTFOLIO rows passing every gate: n_trades >= min_trades, max_drawdown <=
+    max_drawdown, oos_sharpe > min_oos_sharpe, deflated_sharpe > min_deflated_sharpe, and the
+    sweep's PBO (CSCV over the (T, N) portfolio returns, 16 blocks) <= max_pbo; a sweep whose
+    PBO cannot be computed (T < 32 or N < 2) is not held to the PBO gate. Sorted by oos_sharpe.
     """
     ts = chunks[0].ts
     for chunk in chunks[1:]:
@@ -87,6 +97,7 @@ def gather(chunks: list[ChunkResult], settings: SweepSettings) -> tuple[pl.DataF
         & (pl.col("max_drawdown") <= settings.max_drawdown)
         & (pl.col("oos_sharpe") > settings.min_oos_sharpe)
         & (pl.col("deflated_sharpe") > settings.min_deflated_sharpe)
+        & pl.lit(pbo is None or pbo.pbo <= settings.max_pbo)
     ).sort("oos_sharpe", descending=True)
     summary = {
         "n_strategies": int(returns.shape[1]),

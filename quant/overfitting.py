@@ -81,12 +81,23 @@ def probabilistic_sharpe_ratio(sharpe: np.ndarray, benchmark: float | np.ndarray
 
 
 def deflated_sharpe_ratio(returns: np.ndarray, n_trials: int | None = None,
-                          sharpe_variance: float | None = None) -> np.ndarray:
+                          sharpe_variance: float | str | None = None) -> np.ndarray:
     """Deflated Sharpe ratio of every column of (T, N) returns, as probabilities in [0, 1].
 
-    Each column is tested against SR0 = ``expected_max_sharpe(n_trials, V)`` where V is the
-    variance of the N per-period Sharpe estimates (override with ``sharpe_variance``) and
-    ``n_trials`` defaults to N (pass a smaller effective number when trials are correlated).
+    Each column is tested against SR0 = ``expected_max_sharpe(n_trials, V)``, the expected
+    maximum of ``n_trials`` (default N; pass a smaller effective number when trials are
+    correlated) per-period Sharpe estimates of skill-less strategies. V is the variance of one
+    such estimate:
+
+    * None (default): the null sampling variance 1 / (T - 1) of a Sharpe estimate whose true
+      value is 0 (skew and kurtosis drop out at SR = 0).
+    * "trials": the variance of the N estimated Sharpe ratios (Bailey & Lopez de Prado's
+      estimate). It is right only when every trial is skill-less and alike: trading costs
+      (high-turnover trials far below zero) or a real edge in some trials inflate it, and then
+      SR0 exceeds anything a sweep can show (a planted edge with per-bar Sharpe 0.30 over 7,800
+      bars got DSR ~ 1e-43 against SR0 0.46).
+    * a number: V itself.
+
     Skewness and kurtosis come from each column's own returns. A value above 0.95 says the
     Sharpe is unlikely to be a selection artefact. Columns with constant returns get 0.
     """
@@ -94,7 +105,14 @@ def deflated_sharpe_ratio(returns: np.ndarray, n_trials: int | None = None,
     t, n = r.shape
     sr = sharpe_ratios(r)
     n_eff = n if n_trials is None else int(n_trials)
-    var = float(np.var(sr, ddof=1)) if sharpe_variance is None and n > 1 else float(sharpe_variance or 0.0)
+    if sharpe_variance is None:
+        var = 1.0 / (t - 1)
+    elif isinstance(sharpe_variance, str):
+        if sharpe_variance != "trials":
+            raise OverfittingInputError(f"sharpe_variance must be None, 'trials' or a number, got {sharpe_variance!r}")
+        var = float(np.var(sr, ddof=1)) if n > 1 else 0.0
+    else:
+        var = float(sharpe_variance)
     sr0 = expected_max_sharpe(n_eff, var)
     std = r.std(axis=0, ddof=0)
     ok = std > 0
@@ -197,28 +215,34 @@ def _fold_dates(dates: np.ndarray, n_folds: int, is_fraction: float | None,
 def walk_forward(bars: pl.DataFrame, strategies: pl.DataFrame, n_folds: int = 4, is_fraction: float | None = None,
                  anchored: bool = True, fill: str = "next_open", fee_bps: float = 0.0, slippage_bps: float = 0.0,
                  bars_per_year: float | None = None, session_tz: str = "America/New_York",
-                 session_gap: timedelta | None = timedelta(minutes=30), workers: int | None = None) -> pl.DataFrame:
+                 session_gap: timedelta | None = timedelta(minutes=30), workers: int | None = None,
+                 calendar: str = "regular", bar_interval: timedelta | None = None) -> pl.DataFrame:
     """In-sample / out-of-sample Sharpe of every strategy's equal-weight portfolio, per fold.
 
-    The session dates (``session_tz``) are cut into ``n_folds + 1`` contiguous groups; fold k
-    uses groups 1..k (``anchored``, expanding) or group k alone (rolling) in-sample and group
-    k+1 out-of-sample. ``is_fraction`` instead makes one fold: the first fraction of dates
-    in-sample, the rest out-of-sample. The backtest runs once over all bars (indicators warm
-    up on earlier data, which only uses the past); positions are flat at session ends, so
-    splitting on session dates does not cut trades (except hold_overnight strategies).
+    The session dates (``session_tz``; the UTC date labels of daily bars) are cut into
+    ``n_folds + 1`` contiguous groups; fold k uses groups 1..k (``anchored``, expanding) or
+    group k alone (rolling) in-sample and group k+1 out-of-sample. ``is_fraction`` instead makes
+    one fold: the first fraction of dates in-sample, the rest out-of-sample. The backtest runs
+    once over all bars (indicators warm up on earlier data, which only uses the past); intraday
+    positions are flat at session ends, so splitting on session dates does not cut their trades
+    (hold_overnight strategies and daily bars carry positions across a fold boundary; the
+    returns are simply split there).
 
     Returns one row per (fold, strategy): fold, strategy_id, family, is_start, is_end,
     oos_start, oos_end (dates), is_sharpe, oos_sharpe (annualised with ``bars_per_year``,
-    default 252 x median bars per session), is_total_return, oos_total_return, is_rank
+    default the calendar rule of the portfolio timeline, see quant.backtest: 252 x 390 for
+    minute bars, 252 for daily bars), is_total_return, oos_total_return, is_rank
     (1 = best in-sample) and selected (the in-sample winner, i.e. what you would have traded).
     """
-    from quant.backtest import infer_bars_per_year, strategy_returns
+    from quant.backtest import modal_interval_us, strategy_returns, timeline_bars_per_year
 
     ts, rets = strategy_returns(bars, strategies, fill, fee_bps, slippage_bps, session_gap=session_gap,
-                                session_tz=session_tz, workers=workers)
-    bpy = bars_per_year or infer_bars_per_year(bars, session_gap=session_gap, session_tz=session_tz)
-    dates = (pl.Series("ts", ts).dt.replace_time_zone("UTC").dt.convert_time_zone(session_tz).dt.date()
-             .to_numpy())
+                                session_tz=session_tz, bar_interval=bar_interval, workers=workers)
+    bpy = bars_per_year or timeline_bars_per_year(ts, calendar, bar_interval)
+    interval = bar_interval or timedelta(microseconds=modal_interval_us(ts.astype(np.int64)) or 60_000_000)
+    utc = pl.Series("ts", ts).dt.replace_time_zone("UTC")
+    # daily bars are labelled with their session date at 00:00 UTC: take that date as it is
+    dates = (utc if interval >= timedelta(days=1) else utc.dt.convert_time_zone(session_tz)).dt.date().to_numpy()
     folds = _fold_dates(dates, n_folds, is_fraction, anchored)
     ids, fams = strategies["strategy_id"].to_list(), strategies["family"].to_list()
     ann = math.sqrt(bpy)

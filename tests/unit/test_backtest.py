@@ -17,6 +17,8 @@ import pytest
 
 from quant.backtest import (
     BacktestInputError,
+    bars_per_year_by_symbol,
+    calendar_bars_per_year,
     combine_results,
     equity_curves,
     infer_bars_per_year,
@@ -341,17 +343,144 @@ def test_full_generated_set_runs_and_metrics_are_sane():
     assert res["strategy_id"][:500].to_list() == strat["strategy_id"].to_list()
 
 
-def test_annualisation_uses_observed_bars_per_session():
+def test_annualisation_comes_from_the_calendar_not_the_density():
+    # DESIGN 5: 252 x 390 regular-hours minute bars, whatever the number of bars per session
     bars = session_bars(n_symbols=2, n_sessions=3, per_session=390)
     assert infer_bars_per_year(bars) == 252 * 390
     short_days = session_bars(n_symbols=1, n_sessions=3, per_session=120)
-    assert infer_bars_per_year(short_days) == 252 * 120
+    assert infer_bars_per_year(short_days) == 252 * 390
+    holed = bars.filter(pl.int_range(pl.len()).over("symbol") % 7 != 3)  # holes do not change the interval
+    assert bars_per_year_by_symbol(holed) == {"SYM0": 252 * 390, "SYM1": 252 * 390}
+    minute, day = timedelta(minutes=1), timedelta(days=1)
+    assert calendar_bars_per_year(minute) == 98_280
+    assert calendar_bars_per_year(5 * minute) == pytest.approx(252 * 78)
+    assert calendar_bars_per_year(minute, "extended") == 252 * 960
+    assert calendar_bars_per_year(minute, "24/7") == 365 * 1440
+    assert calendar_bars_per_year(day) == 252 and calendar_bars_per_year(day, "24/7") == 365
+    assert calendar_bars_per_year(7 * day) == pytest.approx(365.25 / 7)
+    every_5th = bars.filter(pl.col("ts").dt.minute() % 5 == 0)
+    assert infer_bars_per_year(every_5th) == pytest.approx(252 * 78)
     strat = make_strategies([("sma_cross", {"fast": 5, "slow": 20})])
     default = run_sweep(bars, strat)
     explicit = run_sweep(bars, strat, bars_per_year=252 * 390)
     assert default.equals(explicit)
     doubled = run_sweep(bars, strat, bars_per_year=4 * 252 * 390)
     np.testing.assert_allclose(doubled["sharpe"].to_numpy(), 2 * default["sharpe"].to_numpy(), rtol=1e-12)
+    crypto = run_sweep(bars, strat, calendar="24/7")
+    np.testing.assert_allclose(crypto["sharpe"].to_numpy(),
+                               default["sharpe"].to_numpy() * math.sqrt(365 * 1440 / 98_280), rtol=1e-12)
+    with pytest.raises(BacktestInputError, match="calendar"):
+        run_sweep(bars, strat, calendar="lunar")
+    with pytest.raises(BacktestInputError, match="bar_interval"):
+        run_sweep(bars, strat, bar_interval=timedelta(0))
+    with pytest.raises(BacktestInputError, match="bars_per_year"):
+        run_sweep(bars, strat, bars_per_year=0)
+    assert run_sweep(bars, strat, bars_per_year=np.int64(252 * 390)).equals(default)
+
+
+def test_hourly_bars_keep_their_sessions():
+    """The 30-minute gap rule is at least two bar intervals, so hourly bars are not cut bar by bar."""
+    bars = session_bars(n_symbols=1, n_sessions=6).filter(pl.col("ts").dt.minute() == 30)  # 7 bars a day
+    res = run_sweep(bars, make_strategies([("sma_cross", {"fast": 2, "slow": 4})]), fill="close")
+    assert res["n_sessions"].item() == 6 and res["n_bars"].item() == 42
+    assert infer_bars_per_year(bars) == pytest.approx(252 * 6.5)
+
+
+@pytest.fixture(scope="module")
+def watstreet_all(real_data_dir) -> pl.DataFrame:
+    bars = pl.read_parquet(real_data_dir / "bars_1m_watstreet_DBB_FXY_INDA_2023-2025.parquet")
+    return bars.select(["symbol", "ts", "open", "high", "low", "close", "volume"])
+
+
+def test_spy_sharpe_does_not_depend_on_sparse_symbols_in_the_call(spy, watstreet_all):
+    """Issue #16 item 3: sparse DBB/FXY/INDA (tens of bars per 30-minute-gap session) no longer
+    set the annualisation of SPY; SPY's figures equal a plain numpy mean/std*sqrt(252*390)."""
+    assert bars_per_year_by_symbol(watstreet_all) == {"DBB": 98_280, "FXY": 98_280, "INDA": 98_280}
+    rows = _sma_table(long_short=True)
+    strat = make_strategies(rows)
+    alone = run_sweep(spy, strat, fee_bps=1.0)
+    mixed = run_sweep(pl.concat([spy, watstreet_all]), strat, fee_bps=1.0)
+    assert mixed["symbol"].unique().sort().to_list() == ["DBB", "FXY", "INDA", "SPY"]
+    assert mixed.filter(pl.col("symbol") == "SPY").equals(alone)
+    open_, close, ts, _ = symbol_lists(spy, "SPY")
+    last = ref_sessions(ts)
+    for (_, p), row in zip(rows, alone.iter_rows(named=True), strict=True):
+        d = ref_sma_cross_wanted(close, last, p["fast"], p["slow"], long_short=p.get("direction") == "long_short")
+        curve, entries, _, _ = ref_simulate(open_, close, last, d, "next_open", 1e-4)
+        eq = np.array([1.0] + curve)
+        r = eq[1:] / eq[:-1] - 1
+        assert entries > 0
+        assert row["sharpe"] == pytest.approx(r.mean() / r.std(ddof=1) * np.sqrt(252 * 390), rel=1e-7)
+        assert row["cagr"] == pytest.approx(eq[-1] ** (252 * 390 / len(r)) - 1, rel=1e-7, abs=1e-12)
+    # the portfolio is annualised on its own (union) timeline: also 252 x 390 for minute bars
+    ts_u, r = strategy_returns(pl.concat([spy, watstreet_all]), strat, fee_bps=1.0)
+    _, port = run_sweep_with_portfolio(pl.concat([spy, watstreet_all]), strat, fee_bps=1.0)
+    assert port["n_bars"].to_list() == [len(ts_u)] * strat.height
+    np.testing.assert_allclose(port["sharpe"].to_numpy(),
+                               r.mean(axis=0) / r.std(axis=0, ddof=1) * np.sqrt(252 * 390), rtol=1e-7)
+
+
+@pytest.fixture(scope="module")
+def daily(real_data_dir) -> pl.DataFrame:
+    return pl.read_parquet(real_data_dir / "bars_1d_multi_2018-2019_alphavantage_style.parquet").select(
+        ["symbol", "ts", "open", "high", "low", "close", "volume"])
+
+
+def numpy_daily_sma_cross(open_: np.ndarray, close: np.ndarray, fast: int, slow: int, cost: float) -> dict:
+    """Long-only SMA cross on daily bars, held from day to day, filled at the next open, closed at
+    the last close: a plain numpy/loop version written from the documented rule."""
+    n = close.shape[0]
+    sma = lambda w: np.r_[np.full(w - 1, np.nan), np.convolve(close, np.ones(w) / w, mode="valid")]  # noqa: E731
+    diff = sma(fast) - sma(slow)
+    d = np.zeros(n)
+    state, prev_up = 0.0, None
+    for t in range(n):
+        up = None if np.isnan(diff[t]) else bool(diff[t] > 1e-9 * close[t])
+        if up is not None and prev_up is not None and up != prev_up:
+            state = 1.0 if up else 0.0
+        prev_up = up
+        d[t] = state
+    d[-1] = 0.0
+    held = np.r_[0.0, d[:-1]]  # after the open fill of bar t
+    into_open = np.r_[0.0, held[:-1]]
+    gap = open_ / np.r_[open_[0], close[:-1]] - 1
+    body = close / open_ - 1
+    r = (1 + into_open * gap) * (1 - cost * np.abs(held - into_open)) * (1 + held * body) - 1
+    r[-1] = (1 + r[-1]) * (1 - cost * abs(held[-1])) - 1  # last close: flat
+    eq = np.cumprod(1 + r)
+    return {"total_return": eq[-1] - 1, "n_trades": int(((d[1:] > 0) & (d[:-1] == 0)).sum() + (d[0] > 0)),
+            "sharpe": r.mean() / r.std(ddof=1) * np.sqrt(252), "cagr": eq[-1] ** (252 / n) - 1,
+            "max_drawdown": float(np.max(1 - eq / np.maximum.accumulate(np.r_[1.0, eq])[1:]))}
+
+
+def test_daily_bars_hold_from_day_to_day_and_match_a_numpy_loop(daily):
+    """Issue #16 item 5: daily bars used to be one session per bar (0 trades across 40 strategies)."""
+    strat = generate_strategies(40, physics=False)
+    res = run_sweep(daily, strat, fee_bps=1.0)
+    assert res["n_sessions"].unique().to_list() == [1]  # no hole > 7 days in 2018-2019
+    slow = {i: json.loads(p).get("slow", 0) for i, p in zip(strat["strategy_id"], strat["params"], strict=True)}
+    sma = res.filter((pl.col("family") == "sma_cross")
+                     & pl.col("strategy_id").is_in([i for i, w in slow.items() if w <= 240]))  # 283 bars a symbol
+    assert sma["strategy_id"].n_unique() >= 4
+    assert (sma.group_by("strategy_id").agg(pl.col("n_trades").sum())["n_trades"] > 0).all()
+    assert res["n_trades"].sum() > 1000
+    assert infer_bars_per_year(daily) == 252
+    spy_daily = daily.filter(pl.col("symbol") == "SPY").sort("ts")
+    cases = [(5, 20), (10, 50), (20, 60)]
+    got = run_sweep(spy_daily, make_strategies([("sma_cross", {"fast": f, "slow": s}) for f, s in cases]),
+                    fee_bps=1.0, slippage_bps=1.0)
+    for (f, s), row in zip(cases, got.iter_rows(named=True), strict=True):
+        ref = numpy_daily_sma_cross(spy_daily["open"].to_numpy(), spy_daily["close"].to_numpy(), f, s, 2e-4)
+        assert row["n_trades"] == ref["n_trades"] > 0
+        for key in ("total_return", "sharpe", "cagr", "max_drawdown"):
+            assert row[key] == pytest.approx(ref[key], rel=1e-9, abs=1e-12), key
+    # a hole longer than a week ends a session (the position is closed before it)
+    holed = spy_daily.filter(~pl.col("ts").is_between(datetime(2018, 6, 1, tzinfo=UTC),
+                                                      datetime(2018, 6, 30, tzinfo=UTC)))
+    assert run_sweep(holed, make_strategies([("sma_cross", {"fast": 5, "slow": 20})]))["n_sessions"].item() == 2
+    # bars that could never be held are refused, not backtested to zero trades
+    with pytest.raises(BacktestInputError, match="single bar"):
+        run_sweep(spy_daily, strat, bar_interval=timedelta(minutes=1))
 
 
 def test_equity_curve_ends_at_total_return_and_inputs_order_does_not_matter():

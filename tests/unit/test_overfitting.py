@@ -43,6 +43,23 @@ def test_no_noise_strategy_passes_but_a_real_edge_does():
     assert (out[1:] > 0.95).sum() == 0
 
 
+def test_trading_costs_across_trials_do_not_deflate_a_real_edge_away():
+    """Trials whose costs put them far below zero spread the N Sharpe estimates apart. The
+    default SR0 uses the null sampling variance 1/(T-1) of skill-less trials, so a real edge
+    still passes; the cross-sectional variance ("trials") would deflate it to nothing."""
+    rng = np.random.default_rng(21)
+    t, n = 4000, 200
+    r = rng.normal(0, 0.01, (t, n)) - np.linspace(0, 0.004, n)  # cost drags from 0 to 0.4 per-period Sharpe
+    r[:, 0] = rng.normal(0.002, 0.01, t)  # per-period Sharpe 0.2
+    dsr = deflated_sharpe_ratio(r)
+    assert dsr[0] > 0.99 and (dsr[1:] > 0.95).sum() == 0
+    assert expected_max_sharpe(n, 1 / (t - 1)) < 0.05 < 0.2 < expected_max_sharpe(n, np.var(sharpe_ratios(r), ddof=1))
+    assert deflated_sharpe_ratio(r, sharpe_variance="trials")[0] < 0.05
+    assert deflated_sharpe_ratio(r, sharpe_variance=1 / (t - 1))[0] == dsr[0]
+    with pytest.raises(OverfittingInputError, match="sharpe_variance"):
+        deflated_sharpe_ratio(r, sharpe_variance="cross")
+
+
 def test_expected_max_sharpe_matches_simulation():
     rng = np.random.default_rng(2)
     for n in (10, 100, 1000):
@@ -153,3 +170,18 @@ def test_walk_forward_folds_and_selection():
     assert single["fold"].unique().to_list() == [1] and single["is_end"][0] < single["oos_start"][0]
     with pytest.raises(OverfittingInputError, match="folds"):
         walk_forward(bars, strat, n_folds=20)
+
+
+def test_walk_forward_on_daily_bars_uses_the_date_labels_and_252(real_data_dir):
+    daily = pl.read_parquet(real_data_dir / "bars_1d_multi_2018-2019_alphavantage_style.parquet").filter(
+        pl.col("symbol").is_in(["SPY", "QQQ"])).select(["symbol", "ts", "open", "high", "low", "close"])
+    strat = generate_strategies(12, physics=False)
+    out = walk_forward(daily, strat, n_folds=3)
+    first = out.filter(pl.col("fold") == 1)
+    assert str(first["is_start"][0]) == "2018-01-02"  # the date label, not the New York date of 00:00 UTC
+    ts, r = strategy_returns(daily, strat)
+    assert (np.abs(r).sum(axis=0) > 0).sum() >= 6  # daily strategies trade (hold from day to day)
+    dates = pl.Series(ts).dt.date()
+    groups = np.array_split(np.array(dates.unique().sort().to_list()), 4)
+    oos = dates.is_in(list(groups[1])).to_numpy()
+    np.testing.assert_allclose(first["oos_sharpe"].to_numpy(), sharpe_ratios(r[oos]) * math.sqrt(252), rtol=1e-9)
