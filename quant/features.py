@@ -14,9 +14,12 @@ degenerate window such as a flat signed volume) is null, never NaN.
 
 Technical indicators (TA-Lib conventions, see :mod:`quant.indicators`; price units
 unless stated): ``sma_20``; ``ema_12``, ``ema_26`` (alpha = 2/(n+1), seeded with the
-SMA of the first n closes); ``rsi_14`` (Wilder, 0..100, first value at bar 14);
-``macd`` = ema_12 - ema_26 (from bar 25), ``macd_signal`` = EMA9 of macd (from bar 33),
-``macd_hist`` = macd - macd_signal; ``bb_upper``/``bb_lower`` = sma_20 +/- 2 population
+SMA of the first n closes); ``rsi_14`` (Wilder, 0..100, first value at bar 14; 0 on a
+flat window, as TA-Lib); ``macd``, ``macd_signal``, ``macd_hist`` = TA-Lib's
+MACD(12, 26, 9), all from bar 33: macd = EMA12' - ema_26 where EMA12' is seeded at bar
+25 with the mean of closes 14..25 (TA-Lib's seeding, so it differs from ema_12 early
+on), macd_signal = EMA9 of macd seeded with its mean over bars 25..33, macd_hist = macd
+- macd_signal; ``bb_upper``/``bb_lower`` = sma_20 +/- 2 population
 std of the last 20 closes; ``atr_14`` (Wilder, from bar 14; TR at a symbol's first bar
 is undefined).
 
@@ -263,8 +266,10 @@ def _feature_arrays(col: dict[str, np.ndarray], seg: ind.Segments, p: FeaturePar
     buy, sell, ts_us = col["buy_volume"], col["sell_volume"], col["ts_us"]
     out: dict[str, np.ndarray] = {}
     out["sma_20"] = ind.sma(close, p.sma_window, seg)
-    ema_fast, ema_slow, line, signal, hist = ind.macd(close, p.ema_fast, p.ema_slow, p.macd_signal, seg)
-    out["ema_12"], out["ema_26"] = ema_fast, ema_slow
+    out["ema_12"] = ind.ema(close, p.ema_fast, seg)
+    out["ema_26"] = ind.ema(close, p.ema_slow, seg)
+    slow_ema = out["ema_26"] if p.ema_slow >= p.ema_fast else None
+    line, signal, hist = ind.macd(close, p.ema_fast, p.ema_slow, p.macd_signal, seg, ema_slow=slow_ema)
     out["rsi_14"] = ind.rsi(close, p.rsi_window, seg)
     out["macd"], out["macd_signal"], out["macd_hist"] = line, signal, hist
     middle = out["sma_20"] if p.bb_window == p.sma_window else None

@@ -14,12 +14,22 @@ Seeding follows TA-Lib (checked against ``talib`` 0.8 in the tests):
 * Wilder(n), alpha = 1/n (RSI, ATR): first value = simple mean of the first n inputs
   (for RSI the first n gains/losses, i.e. output index n; for ATR the true ranges at
   indices 1..n, since TR at index 0 is undefined), then the same recursion.
-* MACD(12, 26, 9) here = EMA12 - EMA26, each seeded at its own start, so it is defined
-  from index 25; the signal is EMA9 of MACD seeded with the SMA of its first 9 values
-  (index 33). TA-Lib's ``MACD`` seeds its fast EMA later (both EMAs start at index 25),
-  so early values differ; the difference decays like (11/13)^t and is < 1e-8 x price
-  after ~300 bars.
+* MACD(fast, slow, signal), TA-Lib's ``MACD``: both EMAs start at position slow-1; the
+  slow one is EMA(slow) above, the fast one is seeded there with the mean of the ``fast``
+  closes ending at slow-1 (not of the first ``fast`` closes, so it is *not* EMA(fast)).
+  line = fast - slow; signal = EMA(signal) of the line seeded with the mean of its first
+  ``signal`` values; all three outputs start at position slow+signal-2 (33 for 12/26/9),
+  TA-Lib's first valid bar, and equal TA-Lib from there (tested to 1e-9).
+* RSI when the smoothed gains + losses are below 1e-14 (TA_IS_ZERO; in practice: no price
+  change since the symbol's first bar, or thousands of flat bars): 0, TA-Lib's answer
+  (``talib.RSI`` of a constant series is 0 from position n), not 50.
 * Bollinger bands: SMA(20) +/- 2 x population standard deviation (ddof=0, like TA-Lib).
+
+Comparisons of averages (:func:`sma_sign`) are exact on ties: prices on a decimal tick
+grid (detected by :func:`tick_size`) are compared as int64 window sums in ticks,
+``sum_fast * n_slow`` vs ``sum_slow * n_fast``; off-grid prices fall back to a relative
+tie band of ``TIE_RTOL`` x price. It returns an int8 sign (0 during warm-up), not float.
+``quant.strategies`` calls these kernels on one symbol at a time (``Segments.single``).
 
 The recursive filters run with ``scipy.signal.lfilter`` per segment (one C call per
 symbol and filter); rolling sums are differences of cumulative sums restarted per symbol
@@ -36,20 +46,28 @@ from scipy.signal import lfilter
 
 __all__ = [
     "Segments",
+    "TIE_RTOL",
     "atr",
     "bollinger",
     "ema",
     "log_returns",
     "macd",
     "rolling_mean",
+    "rolling_mean_var",
     "rolling_std",
     "rolling_sum",
     "rsi",
     "seeded_ewm",
     "sma",
+    "sma_sign",
+    "tick_size",
+    "to_ticks",
 ]
 
 _TA_EPSILON = 1e-14  # TA-Lib's TA_IS_ZERO threshold (RSI is 0 when gains+losses is "zero")
+TIE_RTOL = 1e-9  # off-grid prices only: |SMA_a - SMA_b| <= TIE_RTOL x price counts as a tie
+_MAX_DECIMALS = 8  # finest decimal tick tried by tick_size (1e-8, crypto)
+_INT_LIMIT = 2**62  # int64 head room for window sums x window lengths
 
 
 @dataclass(frozen=True)
@@ -86,6 +104,13 @@ class Segments:
         pos = np.arange(n, dtype=np.int64) - first
         sid = np.repeat(np.arange(starts.shape[0], dtype=np.int64), ends - starts)
         return cls(starts, ends, pos, first, sid)
+
+    @classmethod
+    def single(cls, n: int) -> Segments:
+        """One segment of ``n`` rows (a single symbol's series)."""
+        z = np.zeros(1, dtype=np.int64)
+        return cls(z, np.array([n], dtype=np.int64), np.arange(n, dtype=np.int64),
+                   np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64))
 
     def lag(self, x: np.ndarray, k: int) -> np.ndarray:
         """``x`` shifted k rows down inside each symbol (NaN where the lag leaves it)."""
@@ -168,6 +193,70 @@ def rolling_std(x: np.ndarray, w: int, seg: Segments, ddof: int = 0, mean: np.nd
     return out
 
 
+def _mean_var_1d(x: np.ndarray, w: int, with_var: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """Trailing mean and population variance of one series over windows of ``w`` bars ending at t.
+
+    Accurate for long series: sums run over segments of 2*max(w, 64) values taken relative to
+    an anchor inside the segment, so rounding does not grow with the series length and the
+    variance does not cancel against the price level; a window whose values are all equal has
+    variance exactly 0. Shapes (N,) -> (N,), (N,) (or None when ``with_var`` is False); NaN for
+    t < w-1.
+    """
+    n = x.shape[0]
+    mean = np.full(n, np.nan)
+    var = np.full(n, np.nan) if with_var else None
+    if n < w:
+        return mean, var
+    blk = max(w, 64)
+    nb = -(-n // blk)
+    xp = np.empty((nb + 1) * blk)
+    xp[:blk] = x[0]
+    xp[blk:blk + n] = x
+    xp[blk + n:] = x[-1]
+    seg = np.lib.stride_tricks.sliding_window_view(xp, 2 * blk)[::blk]  # (nb, 2*blk): block before + block
+    anchor = xp[blk::blk][:nb, None]  # first value of each output block
+    y = seg - anchor
+    c1 = np.zeros((nb, 2 * blk + 1))
+    np.cumsum(y, axis=1, out=c1[:, 1:])
+    s1 = c1[:, blk + 1:] - c1[:, blk + 1 - w:2 * blk + 1 - w]
+    m = s1 / w
+    mean[:] = (anchor + m).ravel()[:n]
+    mean[:w - 1] = np.nan
+    if not with_var:
+        return mean, None
+    c2 = np.zeros((nb, 2 * blk + 1))
+    np.cumsum(y * y, axis=1, out=c2[:, 1:])
+    s2 = c2[:, blk + 1:] - c2[:, blk + 1 - w:2 * blk + 1 - w]
+    var[:] = np.maximum(s2 / w - m * m, 0.0).ravel()[:n]
+    changes = np.zeros(n + 1, dtype=np.int64)  # changes[t+1] = number of x[i] != x[i-1] for i <= t
+    np.cumsum(x[1:] != x[:-1], out=changes[2:])
+    flat = np.zeros(n, dtype=bool)
+    flat[w - 1:] = changes[w:] == changes[1:n - w + 2]  # no change inside the window: exactly 0
+    var[flat] = 0.0
+    var[:w - 1] = np.nan
+    return mean, var
+
+
+def rolling_mean_var(
+    x: np.ndarray, w: int, seg: Segments, with_var: bool = True
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Trailing mean and population variance (ddof=0) over the last ``w`` rows per symbol in
+    one O(n) pass (the Bollinger z of the strategies): float64 (rows,) each, NaN where
+    pos < w-1; variance None if not ``with_var``; a window of equal values has variance
+    exactly 0. See :func:`_mean_var_1d` for the accuracy."""
+    n = x.shape[0]
+    if seg.starts.shape[0] == 1 and int(seg.starts[0]) == 0 and int(seg.ends[0]) == n:
+        return _mean_var_1d(x, w, with_var)
+    mean = np.full(n, np.nan)
+    var = np.full(n, np.nan) if with_var else None
+    for s, e in zip(seg.starts.tolist(), seg.ends.tolist(), strict=True):
+        m, v = _mean_var_1d(x[s:e], w, with_var)
+        mean[s:e] = m
+        if with_var:
+            var[s:e] = v
+    return mean, var
+
+
 def sma(x: np.ndarray, n: int, seg: Segments) -> np.ndarray:
     return rolling_mean(x, n, seg)
 
@@ -224,14 +313,20 @@ def atr(high: np.ndarray, low: np.ndarray, close: np.ndarray, n: int, seg: Segme
 
 
 def macd(
-    close: np.ndarray, fast: int, slow: int, signal: int, seg: Segments
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(ema_fast, ema_slow, macd, signal, hist); see the module docstring for seeding."""
-    ema_fast = ema(close, fast, seg)
-    ema_slow = ema(close, slow, seg)
-    line = ema_fast - ema_slow
-    sig = seeded_ewm(line, signal, 2.0 / (signal + 1.0), seg, offset=max(fast, slow) - 1)
-    return ema_fast, ema_slow, line, sig, line - sig
+    close: np.ndarray, fast: int, slow: int, signal: int, seg: Segments, ema_slow: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """TA-Lib MACD: (line, signal, hist), each float64 (rows,), NaN before position
+    slow+signal-2 of each symbol (see the module docstring for the seeding). ``ema_slow``:
+    ``ema(close, slow, seg)`` if already computed. fast > slow is swapped, as TA-Lib does."""
+    if fast > slow:
+        fast, slow = slow, fast
+        ema_slow = None
+    slow_ema = ema(close, slow, seg) if ema_slow is None else ema_slow
+    fast_ema = seeded_ewm(close, fast, 2.0 / (fast + 1.0), seg, offset=slow - fast)
+    line = fast_ema - slow_ema
+    sig = seeded_ewm(line, signal, 2.0 / (signal + 1.0), seg, offset=slow - 1)
+    line[np.isnan(sig)] = np.nan
+    return line, sig, line - sig
 
 
 def bollinger(
@@ -246,6 +341,87 @@ def bollinger(
 def log_returns(close: np.ndarray, k: int, seg: Segments) -> np.ndarray:
     """log(close_t / close_{t-k}) over k *rows* of the same symbol (not k minutes)."""
     return np.log(close / seg.lag(close, k))
+
+
+def tick_size(x: np.ndarray) -> float | None:
+    """Coarsest decimal tick 10^-k (k = 0..8) on which every finite value of ``x`` sits
+    (to float rounding), or None if there is none (e.g. synthetic prices)."""
+    v = np.abs(x[np.isfinite(x)])
+    if v.shape[0] == 0:
+        return 1.0
+    for k in range(_MAX_DECIMALS + 1):
+        scaled = v * 10.0**k
+        if np.all(np.abs(scaled - np.rint(scaled)) <= 64 * np.finfo(float).eps * np.maximum(scaled, 1.0)):
+            return 10.0**-k
+    return None
+
+
+def to_ticks(x: np.ndarray, tick: float) -> np.ndarray:
+    """int64 (rows,): ``x`` in whole ticks (x / tick rounded; non-finite -> 0)."""
+    return np.where(np.isfinite(x), np.rint(x / tick), 0.0).astype(np.int64)
+
+
+def rolling_sum_ticks(ticks: np.ndarray, w: int, seg: Segments) -> np.ndarray:
+    """int64 (rows,): exact sum of the last ``w`` ticks per symbol (0 where pos < w-1).
+    Cumulative sums may wrap around int64; the window differences are still exact as long
+    as every window sum fits (checked by the caller)."""
+    cs = np.zeros(ticks.shape[0] + 1, dtype=np.int64)
+    np.cumsum(ticks, out=cs[1:])
+    out = np.zeros(ticks.shape[0], dtype=np.int64)
+    if w <= ticks.shape[0]:
+        out[w - 1 :] = cs[w:] - cs[: ticks.shape[0] - w + 1]
+    out[seg.pos < w - 1] = 0
+    return out
+
+
+def sma_sign(
+    x: np.ndarray,
+    fast: int,
+    slow: int,
+    seg: Segments,
+    tick: float | None | str = "auto",
+    sums: dict | None = None,
+) -> np.ndarray:
+    """int8 (rows,): sign(SMA(fast) - SMA(slow)) of ``x`` per symbol, exact on ties; 0 during
+    warm-up (pos < max(fast, slow) - 1). ``fast`` = 1 compares the price with SMA(slow).
+    Uses rows <= t only.
+
+    On a decimal tick grid (``tick`` "auto" detects it with :func:`tick_size`, or give it)
+    the window sums are int64 ticks and the test is ``sum_fast * slow`` vs
+    ``sum_slow * fast``: exact, so mathematically equal averages are equal. Off the grid
+    (tick None, or int64 would overflow) the float SMAs are compared with a tie band of
+    ``TIE_RTOL`` x |x_t|. ``sums``: a dict this function fills with window sums / means and
+    reuses across calls with the same ``x``, ``seg`` and ``tick``.
+    """
+    n = x.shape[0]
+    out = np.zeros(n, dtype=np.int8)
+    if tick == "auto":
+        tick = tick_size(x)
+    cache = {} if sums is None else sums
+    finite = np.isfinite(x)
+    big = float(np.abs(x[finite]).max()) if finite.any() else 0.0
+    if tick is not None and (big / tick + 1.0) * fast * slow < _INT_LIMIT:
+        for w in (fast, slow):
+            if ("ticks", w) not in cache:
+                if "ticks" not in cache:
+                    cache["ticks"] = to_ticks(x, tick)
+                cache["ticks", w] = rolling_sum_ticks(cache["ticks"], w, seg)
+        a = cache["ticks", fast] * np.int64(slow)
+        b = cache["ticks", slow] * np.int64(fast)
+        np.subtract((a > b).view(np.int8), (a < b).view(np.int8), out=out)
+        if not finite.all():  # a window holding a NaN/inf has no sign
+            bad = rolling_sum(np.where(finite, 0.0, np.nan), max(fast, slow), seg)
+            out[np.isnan(bad)] = 0
+    else:
+        for w in (fast, slow):
+            if ("mean", w) not in cache:
+                cache["mean", w] = x.copy() if w == 1 else sma(x, w, seg)
+        d = cache["mean", fast] - cache["mean", slow]
+        band = TIE_RTOL * np.abs(x)
+        out[d > band] = 1
+        out[d < -band] = -1
+    out[seg.pos < max(fast, slow) - 1] = 0
+    return out
 
 
 def map_symbol_chunks(func, arrays: dict[str, np.ndarray], seg_ids: np.ndarray, threads: int) -> dict[str, np.ndarray]:

@@ -44,13 +44,20 @@ close of bar t and nothing later. The backtest engine (quant.backtest) decides w
 decision is filled. Indicators run across session boundaries (they are price statistics), only
 positions restart per session.
 
-Indicator conventions (TA-Lib's, checked against TA-Lib in the tests): SMA; EMA with
-alpha = 2/(n+1) seeded with the SMA of its first n values; RSI with Wilder averages seeded with
-the simple average of the first n changes (RSI = 50 when there was no change at all); MACD with
-both EMAs starting at index slow-1; Bollinger std is the population std (ddof=0).
-Crossings use a tie tolerance: "fast above slow" means fast - slow > 1e-9 * close, so
-float noise on flat prices never creates crossings; likewise the Bollinger z is 0 when
-|close - SMA| <= 1e-9 * close (tick-grid prices often sit exactly on the SMA).
+Indicators come from :mod:`quant.indicators` (the implementation the features use; TA-Lib's
+conventions, checked against TA-Lib in the tests), run on each symbol as one segment: SMA; EMA
+with alpha = 2/(n+1) seeded with the SMA of its first n values; RSI with Wilder averages seeded
+with the simple average of the first n changes (RSI = 0 when there was no change at all, as
+TA-Lib: a flat window reads as "oversold" for rsi_reversion); MACD with both EMAs starting at
+index slow-1 (TA-Lib's ``MACD``); Bollinger std is the population std (ddof=0).
+
+Ties. sma_cross compares the averages exactly (``indicators.sma_sign``): on a decimal tick grid
+(detected per symbol) "fast above slow" is sum_fast * slow > sum_slow * fast in int64 ticks, so
+equal averages never count as a crossing; off the grid it is SMA_fast - SMA_slow > 1e-9 * close.
+The Bollinger z is 0 exactly when close equals SMA(window) (the same exact test, SMA(1) = close).
+EMA and MACD values are not on the tick grid (exact ties are essentially impossible, but float
+noise on flat prices is not), so ema_cross and macd_cross keep a relative band: "above" means
+fast - slow > CROSS_TIE_TOL * close.
 """
 
 from __future__ import annotations
@@ -64,7 +71,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 from scipy.ndimage import maximum_filter1d, minimum_filter1d
-from scipy.signal import lfilter
+
+from quant import indicators as ind
 
 STRATEGY_SCHEMA: dict[str, pl.DataType] = {"strategy_id": pl.Utf8, "family": pl.Utf8, "params": pl.Utf8}
 
@@ -80,7 +88,7 @@ FAMILIES: tuple[str, ...] = (
 )
 REGIMES: tuple[str, ...] = ("gaussian", "levy", "critical")
 DIRECTIONS: tuple[str, ...] = ("long_only", "long_short")
-CROSS_TIE_TOL = 1e-9  # relative to close; below this "fast" and "slow" count as equal
+CROSS_TIE_TOL = 1e-9  # EMA/MACD crossings: below this x close "fast" and "slow" count as equal
 COMMON_OPTIONS: dict[str, Any] = {"direction": "long_only", "hold_overnight": False, "regime": None,
                                   "scale_by_lambda": False}
 
@@ -351,107 +359,8 @@ def required_bar_columns(specs: list[StrategySpec]) -> set[str]:
 
 
 # --------------------------------------------------------------------------------------------
-# indicators: 1-D float64 numpy, NaN during warm-up, value at t uses data up to t only
-
-
-def rolling_mean_var(x: np.ndarray, w: int, with_var: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-    """Trailing mean and population variance over windows of ``w`` bars ending at t.
-
-    Accurate for long series: sums run over segments of 2*max(w, 64) values taken relative to
-    an anchor inside the segment, so rounding does not grow with the series length and the
-    variance does not cancel against the price level; a window whose values are all equal has
-    variance exactly 0. Shapes (N,) -> (N,), (N,) (or None when ``with_var`` is False); NaN for
-    t < w-1.
-    """
-    n = x.shape[0]
-    mean = np.full(n, np.nan)
-    var = np.full(n, np.nan) if with_var else None
-    if n < w:
-        return mean, var
-    blk = max(w, 64)
-    nb = -(-n // blk)
-    xp = np.empty((nb + 1) * blk)
-    xp[:blk] = x[0]
-    xp[blk:blk + n] = x
-    xp[blk + n:] = x[-1]
-    seg = np.lib.stride_tricks.sliding_window_view(xp, 2 * blk)[::blk]  # (nb, 2*blk): block before + block
-    anchor = xp[blk::blk][:nb, None]  # first value of each output block
-    y = seg - anchor
-    c1 = np.zeros((nb, 2 * blk + 1))
-    np.cumsum(y, axis=1, out=c1[:, 1:])
-    s1 = c1[:, blk + 1:] - c1[:, blk + 1 - w:2 * blk + 1 - w]
-    m = s1 / w
-    mean[:] = (anchor + m).ravel()[:n]
-    mean[:w - 1] = np.nan
-    if not with_var:
-        return mean, None
-    c2 = np.zeros((nb, 2 * blk + 1))
-    np.cumsum(y * y, axis=1, out=c2[:, 1:])
-    s2 = c2[:, blk + 1:] - c2[:, blk + 1 - w:2 * blk + 1 - w]
-    var[:] = np.maximum(s2 / w - m * m, 0.0).ravel()[:n]
-    changes = np.zeros(n + 1, dtype=np.int64)  # changes[t+1] = number of x[i] != x[i-1] for i <= t
-    np.cumsum(x[1:] != x[:-1], out=changes[2:])
-    flat = np.zeros(n, dtype=bool)
-    flat[w - 1:] = changes[w:] == changes[1:n - w + 2]  # no change inside the window: exactly 0
-    var[flat] = 0.0
-    var[:w - 1] = np.nan
-    return mean, var
-
-
-def sma(x: np.ndarray, w: int) -> np.ndarray:
-    """Simple moving average over the trailing ``w`` bars (NaN for t < w-1)."""
-    return rolling_mean_var(x, w, with_var=False)[0]
-
-
-def ema(x: np.ndarray, n: int, start: int = 0) -> np.ndarray:
-    """EMA with alpha = 2/(n+1), seeded with the mean of x[start:start+n] at index start+n-1."""
-    out = np.full(x.shape[0], np.nan)
-    first = start + n - 1
-    if first >= x.shape[0]:
-        return out
-    a = 2.0 / (n + 1.0)
-    seed = float(np.mean(x[start:start + n]))
-    out[first] = seed
-    if first + 1 < x.shape[0]:
-        out[first + 1:] = lfilter([a], [1.0, a - 1.0], x[first + 1:], zi=[(1.0 - a) * seed])[0]
-    return out
-
-
-def _wilder(v: np.ndarray, n: int) -> np.ndarray:
-    """Wilder average of v[1:] (v[0] unused), seeded with mean(v[1:n+1]) at index n."""
-    out = np.full(v.shape[0], np.nan)
-    if n >= v.shape[0]:
-        return out
-    seed = float(np.mean(v[1:n + 1]))
-    out[n] = seed
-    if n + 1 < v.shape[0]:
-        a = 1.0 / n
-        out[n + 1:] = lfilter([a], [1.0, a - 1.0], v[n + 1:], zi=[(1.0 - a) * seed])[0]
-    return out
-
-
-def rsi(x: np.ndarray, n: int) -> np.ndarray:
-    """Wilder RSI in [0, 100]; first value at index n; 50 when gains and losses are both 0."""
-    d = np.diff(x, prepend=x[0])
-    gain = _wilder(np.maximum(d, 0.0), n)
-    loss = _wilder(np.maximum(-d, 0.0), n)
-    tot = gain + loss
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = np.where(tot > 0, 100.0 * gain / tot, 50.0)
-    out[np.isnan(tot)] = np.nan
-    return out
-
-
-def macd(x: np.ndarray, fast: int, slow: int, signal: int) -> tuple[np.ndarray, np.ndarray]:
-    """MACD line and signal line, TA-Lib's way.
-
-    Both EMAs start at index slow-1: the fast one is seeded with the mean of the ``fast`` values
-    ending there (not of the first ``fast`` values). The signal line is the EMA(signal) of the
-    line, first value at index slow+signal-2. Returns (line, signal), float64 (N,), NaN before.
-    """
-    line = ema(x, fast, start=slow - fast) - ema(x, slow)
-    sig = ema(np.nan_to_num(line), signal, start=slow - 1)
-    return line, sig
+# strategy-only helpers (every average lives in quant.indicators): 1-D float64 numpy, NaN during
+# warm-up, value at t uses data up to t only. The extrema serve donchian_breakout.
 
 
 def trailing_max(x: np.ndarray, w: int) -> np.ndarray:
@@ -527,6 +436,17 @@ class SignalContext:
     @property
     def n(self) -> int:
         return int(self.close.shape[0])
+
+    @property
+    def seg(self) -> ind.Segments:
+        """The whole series as one segment (indicators run across sessions)."""
+        return self.get(("seg",), lambda: ind.Segments.single(self.n))
+
+    def sma_sign(self, fast: int, slow: int) -> np.ndarray:
+        """int8 (N,): exact sign(SMA(fast) - SMA(slow)) of close (``indicators.sma_sign``)."""
+        tick = self.get(("tick",), lambda: ind.tick_size(self.close))
+        sums = self.get(("tick_sums",), dict)
+        return ind.sma_sign(self.close, fast, slow, self.seg, tick=tick, sums=sums)
 
     def get(self, key: tuple, make):
         if key not in self.cache:
@@ -614,13 +534,13 @@ def _indicator(ctx: SignalContext, kind: str, w: int) -> np.ndarray:
 
     def make():
         if kind == "sma":
-            return sma(c, w)
+            return ind.sma(c, w, ctx.seg)
         if kind == "ema":
-            return ema(c, w)
+            return ind.ema(c, w, ctx.seg)
         if kind == "rsi":
-            return rsi(c, w)
+            return ind.rsi(c, w, ctx.seg)
         if kind == "bbz":
-            return _zscore(c, w)
+            return _zscore(ctx, w)
         if kind == "mom":
             return _momentum(c, w)
         if ctx.high is None or ctx.low is None:
@@ -643,16 +563,22 @@ def _columns(ctx: SignalContext, kind: str, windows: list[int]) -> np.ndarray:
 def _cross_up(family: str, reps: list[dict[str, Any]], ctx: SignalContext) -> tuple[np.ndarray, np.ndarray]:
     """(up bool (N, m), first_valid (m,)) for distinct parameter sets of a crossing family."""
     c = ctx.close
+    first = np.asarray([p["slow"] + p["signal"] - 2 if family == "macd_cross" else p["slow"] - 1 for p in reps],
+                       dtype=np.intp)
+    if family == "sma_cross":  # exact on ties
+        up = np.empty((ctx.n, len(reps)), dtype=bool)
+        for i, p in enumerate(reps):
+            np.greater(ctx.sma_sign(p["fast"], p["slow"]), 0, out=up[:, i])
+        return up, first
     d = np.empty((ctx.n, len(reps)))
     for i, p in enumerate(reps):
         if family == "macd_cross":
-            line, sig = macd(c, p["fast"], p["slow"], p["signal"])
+            line, sig, _ = ind.macd(c, p["fast"], p["slow"], p["signal"], ctx.seg,
+                                    ema_slow=_indicator(ctx, "ema", p["slow"]))
             d[:, i] = line - sig
         else:
-            kind = "sma" if family == "sma_cross" else "ema"
-            d[:, i] = _indicator(ctx, kind, p["fast"]) - _indicator(ctx, kind, p["slow"])
-    first = [p["slow"] + p["signal"] - 2 if family == "macd_cross" else p["slow"] - 1 for p in reps]
-    return np.greater(d, (CROSS_TIE_TOL * c)[:, None]), np.asarray(first, dtype=np.intp)
+            d[:, i] = _indicator(ctx, "ema", p["fast"]) - _indicator(ctx, "ema", p["slow"])
+    return np.greater(d, (CROSS_TIE_TOL * c)[:, None]), first
 
 
 def _hysteresis_masks(family: str, reps: list[dict[str, Any]], ctx: SignalContext,
@@ -687,16 +613,16 @@ def _hysteresis_masks(family: str, reps: list[dict[str, Any]], ctx: SignalContex
     raise StrategyError(f"unknown strategy family {family!r}")
 
 
-def _zscore(c: np.ndarray, w: int) -> np.ndarray:
-    """(close - SMA) / std over ``w`` bars; 0 when |close - SMA| <= CROSS_TIE_TOL * close (prices on
-    a tick grid sit exactly on the SMA often, and rounding must not pick the side); NaN for a flat
-    window (no band, no signal) and during warm-up."""
-    mean, var = rolling_mean_var(c, w)
+def _zscore(ctx: SignalContext, w: int) -> np.ndarray:
+    """(close - SMA) / std over ``w`` bars, float64 (N,); exactly 0 when close equals SMA(w) and
+    with the exact sign otherwise (prices on a tick grid sit exactly on the SMA often, and rounding
+    must not pick the side); NaN for a flat window (no band, no signal) and during warm-up."""
+    c = ctx.close
+    mean, var = ind.rolling_mean_var(c, w, ctx.seg)
     std = np.sqrt(var)
-    dev = c - mean
     with np.errstate(invalid="ignore", divide="ignore"):
-        z = dev / std
-    z[np.abs(dev) <= CROSS_TIE_TOL * c] = 0.0
+        z = np.abs(c - mean) / std
+    z *= ctx.sma_sign(1, w)
     z[~(std > 1e-12 * c)] = np.nan
     return z
 

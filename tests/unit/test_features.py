@@ -64,17 +64,38 @@ def test_real_bars_match_talib_per_symbol(real_features):
             np.testing.assert_allclose(mine[start:], ref[start:], rtol=1e-9, atol=0, err_msg=f"{sym} {name}")
         macd, signal, hist = talib.MACD(c, 12, 26, 9)
         for name, ref in (("macd", macd), ("macd_signal", signal), ("macd_hist", hist)):
-            diff = np.abs(g[name].to_numpy()[300:] - ref[300:])
-            assert np.all(diff <= 1e-8 * c[300:]), (sym, name, diff.max())
+            mine = g[name].to_numpy()
+            start = _first_valid(ref)
+            assert start == 33, (sym, name)  # TA-Lib's first valid MACD bar: 26 + 9 - 2
+            assert np.isnan(mine[:start]).all() and g[name][:start].null_count() == start, (sym, name)
+            diff = np.abs(mine[start:] - ref[start:])  # from TA-Lib's first valid bar on (MACD crosses 0:
+            assert np.all(diff <= 1e-10 * c[start:]), (sym, name, diff.max())  # relative to price)
+
+
+def test_flat_window_rsi_is_talibs_zero_and_macd_is_talibs():
+    """A symbol whose price does not move: RSI 0 (TA-Lib's answer, not 50), MACD 0 from bar 33."""
+    ts = pl.datetime_range(pl.datetime(2024, 3, 1, 14, 30, time_zone="UTC"), pl.datetime(2024, 3, 1, 15, 49,
+                           time_zone="UTC"), "1m", eager=True)
+    n = ts.len()
+    bars = pl.DataFrame({"symbol": ["FLAT"] * n, "ts": ts, "open": 18.47, "high": 18.47, "low": 18.47,
+                         "close": 18.47, "volume": 100.0})
+    got = compute_features(bars, threads=1)
+    c = np.full(n, 18.47)
+    rsi = got["rsi_14"].to_numpy()
+    np.testing.assert_array_equal(rsi, talib.RSI(c, 14))
+    assert np.all(rsi[14:] == 0.0)
+    macd = got["macd"].to_numpy()
+    assert got["macd"][:33].null_count() == 33
+    np.testing.assert_allclose(macd[33:], talib.MACD(c, 12, 26, 9)[0][33:], atol=1e-12)
 
 
 def test_warmup_rows_are_null_and_no_nan_anywhere(real_features):
     floats = real_features.select(FLOAT_FEATURES)
     assert floats.select(pl.all().is_nan().sum()).sum_horizontal().item() == 0
     pos = real_features.with_columns(pos=pl.int_range(pl.len()).over("symbol"))
-    first_valid = {"sma_20": 19, "ema_12": 11, "ema_26": 25, "rsi_14": 14, "atr_14": 14, "macd": 25,
-                   "macd_signal": 33, "realized_vol_30": 30, "ret_1": 1, "ret_15": 15, "tick_imbalance": 30,
-                   "amihud": 30, "fractal_up_confirmed": 4}
+    first_valid = {"sma_20": 19, "ema_12": 11, "ema_26": 25, "rsi_14": 14, "atr_14": 14, "macd": 33,
+                   "macd_signal": 33, "macd_hist": 33, "realized_vol_30": 30, "ret_1": 1, "ret_15": 15,
+                   "tick_imbalance": 30, "amihud": 30, "fractal_up_confirmed": 4}
     for name, first in first_valid.items():
         head = pos.filter(pl.col("pos") < first)[name]
         assert head.null_count() == head.len(), name

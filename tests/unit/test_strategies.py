@@ -1,11 +1,13 @@
 """Strategy generator, ids, validation, indicators (vs TA-Lib) and each family's position rule
-(vs a plain per-bar state machine written from the docstring)."""
+(vs a plain per-bar state machine written from the docstring; SMA comparisons vs exact
+``fractions.Fraction`` arithmetic)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 from datetime import timedelta
+from fractions import Fraction
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -13,6 +15,7 @@ import polars as pl
 import pytest
 import talib
 
+from quant import indicators as ind
 from quant.strategies import (
     FAMILIES,
     RunningExtrema,
@@ -24,12 +27,31 @@ from quant.strategies import (
     latch_scan,
     make_strategies,
     parse_strategies,
-    rolling_mean_var,
 )
-from quant.strategies import ema as q_ema
-from quant.strategies import macd as q_macd
-from quant.strategies import rsi as q_rsi
-from quant.strategies import sma as q_sma
+
+
+def _one(x):
+    return ind.Segments.single(len(x))
+
+
+def rolling_mean_var(x, w):
+    return ind.rolling_mean_var(x, w, _one(x))
+
+
+def q_sma(x, n):  # the strategies use quant.indicators on each symbol as one segment
+    return ind.sma(x, n, _one(x))
+
+
+def q_ema(x, n):
+    return ind.ema(x, n, _one(x))
+
+
+def q_rsi(x, n):
+    return ind.rsi(x, n, _one(x))
+
+
+def q_macd(x, fast, slow, signal):
+    return ind.macd(x, fast, slow, signal, _one(x))
 
 NY = ZoneInfo("America/New_York")
 
@@ -145,11 +167,29 @@ def test_indicators_match_talib(spy):
         _same(highs.window(n), talib.MAX(h, n), 0.0)
         _same(lows.window(n), talib.MIN(lo, n), 0.0)
     for f, s, g in ((12, 26, 9), (6, 13, 5), (48, 104, 18)):
-        line, sig = q_macd(c, f, s, g)
-        tl, ts, _ = talib.MACD(c, f, s, g)
-        ok = ~np.isnan(tl)
-        np.testing.assert_allclose(line[ok], tl[ok], atol=1e-9)
+        line, sig, hist = q_macd(c, f, s, g)
+        tl, ts, th = talib.MACD(c, f, s, g)
+        assert np.isnan(tl[s + g - 3]) and not np.isnan(tl[s + g - 2])  # TA-Lib's first valid bar
+        _same(line, tl, 1e-9)  # NaN exactly where TA-Lib's is, equal from its first valid bar on
         _same(sig, ts, 1e-9)
+        _same(hist, th, 1e-9)
+
+
+def test_flat_window_rsi_is_talibs_zero():
+    flat = np.full(60, 18.47)
+    assert np.all(talib.RSI(flat, 14)[14:] == 0.0)  # TA-Lib's answer, which quant.indicators follows
+    _same(q_rsi(flat, 14), talib.RSI(flat, 14), 0.0)
+    rising_then_flat = np.r_[np.linspace(10.0, 11.0, 20), np.full(40, 11.0)]
+    _same(q_rsi(rising_then_flat, 14), talib.RSI(rising_then_flat, 14), 1e-9)
+
+
+def test_strategies_use_the_indicators_module(spy):
+    """The indicator values a strategy decides on are quant.indicators' (one implementation)."""
+    c = spy["close"].to_numpy()
+    ctx = SignalContext(close=c, session_start=np.zeros(len(c), dtype=np.int32))
+    from quant.strategies import _indicator
+    for kind, fn in (("sma", ind.sma), ("ema", ind.ema), ("rsi", ind.rsi)):
+        assert np.array_equal(_indicator(ctx, kind, 14), fn(c, 14, _one(c)), equal_nan=True)
 
 
 def test_rolling_variance_stays_accurate_on_long_series_far_from_zero():
@@ -164,7 +204,23 @@ def test_rolling_variance_stays_accurate_on_long_series_far_from_zero():
     np.testing.assert_allclose(var[-2000:], ref_var, rtol=1e-6)
     flat = np.full(5000, 18.47)
     assert np.all(rolling_mean_var(flat, 20)[1][19:] == 0.0)
-    assert np.all(q_sma(flat, 5)[4:] == q_sma(flat, 20)[19])
+    np.testing.assert_allclose(q_sma(flat, 5)[4:], 18.47, rtol=1e-12)  # rolling_sum: ~(8192/w) ulp
+    # float SMAs of a flat window need not be bit-equal; the comparison the strategies use is exact
+    assert np.all(ind.sma_sign(flat, 5, 20, _one(flat)) == 0)
+    off_grid = np.full(5000, 18.47 + np.pi * 1e-9)  # no decimal tick: the relative tie band decides
+    assert ind.tick_size(off_grid) is None
+    assert np.all(ind.sma_sign(off_grid, 5, 20, _one(off_grid)) == 0)
+
+
+def test_rolling_mean_var_is_per_symbol():
+    rng = np.random.default_rng(2)
+    a, b = 50 + np.cumsum(rng.normal(0, 0.1, 700)), 9 + np.cumsum(rng.normal(0, 0.01, 90))
+    seg = ind.Segments.from_ids(np.r_[np.zeros(700, int), np.ones(90, int)])
+    mean, var = ind.rolling_mean_var(np.r_[a, b], 30, seg)
+    for part, x in ((slice(0, 700), a), (slice(700, 790), b)):
+        m1, v1 = rolling_mean_var(x, 30)
+        assert np.array_equal(mean[part], m1, equal_nan=True) and np.array_equal(var[part], v1, equal_nan=True)
+    assert np.isnan(mean[700:729]).all() and not np.isnan(mean[729])
 
 
 @pytest.mark.parametrize(("n", "w", "broadcast"), [(5, 3, False), (130, 4, False), (64 * 40 + 17, 9, False),
@@ -202,6 +258,20 @@ def _loop_ema(x, n, start=0):
     for t in range(start + n, len(x)):
         prev = a * x[t] + (1 - a) * prev
         out[t] = prev
+    return out
+
+
+def _exact_sma_sign(c, fast, slow):
+    """sign(SMA(fast) - SMA(slow)) in exact rational arithmetic on the prices' decimal values
+    (Fraction(repr(price))), 0 during warm-up. float64 (N,)."""
+    fr = [Fraction(repr(float(p))) for p in c]
+    cs = [Fraction(0)]
+    for v in fr:
+        cs.append(cs[-1] + v)
+    out = np.zeros(len(c))
+    for t in range(slow - 1, len(c)):
+        d = (cs[t + 1] - cs[t + 1 - fast]) / fast - (cs[t + 1] - cs[t + 1 - slow]) / slow
+        out[t] = (d > 0) - (d < 0)
     return out
 
 
@@ -271,10 +341,9 @@ def test_family_positions_match_state_machine(family, overnight, spy):
     assert got.shape == (len(c), len(params)) and got.dtype == np.int8
     for j, p in enumerate(params):
         ls = p.get("direction") == "long_short"
-        if family == "sma_cross":
-            f = [sum(c[t - p["fast"] + 1:t + 1]) / p["fast"] if t >= p["fast"] - 1 else np.nan for t in range(len(c))]
-            s = [sum(c[t - p["slow"] + 1:t + 1]) / p["slow"] if t >= p["slow"] - 1 else np.nan for t in range(len(c))]
-            ref = _cross_loop(np.subtract(f, s), c, p["slow"] - 1, first_bar, ls, overnight)
+        if family == "sma_cross":  # exact: up means SMA(fast) > SMA(slow) in rational arithmetic
+            sign = _exact_sma_sign(c, p["fast"], p["slow"])
+            ref = _cross_loop(sign, np.zeros(len(c)), p["slow"] - 1, first_bar, ls, overnight)
         elif family == "ema_cross":
             ref = _cross_loop(np.subtract(_loop_ema(c, p["fast"]), _loop_ema(c, p["slow"])), c, p["slow"] - 1,
                               first_bar, ls, overnight)
@@ -289,7 +358,8 @@ def test_family_positions_match_state_machine(family, overnight, spy):
         elif family in ("bb_breakout", "bb_reversion"):
             mid = talib.SMA(np.array(c), p["window"])
             sd = talib.STDDEV(np.array(c), p["window"], 1.0)
-            z = [np.nan if not sd[t] > 1e-12 * c[t] else 0.0 if abs(c[t] - mid[t]) <= 1e-9 * c[t]
+            on_mid = _exact_sma_sign(c, 1, p["window"]) == 0  # close == SMA exactly (Fraction)
+            z = [np.nan if not sd[t] > 1e-12 * c[t] else 0.0 if on_mid[t]
                  else (c[t] - mid[t]) / sd[t] for t in range(len(c))]
             k = p["k"]
             if family == "bb_breakout":
