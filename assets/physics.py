@@ -10,7 +10,7 @@ from assets.metadata import frame_metadata, markdown_table
 from assets.partitions import daily_partitions
 from assets.scope import Scope, layer_scope
 from assets.quality import check_results, check_specs, store_outcomes, summary_table
-from quant.physics import PHYSICS_COLUMNS, PHYSICS_WARMUP_BARS, compute_physics
+from quant.physics import PHYSICS_COLUMNS, PHYSICS_WARMUP_BARS, compute_physics, regime_shares
 from quant.quality import critical_regime_entries, no_nan_after_warmup, regime_consistent, within_range
 from resources.alerts import AlertingResource
 from resources.hot_state import HotStateError, HotStateResource
@@ -19,7 +19,7 @@ from resources.market_data import MarketDataResource
 from resources.warehouse import WRITER_POOL, WarehouseResource
 
 PHYSICS_KEY = dg.AssetKey(["duckdb", "physics_states"])
-# alpha (and so regime) is legitimately null while a window has fewer than 50 non-zero returns
+# alpha is legitimately null when a window has too few informative returns (regime "Insufficient", quant/physics.py)
 NUMERIC_PHYSICS_COLUMNS = [c for c in PHYSICS_COLUMNS if c not in ("regime", "alpha")]
 PHYSICS_CHECKS = ["no_nan_after_warmup", "alpha_positive", "regime_consistent_with_alpha", "critical_regime_entries"]
 
@@ -53,8 +53,10 @@ EMPTY_PHYSICS = {"symbol": pl.String, "ts": pl.Datetime("us", "UTC"),
                                                             "fails on any value <= 0."}),
     description=(
         "Market 'physics' per symbol and minute (formulas in quant/physics.py): mass, momentum, friction, entropy, "
-        "nash_dist, alpha (Hill tail index of returns over a rolling window) and regime (Gaussian alpha >= 3, "
-        "Levy 2 <= alpha < 3, Critical alpha < 2). The latest state per symbol goes to Redis "
+        "nash_dist, alpha (Hill tail index of the informative returns over a rolling window: none across a hole "
+        "or session boundary, tick-sized returns do not count as tails) and regime (Gaussian alpha >= 3, "
+        "Levy 2 <= alpha < 3, Critical alpha < 2, Insufficient when too few informative returns leave alpha "
+        "null). The latest state per symbol goes to Redis "
         "`physics:state:{symbol}` with a `state_update` message."
     ),
 )
@@ -99,6 +101,8 @@ def physics_states(context: dg.AssetExecutionContext, market_data: MarketDataRes
             **scope.metadata(in_range.height),
             "hot_state": hot_note,
             "regime_minutes": dg.MetadataValue.md(markdown_table(regimes)) if regimes.height else "none",
+            "regime_shares_by_symbol": dg.MetadataValue.md(markdown_table(regime_shares(in_range).with_columns(
+                pl.col("^share_.*$").round(3)))) if in_range.height else "none",
             "quality": dg.MetadataValue.md(summary_table(outcomes)),
         },
         check_results=check_results(PHYSICS_KEY, outcomes),

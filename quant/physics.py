@@ -48,27 +48,46 @@ nash_dist (ATR units, >= 0) and nash_gap (signed, extra column)
 
 alpha (dimensionless tail index, > 0)
     Hill estimate (:func:`hill_alpha`, k = floor(sqrt(n))) of the tail index of |r| over
-    the last L one-bar returns (zero and undefined returns ignored; null when fewer than
-    50 are non-zero). P(|r| > x) ~ x^-alpha: the smaller alpha, the fatter the tails,
-    i.e. the more often extreme moves happen. Gaussian returns read ~6 here (i.i.d.
-    normal, n = 390: Hill at finite k never reaches infinity); equity minute returns
-    typically sit near 3 (the "cubic law"); alpha < 2 means the return variance is not
-    even finite. On the test data: SPY 2024 minute bars (with extended hours) are ~40%
-    Gaussian, 40% Levy, 19% Critical; sparse ETFs (DBB, INDA: tens of bars a day, returns
-    spanning gaps and whole price ticks) are Critical most of the time. Updated at the first bar of each
-    15-minute UTC bucket and carried forward (see :mod:`quant.scaling`); with n ~ 390 and
-    k ~ 19 one reading has a standard error of roughly alpha / sqrt(k) ~ 0.2 alpha.
+    the *informative* returns among the last L one-bar returns. P(|r| > x) ~ x^-alpha:
+    the smaller alpha, the fatter the tails. Gaussian returns read ~6 here (n = 390: Hill
+    at finite k never reaches infinity); equity minute returns typically sit near 3.
+    Updated at the first bar of each 15-minute UTC bucket and carried forward (see
+    :mod:`quant.scaling`); one reading has a standard error of roughly alpha / sqrt(k).
+    Reasoning and measurements: docs/physics.md.
+
+    Informative return: finite, non-zero, and not spanning a hole: the bar starts at
+    most ``hole_factor`` (1.5) x the bar interval after the previous bar. The bar
+    interval is ``bar_seconds`` (default 60: physics runs on minute bars); None infers
+    it as the modal spacing of each symbol's bars in the frame (timestamps only, but of
+    the whole frame: pin it where strict causality matters). So returns across the
+    overnight, a session boundary, a halt or a minute without trades are not market
+    moves here (15-30x a normal bar on sparse ETFs, they would pass for fat tails).
+
+    Enough information, else alpha is null (regime "Insufficient"):
+    * n >= ``min_tail_returns`` (100) informative returns in the window (k >= 10;
+      below that one reading's error ~alpha/3 makes a regime call a coin toss), and
+    * resolution = X_(k+1) / Q10 >= ``min_tail_resolution`` (2.5), with X_(k+1) the
+      Hill threshold (the (k+1)-th largest informative |r|) and Q10 the 10% quantile
+      (lower) of the informative |r|. On a price grid Q10 is one tick, so this asks
+      the tail threshold to sit at least 3 ticks out (2.5 leaves room for the price
+      level drifting inside the window). Below that the top order statistics are
+      1- and 2-tick moves whose log spacings (log 2) are grid artefacts: a rounded
+      Gaussian random walk moving 0.6 ticks a bar read alpha < 2 half the time and
+      0.3 ticks a bar read alpha in the thousands. For continuous returns the ratio is ~13
+      (normal) to ~30 (Student-t(1.5)), far above the bar.
 
 regime (string)
     "Gaussian" if alpha >= 3 (thin enough tails: normal-theory risk is fine),
     "Levy" if 2 <= alpha < 3 (fat tails, finite variance: size down), "Critical" if
     alpha < 2 (infinite variance: risk models break; risk sizing vetoes new positions),
-    null when alpha is null.
+    "Insufficient" when the alpha window is full (``alpha_window`` bars of the symbol)
+    but holds too little information (alpha null, see above): not a tail reading, no
+    sizing; null only during the warm-up, before the window is full.
 
 Warm-up: each quantity is null until its windows are full (alpha and mass need L bars;
 all are defined from bar ``PHYSICS_WARMUP_BARS`` = 406 on); every quantity is null, not
 NaN, where undefined (e.g. friction in a window with a zero-volume bar, alpha when the
-window has fewer than 50 non-zero returns).
+window holds too little information: regime "Insufficient").
 """
 
 from __future__ import annotations
@@ -80,7 +99,7 @@ import polars as pl
 
 from quant import indicators as ind
 from quant.features import FeatureInputError, arrays_to_frame, prepare_bars, ts_microseconds
-from quant.scaling import hill_alpha, rolling_hill_alpha, update_anchor
+from quant.scaling import hill_alpha, hill_k, rolling_hill_alpha, update_anchor
 
 __all__ = [
     "PHYSICS_COLUMNS",
@@ -88,9 +107,15 @@ __all__ = [
     "compute_physics",
     "hill_alpha",
     "PHYSICS_WARMUP_BARS",
+    "REGIMES",
+    "informative_returns",
     "physics_lookback_bars",
     "regime_from_alpha",
+    "regime_shares",
+    "rolling_tail_alpha",
 ]
+
+REGIMES = ("Gaussian", "Levy", "Critical", "Insufficient")
 
 PHYSICS_COLUMNS = (
     "mass",
@@ -114,6 +139,10 @@ class PhysicsParams:
     alpha_window: int = 390
     alpha_stride_minutes: int | None = 15
     threads: int | None = None  # None: min(4, cpu count)
+    bar_seconds: int | None = 60  # bar interval (minute bars); None: modal spacing of each symbol's bars
+    hole_factor: float = 1.5  # a return over a spacing > hole_factor x bar interval spans a hole
+    min_tail_returns: int = 100  # informative returns needed in the alpha window
+    min_tail_resolution: float = 2.5  # Hill threshold / 10% quantile of informative |r|
 
 
 def physics_lookback_bars(params: PhysicsParams | None = None) -> int:
@@ -125,13 +154,17 @@ def physics_lookback_bars(params: PhysicsParams | None = None) -> int:
 
 PHYSICS_WARMUP_BARS = physics_lookback_bars()
 """Bars from a symbol's first bar after which every physics column is defined (non-null)
-unless the data make it undefined (fewer than 50 non-zero returns in the alpha window, a
-zero-volume bar in the friction window, zero dollar volume over the long window)."""
+unless the data make it undefined (alpha: too little information in its window, see
+the module docstring; friction: a zero-volume bar in its window; mass: zero dollar volume
+over the long window). regime is never null after the warm-up."""
 
 
-def regime_from_alpha(alpha: np.ndarray | pl.Series | float) -> pl.Series:
-    """Gaussian (alpha >= 3), Levy (2 <= alpha < 3), Critical (alpha < 2), null if alpha is."""
+def regime_from_alpha(alpha: np.ndarray | pl.Series | float, window_full: np.ndarray | None = None) -> pl.Series:
+    """Gaussian (alpha >= 3), Levy (2 <= alpha < 3), Critical (alpha < 2); where alpha is
+    null: "Insufficient" if ``window_full`` (bool, same length) says the alpha window was
+    full, else null (warm-up, or ``window_full`` not given)."""
     a = pl.Series("alpha", np.atleast_1d(np.asarray(alpha, dtype=np.float64)), nan_to_null=True)
+    full = pl.Series("full", np.zeros(a.len(), dtype=bool) if window_full is None else np.asarray(window_full, bool))
     return (
         pl.select(
             pl.when(a >= 3.0)
@@ -140,10 +173,94 @@ def regime_from_alpha(alpha: np.ndarray | pl.Series | float) -> pl.Series:
             .then(pl.lit("Levy"))
             .when(a.is_not_null())
             .then(pl.lit("Critical"))
+            .when(full)
+            .then(pl.lit("Insufficient"))
             .otherwise(pl.lit(None, dtype=pl.Utf8))
             .alias("regime")
         )
         .to_series()
+    )
+
+
+def informative_returns(
+    ret: np.ndarray, ts_us: np.ndarray, seg: ind.Segments, bar_seconds: int | None = None, hole_factor: float = 1.5
+) -> np.ndarray:
+    """(n,) float64: ``ret`` (one-bar log returns) with NaN where the return spans a hole,
+    i.e. ts_us[t] - ts_us[t-1] > hole_factor x bar interval (bar starts, int64 us, UTC).
+    Bar interval: ``bar_seconds``, or per symbol the modal positive spacing of its bars."""
+    out = np.asarray(ret, dtype=np.float64).copy()
+    n = out.shape[0]
+    if n == 0:
+        return out
+    spacing = np.diff(ts_us, prepend=ts_us[0])
+    first = seg.pos == 0
+    if bar_seconds is not None:
+        limit = np.full(n, hole_factor * bar_seconds * 1e6)
+    else:
+        limit = np.empty(n)
+        for a, b in zip(seg.starts.tolist(), seg.ends.tolist(), strict=True):
+            d = spacing[a + 1 : b]
+            d = d[d > 0]
+            if d.shape[0] == 0:
+                limit[a:b] = np.inf
+                continue
+            values, counts = np.unique(d, return_counts=True)
+            limit[a:b] = hole_factor * values[np.argmax(counts)]  # ties: the smaller spacing
+    out[first | (spacing > limit)] = np.nan
+    return out
+
+
+def rolling_tail_alpha(
+    ret_informative: np.ndarray, seg: ind.Segments, window: int, anchor: np.ndarray,
+    min_returns: int = 100, min_resolution: float = 2.5,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Hill alpha of the informative returns (NaN = not informative) in the ``window``
+    bars ending at each row's update bar, NaN where the window holds too little
+    information (fewer than ``min_returns`` non-zero values, or Hill threshold / 10%
+    quantile of the non-zero |r| below ``min_resolution``; module docstring).
+    Returns (alpha (n,) float64, window_full (n,) bool)."""
+    n = ret_informative.shape[0]
+    idx = np.arange(n)
+    full_at = (anchor == idx) & (seg.pos >= window - 1)
+    window_full = full_at[anchor]
+    alpha = rolling_hill_alpha(ret_informative, seg, window, anchor)
+    rows = np.flatnonzero(full_at & np.isfinite(alpha))
+    if rows.shape[0] == 0:
+        return alpha, window_full
+    x = np.abs(ret_informative)
+    x[~np.isfinite(x)] = 0.0
+    top_n = hill_k(window) + 1
+    offsets = np.arange(-window + 1, 1)[None, :]
+    ok = np.zeros(rows.shape[0], dtype=bool)
+    for c0 in range(0, rows.shape[0], 1024):
+        r = rows[c0 : c0 + 1024]
+        win = x[r[:, None] + offsets]  # non-informative values are 0
+        n_eff = np.count_nonzero(win, axis=1)
+        k = np.floor(np.sqrt(n_eff)).astype(np.int64)  # = hill_k(n_eff) <= top_n - 1
+        top = -np.sort(-np.partition(win, window - top_n, axis=1)[:, window - top_n :], axis=1)
+        threshold = top[np.arange(r.shape[0]), k]  # X_(k+1)
+        # Q10 (lower 10% quantile of the non-zero values, 0-based rank (n_eff-1)//10) <= threshold / R
+        # <=> at least rank + 1 non-zero values v have R * v <= threshold
+        fine = np.count_nonzero((win > 0) & (win * min_resolution <= threshold[:, None]), axis=1)
+        ok[c0 : c0 + r.shape[0]] = (n_eff >= min_returns) & (fine >= (n_eff - 1) // 10 + 1)
+    gate = np.ones(n, dtype=bool)
+    gate[rows[~ok]] = False
+    alpha = np.where(gate[anchor], alpha, np.nan)
+    return alpha, window_full
+
+
+def regime_shares(physics: pl.DataFrame) -> pl.DataFrame:
+    """Per symbol, over rows whose regime is known (past the alpha warm-up): ``rows`` and
+    the share (0..1) of each regime, columns ``share_gaussian``, ``share_levy``,
+    ``share_critical``, ``share_insufficient``; sorted by symbol."""
+    known = physics.filter(pl.col("regime").is_not_null())
+    return (
+        known.group_by("symbol")
+        .agg(
+            pl.len().alias("rows"),
+            *[(pl.col("regime") == r).mean().alias(f"share_{r.lower()}") for r in REGIMES],
+        )
+        .sort("symbol")
     )
 
 
@@ -194,7 +311,10 @@ def _physics_arrays(col: dict[str, np.ndarray], seg: ind.Segments, p: PhysicsPar
     nash_gap[~np.isfinite(nash_gap)] = np.nan
 
     anchor = update_anchor(col["ts_us"], seg, p.alpha_stride_minutes)
-    alpha = rolling_hill_alpha(ret_1, seg, p.alpha_window, anchor)
+    informative = informative_returns(ret_1, col["ts_us"], seg, p.bar_seconds, p.hole_factor)
+    alpha, window_full = rolling_tail_alpha(
+        informative, seg, p.alpha_window, anchor, p.min_tail_returns, p.min_tail_resolution
+    )
     return {
         "mass": mass,
         "velocity": velocity,
@@ -204,6 +324,7 @@ def _physics_arrays(col: dict[str, np.ndarray], seg: ind.Segments, p: PhysicsPar
         "nash_dist": np.abs(nash_gap),
         "nash_gap": nash_gap,
         "alpha": alpha,
+        "_alpha_window_full": window_full.astype(np.float64),
     }
 
 
@@ -219,12 +340,18 @@ def compute_physics(features: pl.DataFrame, **params) -> pl.DataFrame:
         p = PhysicsParams(**params)
     except TypeError as exc:
         raise FeatureInputError(f"bad physics parameter: {exc}") from None
-    for name in ("short_window", "long_window", "alpha_window", "alpha_stride_minutes", "threads"):
+    ints = ("short_window", "long_window", "alpha_window", "alpha_stride_minutes", "threads", "bar_seconds",
+            "min_tail_returns")
+    for name in ints:
         value = getattr(p, name)
-        if value is None and name in ("alpha_stride_minutes", "threads"):
+        if value is None and name in ("alpha_stride_minutes", "threads", "bar_seconds"):
             continue
         if not isinstance(value, int) or value < 1:
             raise FeatureInputError(f"physics parameter {name} must be a positive integer, got {value!r}")
+    for name in ("hole_factor", "min_tail_resolution"):
+        value = getattr(p, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 1.0:
+            raise FeatureInputError(f"physics parameter {name} must be a number >= 1, got {value!r}")
     if p.short_window < 2:
         raise FeatureInputError("physics parameter short_window must be at least 2 (velocity needs a std)")
     missing = [c for c in _NEEDED if c not in features.columns]
@@ -244,5 +371,7 @@ def compute_physics(features: pl.DataFrame, **params) -> pl.DataFrame:
     values = ind.map_symbol_chunks(
         lambda col, seg: _physics_arrays(col, seg, p), arrays, frame["symbol"].rle_id().to_numpy(), threads
     )
+    window_full = values.pop("_alpha_window_full") > 0
     out = pl.concat([frame.select("symbol", "ts"), arrays_to_frame(values)], how="horizontal")
-    return out.with_columns(regime_from_alpha(values["alpha"])).select(["symbol", "ts", *PHYSICS_COLUMNS])
+    regime = regime_from_alpha(values["alpha"], window_full)
+    return out.with_columns(regime).select(["symbol", "ts", *PHYSICS_COLUMNS])

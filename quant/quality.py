@@ -51,7 +51,8 @@ RULE_DESCRIPTIONS = {
                          "record, legitimate in busy markets, never fails.",
     "no_nan_after_warmup": "No null/NaN value in any value column after each symbol's warm-up rows; fails on any.",
     "regime_consistent_with_alpha": "regime is what alpha implies: Gaussian alpha >= 3, Levy 2 <= alpha < 3, "
-                                    "Critical alpha < 2; fails on any mismatch.",
+                                    "Critical alpha < 2, Insufficient when alpha is null past warm-up (too few "
+                                    "informative returns); fails on any mismatch.",
     "critical_regime_entries": "Minutes where a symbol enters the Critical regime (alpha < 2; WARN on any).",
 }
 
@@ -269,10 +270,13 @@ def regime_of(alpha: pl.Expr) -> pl.Expr:
 
 
 def regime_consistent(physics: pl.DataFrame) -> RuleOutcome:
-    """``regime`` is exactly what ``alpha`` implies."""
-    bad = physics.filter(pl.col("alpha").is_not_null() & (regime_of(pl.col("alpha")) != pl.col("regime")))
+    """``regime`` is exactly what ``alpha`` implies; a null alpha past warm-up is "Insufficient"."""
+    bad = physics.filter(
+        (pl.col("alpha").is_not_null() & (regime_of(pl.col("alpha")) != pl.col("regime")).fill_null(True))
+        | (pl.col("alpha").is_null() & pl.col("regime").is_not_null() & (pl.col("regime") != "Insufficient")))
     return RuleOutcome("regime_consistent_with_alpha", ERROR, bad.height,
-                       "regime must follow alpha: Gaussian >= 3 > Levy >= 2 > Critical",
+                       "regime must follow alpha: Gaussian >= 3 > Levy >= 2 > Critical; no alpha: Insufficient "
+                       "(or null in warm-up)",
                        example_rows(bad, ["symbol", "ts", "alpha", "regime"]))
 
 

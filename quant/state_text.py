@@ -54,7 +54,7 @@ forecast       optional ``forecast_p50_return`` (a fractional return over the fo
 
 Validation: every required field must be present and finite (not null, not NaN/inf), with
 mass, friction, nash_dist >= 0, entropy in [0, 1], alpha > 0 and regime one of Gaussian,
-Levy, Critical. Otherwise :class:`InvalidStateError` names the symbol, ts and field.
+Levy, Critical, or Insufficient (alpha may then be null: the text says "no tail index"). Otherwise :class:`InvalidStateError` names the symbol, ts and field.
 ``quant.physics`` leaves warm-up rows null; use :func:`split_valid_states` to separate
 them (with a reason each) instead of letting ``state_texts`` raise.
 
@@ -82,7 +82,8 @@ __all__ = [
 ]
 
 REQUIRED_FIELDS = ("mass", "momentum", "friction", "entropy", "nash_dist", "alpha")
-REGIMES = ("Gaussian", "Levy", "Critical")
+REGIMES = ("Gaussian", "Levy", "Critical", "Insufficient")
+NO_TAIL_INDEX = "Insufficient"  # quant.physics: too few informative returns, alpha null
 _P10 = ("forecast_p10_return", "forecast_p10")
 _P90 = ("forecast_p90_return", "forecast_p90")
 
@@ -104,8 +105,9 @@ def _problems(states: pl.DataFrame) -> pl.DataFrame:
     checks: list[tuple[str, pl.Expr, str]] = []
     for f in REQUIRED_FIELDS:
         x = pl.col(f).cast(pl.Float64)
-        checks.append((f, x.is_null(), "is missing (null)"))
-        checks.append((f, ~x.is_finite(), "is not finite"))
+        missing = x.is_null() & (pl.col("regime") != NO_TAIL_INDEX) if f == "alpha" else x.is_null()
+        checks.append((f, missing, "is missing (null)"))
+        checks.append((f, x.is_not_null() & ~x.is_finite(), "is not finite"))
     rng = {
         "mass": pl.col("mass") < 0,
         "friction": pl.col("friction") < 0,
@@ -204,9 +206,10 @@ def state_texts(states: pl.DataFrame) -> list[str]:
             .otherwise(nash)
         )
     nash = pl.concat_str([nash, pl.lit("equilibrium")], separator=" ")
+    tail = (pl.when(alpha.is_null()).then(pl.lit(" no tail index "))
+            .otherwise(pl.concat_str([pl.lit(" alpha "), ((alpha * 2).floor() / 2).cast(pl.Utf8), pl.lit(" ")])))
     parts = [
-        pl.col("regime"), pl.lit(" alpha "), ((alpha * 2).floor() / 2).cast(pl.Utf8),
-        pl.lit(" "), mass, pl.lit(" mass "), momentum, pl.lit(" momentum "), friction,
+        pl.col("regime"), tail, mass, pl.lit(" mass "), momentum, pl.lit(" momentum "), friction,
         pl.lit(" friction "), entropy, pl.lit(" entropy price "), nash,
     ]
     text = pl.concat_str(parts)

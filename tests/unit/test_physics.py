@@ -1,5 +1,6 @@
 """quant.physics: Hill estimator accuracy, regime mapping, formulas vs pandas, rolling
-alpha vs hill_alpha on the trailing window, physics defined after warm-up."""
+alpha vs hill_alpha on the informative returns of the trailing window, physics defined
+after warm-up. Information rules (holes, tick grid): tests/unit/test_physics_tail_information.py."""
 
 from __future__ import annotations
 
@@ -63,6 +64,9 @@ def test_hill_alpha_formula_k_choice_and_ignored_values():
 def test_regime_mapping_boundaries():
     regimes = regime_from_alpha(np.array([0.5, 1.999, 2.0, 2.999, 3.0, 7.0, np.nan]))
     assert regimes.to_list() == ["Critical", "Critical", "Levy", "Levy", "Gaussian", "Gaussian", None]
+    full = np.array([True, False, True, True, True, True, True, False])
+    regimes = regime_from_alpha(np.array([0.5, 1.999, 2.0, 2.999, 3.0, 7.0, np.nan, np.nan]), full)
+    assert regimes.to_list() == ["Critical", "Critical", "Levy", "Levy", "Gaussian", "Gaussian", "Insufficient", None]
 
 
 @pytest.fixture(scope="module")
@@ -108,13 +112,28 @@ def _update_rows(ts: pl.Series, stride_minutes: int | None) -> np.ndarray:
     return np.maximum.accumulate(np.where(update, np.arange(n), 0))
 
 
+def _oracle_alpha(ret: np.ndarray, ts: pl.Series, t: int) -> float:
+    """alpha of the 390 bars ending at t, by hand: drop returns over a spacing > 90 s
+    (minute bars), then the information rule (>= 100 non-zero returns, Hill threshold
+    >= 2.5 x their 10% quantile), then hill_alpha."""
+    spacing = np.diff(ts.dt.epoch("us").to_numpy(), prepend=0)
+    win = ret[t - 389 : t + 1][spacing[t - 389 : t + 1] <= 90_000_000]
+    x = np.abs(win[np.isfinite(win) & (win != 0)])
+    if x.size < 100:
+        return np.nan
+    k = int(np.floor(np.sqrt(x.size)))
+    if np.sort(x)[::-1][k] < 2.5 * np.quantile(x, 0.1, method="lower"):
+        return np.nan
+    return hill_alpha(win)
+
+
 @pytest.mark.parametrize("stride", [15, None])
 def test_rolling_alpha_is_hill_alpha_of_the_trailing_window(synth, stride):
     feats, phys = synth
     if stride is None:
         phys = compute_physics(feats, alpha_stride_minutes=None)
     rng = np.random.default_rng(2)
-    checked = 0
+    checked = holes = 0
     for sym in ("S000", "S001"):
         f = feats.filter(pl.col("symbol") == sym)
         alpha = phys.filter(pl.col("symbol") == sym)["alpha"].to_numpy()
@@ -122,13 +141,14 @@ def test_rolling_alpha_is_hill_alpha_of_the_trailing_window(synth, stride):
         anchor = _update_rows(f["ts"], stride)
         for t in np.r_[rng.integers(0, f.height, 60), [388, 389, 390]]:
             c = anchor[t]
-            expected = hill_alpha(ret[c - 389 : c + 1]) if c >= 389 else np.nan
+            expected = _oracle_alpha(ret, f["ts"], c) if c >= 389 else np.nan
             if np.isnan(expected):
                 assert np.isnan(alpha[t]), (sym, t)
             else:
                 assert alpha[t] == pytest.approx(expected, rel=1e-12), (sym, t)
+                holes += hill_alpha(ret[c - 389 : c + 1]) != expected  # the hole rule changed this one
                 checked += 1
-    assert checked > 60
+    assert checked > 60 and holes > 30
 
 
 def test_rolling_alpha_with_many_flat_bars_ignores_zero_returns():
@@ -146,7 +166,7 @@ def test_rolling_alpha_with_many_flat_bars_ignores_zero_returns():
     feats = compute_features(flat)
     alpha = compute_physics(feats, alpha_stride_minutes=None)["alpha"].to_numpy()
     ret = feats["ret_1"].to_numpy()
-    for t in (400, 800, 1199):
+    for t in (400, 800, 1199):  # no holes here, and ~150 non-zero returns: informative
         assert alpha[t] == pytest.approx(hill_alpha(ret[t - 389 : t + 1]), rel=1e-12)
         assert np.count_nonzero(ret[t - 389 : t + 1] == 0) > 150
 
@@ -161,7 +181,7 @@ def test_physics_defined_after_warmup_on_real_and_synthetic_bars(real_data_dir, 
             assert values.null_count() == 0, name
             assert values.is_finite().all(), name
         assert warm["regime"].null_count() == 0
-        assert set(warm["regime"].unique()) <= {"Gaussian", "Levy", "Critical"}
+        assert set(warm["regime"].unique()) <= {"Gaussian", "Levy", "Critical"}  # no Insufficient here
         head = phys.filter(pl.int_range(pl.len()).over("symbol") < 389)
         assert head["alpha"].null_count() == head.height  # warm-up is null, not NaN
         assert (warm["mass"] >= 0).all() and (warm["friction"] >= 0).all() and (warm["alpha"] > 0).all()

@@ -72,3 +72,15 @@ def test_off_market_prints_find_a_late_block():
                                  "size": pl.Float64, "side": pl.Utf8})
     out = quality.off_market_prints(ticks)
     assert out.n_flagged == 1 and out.examples[0]["price"] == 102.5
+
+
+def test_regime_consistency_knows_the_insufficient_state():
+    ts = [datetime(2024, 1, 2, 15, k, tzinfo=timezone.utc) for k in range(6)]
+    physics = pl.DataFrame({
+        "symbol": ["A"] * 6, "ts": ts,
+        "alpha": pl.Series([None, None, 2.5, 1.5, None, 3.5], dtype=pl.Float64),
+        "regime": [None, "Insufficient", "Levy", "Critical", "Critical", None],
+    })
+    outcome = quality.regime_consistent(physics)
+    # warm-up (both null) and Insufficient without alpha are fine; Critical without alpha and a missing regime are not
+    assert outcome.n_flagged == 2

@@ -179,3 +179,19 @@ def test_select_embedding_rows_uses_context_for_micro_batches():
     assert select_embedding_rows(same).height == 1  # without context it looks like a bucket start
     assert select_embedding_rows(flip, context=ctx)["embed_reason"].to_list() == ["regime_change"]
     assert select_embedding_rows(start, context=ctx)["embed_reason"].to_list() == ["bucket_start"]
+
+
+def test_an_insufficient_state_without_alpha_is_embedded_and_says_so():
+    from datetime import datetime, timezone
+
+    import polars as pl
+
+    from quant.state_text import InvalidStateError, state_texts
+
+    row = {"symbol": ["A"], "ts": [datetime(2024, 1, 2, 15, tzinfo=timezone.utc)], "regime": ["Insufficient"],
+           "mass": [1.0], "momentum": [0.1], "friction": [1.0], "entropy": [0.5], "nash_dist": [0.1],
+           "alpha": pl.Series([None], dtype=pl.Float64)}
+    (text,) = state_texts(pl.DataFrame(row))
+    assert text.startswith("Insufficient no tail index ") and "alpha" not in text
+    with pytest.raises(InvalidStateError, match="alpha"):  # a null alpha is only valid for Insufficient
+        state_texts(pl.DataFrame({**row, "regime": ["Critical"]}))
