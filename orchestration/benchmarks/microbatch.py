@@ -45,6 +45,12 @@ from orchestration.instance import dagster_yaml
 
 NAME = "microbatch"
 
+_DIRECT_COORDINATOR = """\
+run_coordinator:
+  module: dagster._core.run_coordinator
+  class: DefaultRunCoordinator
+"""
+
 
 def _seed_history(warehouse, symbols: list[str], history_days: list[date], live_session, first_window) -> int:
     """Bars of the history sessions and of the live session before the first window (batch path)."""
@@ -157,7 +163,9 @@ def _run_once(quick: bool, warm: bool) -> list[dict[str, Any]]:
     os.environ["DAGSTER_HOME"] = str(work_dir / "dagster_home")
     os.environ.pop("FEYNMAN_MICROBATCH_LOCK", None)
     (work_dir / "dagster_home").mkdir(parents=True)
-    (work_dir / "dagster_home" / "dagster.yaml").write_text(dagster_yaml(work_dir / "dagster_home", warm_runs=warm))
+    # the deployed config, with runs handed straight to the launcher (the daemon's queue is not running here)
+    (work_dir / "dagster_home" / "dagster.yaml").write_text(
+        dagster_yaml(work_dir / "dagster_home", warm_runs=warm) + _DIRECT_COORDINATOR)
     hot = None
     launcher = None
     instance = None
