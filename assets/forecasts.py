@@ -23,6 +23,11 @@ from resources.warehouse import WRITER_POOL, WarehouseResource
 
 FORECASTS_KEY = dg.AssetKey(["duckdb", "forecasts"])
 EVAL_CHECK = "forecast_coverage_and_skill"
+FALLBACK_CHECK = "forecasts_from_chronos"
+FALLBACK_DESCRIPTION = ("The forecasts come from Chronos, not the statistical fallback that stands in when no Chronos "
+                        "weights can be loaded (offline without a cached checkpoint, or FEYNMAN_CHRONOS_MODEL "
+                        "unreadable); the metadata `model` names the model used. WARN when any row of the range "
+                        "is from the fallback. Not blocking.")
 EVAL_DESCRIPTION = (f"Scores the issues whose targets have been realised: coverage of [P10, P90] (WARN outside "
                     f"[{COVERAGE_OK[0]:g}, {COVERAGE_OK[1]:g}]) and pinball loss against a naive last-close "
                     f"forecast (reported). Not blocking.")
@@ -37,6 +42,8 @@ EVAL_DESCRIPTION = (f"Scores the issues whose targets have been realised: covera
     pool=WRITER_POOL,
     kinds={"duckdb", "pytorch"},
     check_specs=[dg.AssetCheckSpec(EVAL_CHECK, asset=FORECASTS_KEY, description=EVAL_DESCRIPTION,
+                                   partitions_def=daily_partitions),
+                 dg.AssetCheckSpec(FALLBACK_CHECK, asset=FORECASTS_KEY, description=FALLBACK_DESCRIPTION,
                                    partitions_def=daily_partitions)],
     description=(
         "P10/P50/P90 and mean of the close for each of the next 10 one-minute steps, issued every 15 minutes "
@@ -79,8 +86,20 @@ def forecasts(context: dg.AssetExecutionContext, market_data: MarketDataResource
             "evaluation": dg.MetadataValue.md(markdown_table(evaluation)) if evaluation.height else "no realised prices yet",
             **fan,
         },
-        check_results=[evaluation_check(evaluation)],
+        check_results=[evaluation_check(evaluation), model_check(run)],
     )
+
+
+def model_check(run: "IssuedForecasts") -> dg.AssetCheckResult:
+    """WARN when the statistical fallback stood in for Chronos (passes when nothing was issued)."""
+    if not run.frame.height:
+        return dg.AssetCheckResult(check_name=FALLBACK_CHECK, passed=True, severity=dg.AssetCheckSeverity.WARN,
+                                   description="no forecasts issued in this range", metadata={"model": run.model})
+    return dg.AssetCheckResult(
+        check_name=FALLBACK_CHECK, passed=not run.fallback, severity=dg.AssetCheckSeverity.WARN,
+        description=f"model {run.model}" + (" (the statistical fallback: Chronos could not be loaded)"
+                                             if run.fallback else ""),
+        metadata={"model": run.model, "fallback": run.fallback})
 
 
 @dataclass

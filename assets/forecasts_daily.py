@@ -6,7 +6,8 @@ import dagster as dg
 import polars as pl
 
 from assets.automation import after_parents_after_the_close
-from assets.forecasts import EVAL_CHECK, EVAL_DESCRIPTION, evaluate_against, evaluation_check, forecast_issues
+from assets.forecasts import (EVAL_CHECK, EVAL_DESCRIPTION, FALLBACK_CHECK, FALLBACK_DESCRIPTION, evaluate_against,
+                              evaluation_check, forecast_issues, model_check)
 from assets.metadata import frame_metadata, markdown_table
 from assets.plots import forecast_fan_png
 from assets.quality import BARS_DAILY_KEY
@@ -26,7 +27,8 @@ BARS_1D_KEY = dg.AssetKey(["duckdb", "bars_1d"])
     automation_condition=after_parents_after_the_close(),
     pool=WRITER_POOL,
     kinds={"duckdb", "pytorch"},
-    check_specs=[dg.AssetCheckSpec(EVAL_CHECK, asset=FORECASTS_DAILY_KEY, description=EVAL_DESCRIPTION)],
+    check_specs=[dg.AssetCheckSpec(EVAL_CHECK, asset=FORECASTS_DAILY_KEY, description=EVAL_DESCRIPTION),
+                 dg.AssetCheckSpec(FALLBACK_CHECK, asset=FORECASTS_DAILY_KEY, description=FALLBACK_DESCRIPTION)],
     description=(
         "P10/P50/P90 and mean of the daily close for each of the next 5 trading days, issued at each of the "
         "last 20 complete daily bars per symbol from the daily closes up to that bar (dbt's bars_1d rollup of "
@@ -71,5 +73,5 @@ def forecasts_daily(context: dg.AssetExecutionContext, market_data: MarketDataRe
             "no realised daily closes yet",
             **({"forecast_fan": forecast_fan_png(frame, history)} if frame.height else {}),
         },
-        check_results=[evaluation_check(evaluation)],
+        check_results=[evaluation_check(evaluation), model_check(run)],
     )

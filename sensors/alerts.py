@@ -10,7 +10,8 @@ run-sharded sqlite event log, where cross-run event cursors are not available. A
 reported outside any run are not seen.
 
 Alerts are deduplicated by run (and check), so an evaluation repeated after a crash, or a run
-seen twice because its update time equals the cursor, does not page twice. On its very first
+seen twice because its update time equals the cursor, does not page twice; a failed WARN check pages
+once per check and partition (or UTC day), however many runs repeat it. On its very first
 evaluation the sensor starts at the current time: enabling it on an old instance does not replay
 months of failures. A failed ERROR-severity check is ``critical``, a failed WARN check a
 ``warning``; a failed run is ``critical``.
@@ -125,9 +126,17 @@ class AlertScanner:
             self._raise(report, "asset_check_failed",
                         f"check {evaluation.check_name} on {asset}{where} failed ({evaluation.severity.value}){text}",
                         severity="critical" if error else "warning", run_id=run.run_id,
-                        dedup_key=f"check:{run.run_id}:{asset}:{evaluation.check_name}:{partition}",
+                        dedup_key=_check_dedup_key(run, asset, evaluation.check_name, partition, error),
                         details={"asset": asset, "check": evaluation.check_name, "partition": partition,
                                  "severity": evaluation.severity.value, "blocking": evaluation.blocking})
+
+
+def _check_dedup_key(run: dg.DagsterRun, asset: str, check: str, partition: str | None, error: bool) -> str:
+    """An ERROR check pages for every run it fails in; a WARN check once per check and day (its partition, or
+    the run's UTC day): a warning that holds all day (e.g. forecasts from the fallback) is news once."""
+    if error:
+        return f"check:{run.run_id}:{asset}:{check}:{partition}"
+    return f"check:warn:{asset}:{check}:{partition or datetime.now(timezone.utc).date().isoformat()}"
 
 
 def _first_line(text: str | None) -> str:

@@ -97,6 +97,7 @@ def test_daily_layers_equal_a_full_recompute_and_feed_redis(warehouse, embedded_
     assert checks["no_nan_after_warmup"].passed and checks["rsi_14_in_range"].passed
     assert checks["regime_consistent_with_alpha"].passed
     assert "forecast_coverage_and_skill" in checks
+    assert checks["forecasts_from_chronos"].passed  # the real Chronos path
 
 
 def test_forecasts_fall_back_visibly_without_weights(warehouse, embedded_redis, tmp_path):
@@ -106,3 +107,5 @@ def test_forecasts_fall_back_visibly_without_weights(warehouse, embedded_redis, 
     assert len(models) == 1 and models[0].startswith("fallback:")
     meta = result.asset_materializations_for_node("duckdb__forecasts")[0].metadata
     assert meta["fallback"].value is True
+    (check,) = [e for e in result.get_asset_check_evaluations() if e.check_name == "forecasts_from_chronos"]
+    assert not check.passed and check.severity.value == "WARN" and "fallback" in check.description

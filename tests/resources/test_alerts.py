@@ -217,3 +217,16 @@ def test_alert_sensor_reports_failed_runs_and_checks(warehouse, embedded_redis, 
     assert "prices_positive on quotes failed (ERROR): 3 rows with price <= 0" in rows["message"][0]
     assert len(hook.bodies) == 3
     instance.dispose()
+
+
+def test_a_warning_check_pages_once_a_day_an_error_check_every_run(warehouse, embedded_redis, tmp_path):
+    (tmp_path / "dh").mkdir()
+    instance = dg.DagsterInstance.local_temp(str(tmp_path / "dh"))
+    for _ in range(3):
+        dg.materialize([quotes], instance=instance, raise_on_error=False)
+    scanner = AlertScanner(instance, AlertingResource(), warehouse=warehouse, hot_state=embedded_redis)
+    scanner.scan(AlertScanner.start_cursor(now=0.0))
+    rows = _alerts(warehouse)
+    assert rows.filter(pl.col("severity") == "critical").height == 3  # prices_positive, every run
+    assert rows.filter(pl.col("severity") == "warning").height == 1  # fresh_enough, once today
+    instance.dispose()
