@@ -19,6 +19,7 @@ import pytest
 from quant.backtest import split_work
 from quant.nightly import ChunkResult, SweepSettings, bars_per_year_of, evaluate_chunk, gather
 from quant.strategies import generate_strategies, make_strategies
+from tests.sessions import weekday_opens
 
 PLANTED = make_strategies([("sma_cross", {"fast": 10, "slow": 60}), ("sma_cross", {"fast": 15, "slow": 90})])
 STRATEGIES = pl.concat([PLANTED, generate_strategies(60, physics=False)]).unique(
@@ -32,11 +33,7 @@ def minute_bars(seed: int, trend: float, n_symbols: int = 3, n_sessions: int = 2
     is +-``trend`` per minute in regimes of ~``mean_regime`` minutes (exponential lengths, sign
     drawn at random), or 0 everywhere (a pure random walk) when ``trend`` is 0."""
     rng = np.random.default_rng(seed)
-    day, days = datetime(2024, 3, 4, 14, 30, tzinfo=UTC), []
-    while len(days) < n_sessions:
-        if day.weekday() < 5:
-            days.append(day)
-        day += timedelta(days=1)
+    days = weekday_opens(n_sessions)
     ts = [d + timedelta(minutes=i) for d in days for i in range(390)]
     n, frames = len(ts), []
     for s in range(n_symbols):

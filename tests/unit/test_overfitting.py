@@ -22,6 +22,7 @@ from quant.overfitting import (
     walk_forward,
 )
 from quant.strategies import generate_strategies
+from tests.sessions import weekday_opens
 
 
 def test_no_noise_strategy_passes_but_a_real_edge_does():
@@ -132,11 +133,7 @@ def test_bad_matrices_are_refused():
 
 def _bars(n_sessions=10, per_session=120, seed=4) -> pl.DataFrame:
     rng = np.random.default_rng(seed)
-    day, days = datetime(2024, 3, 4, 14, 30, tzinfo=UTC), []
-    while len(days) < n_sessions:
-        if day.weekday() < 5:
-            days.append(day)
-        day += timedelta(days=1)
+    days = weekday_opens(n_sessions)
     ts = [d + timedelta(minutes=i) for d in days for i in range(per_session)]
     frames = []
     for s in range(2):
