@@ -11,7 +11,7 @@ from assets.quality import check_results, check_specs, summary_table
 from assets.scope import Scope, layer_scope
 from assets.physics import PHYSICS_KEY
 from quant.state_text import select_embedding_rows, split_valid_states, state_texts
-from quant.quality import ERROR, RuleOutcome
+from quant.quality import ERROR, RuleOutcome, states_embedded
 from resources.live_window import LiveWindow
 from resources.market_data import MarketDataResource
 from resources.models import EmbedderResource
@@ -42,7 +42,8 @@ def forecast_summary(forecasts: pl.DataFrame) -> pl.DataFrame:
     automation_condition=after_the_close(),
     partitions_def=daily_partitions,
     kinds={"lancedb", "pytorch"},
-    check_specs=check_specs(EMBEDDINGS_KEY, EMBEDDING_CHECKS, blocking=set(EMBEDDING_CHECKS), descriptions={
+    check_specs=check_specs(EMBEDDINGS_KEY, [*EMBEDDING_CHECKS, "states_embedded"], blocking=set(EMBEDDING_CHECKS),
+                            descriptions={
         "one_vector_per_state": "Exactly one stored vector per embedded (symbol, ts) state; fails on a missing or "
                                 "duplicated one.",
         "vectors_384_unit_norm": "Every vector has 384 finite floats and unit L2 norm (1e-3); fails on any other.",
@@ -63,7 +64,8 @@ def market_state_embeddings(context: dg.AssetExecutionContext, market_data: Mark
     physics = warehouse.read_with_lookback("physics_states", scope.start, scope.end, scope.symbols,
                                            embedder.every_minutes) if scope.symbols else pl.DataFrame()
     if not physics.height:
-        outcomes = [RuleOutcome(name, ERROR, 0, "no physics states in this range") for name in EMBEDDING_CHECKS]
+        outcomes = [*(RuleOutcome(name, ERROR, 0, "no physics states in this range") for name in EMBEDDING_CHECKS),
+                    states_embedded(0, 0)]
         return dg.MaterializeResult(metadata={"states_embedded": 0, **scope.metadata(0),
                                               "note": "no physics states in this range"},
                                     check_results=check_results(EMBEDDINGS_KEY, outcomes))
@@ -81,6 +83,7 @@ def market_state_embeddings(context: dg.AssetExecutionContext, market_data: Mark
         index = vector_store.ensure_index()
     outcomes = embedding_checks(vector_store, embedder, valid, scope) if valid.height else [
         RuleOutcome(name, ERROR, 0, "no valid states to embed in this range") for name in EMBEDDING_CHECKS]
+    outcomes.append(states_embedded(chosen.height, valid.height))
     reasons = rejected.group_by("field").len().sort("len", descending=True) if rejected.height else rejected
     context.log.info(f"{scope.label}: embedded {valid.height} states ({stats.get('encoded', 0)} texts encoded, "
                      f"{stats.get('reused_from_store', 0)} reused), {rejected.height} skipped (warm-up or missing fields)")

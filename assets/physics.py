@@ -11,7 +11,8 @@ from assets.partitions import daily_partitions
 from assets.scope import Scope, layer_scope
 from assets.quality import check_results, check_specs, store_outcomes, summary_table
 from quant.physics import PHYSICS_COLUMNS, PHYSICS_WARMUP_BARS, compute_physics, regime_shares
-from quant.quality import critical_regime_entries, no_nan_after_warmup, regime_consistent, within_range
+from quant.quality import (critical_regime_entries, mostly_warm_up, no_nan_after_warmup, regime_consistent,
+                           within_range)
 from resources.alerts import AlertingResource
 from resources.hot_state import HotStateError, HotStateResource
 from resources.live_window import LiveWindow
@@ -21,7 +22,8 @@ from resources.warehouse import WRITER_POOL, WarehouseResource
 PHYSICS_KEY = dg.AssetKey(["duckdb", "physics_states"])
 # alpha is legitimately null when a window has too few informative returns (regime "Insufficient", quant/physics.py)
 NUMERIC_PHYSICS_COLUMNS = [c for c in PHYSICS_COLUMNS if c not in ("regime", "alpha")]
-PHYSICS_CHECKS = ["no_nan_after_warmup", "alpha_positive", "regime_consistent_with_alpha", "critical_regime_entries"]
+PHYSICS_CHECKS = ["no_nan_after_warmup", "alpha_positive", "regime_consistent_with_alpha", "critical_regime_entries",
+                  "mostly_warm_up"]
 
 
 HOT_STATE_FIELDS = ["mass", "momentum", "friction", "entropy", "nash_dist", "alpha", "regime"]
@@ -92,6 +94,7 @@ def physics_states(context: dg.AssetExecutionContext, market_data: MarketDataRes
         within_range(in_range, "alpha", 0.0, None, name="alpha_positive", strict_low=True),
         regime_consistent(in_range),
         critical_regime_entries(in_range),
+        mostly_warm_up(in_range),
     ]
     store_outcomes(warehouse, "physics_states", scope.quality_key, outcomes, context.run.run_id)
     regimes = (in_range.group_by("regime").len().sort("regime") if in_range.height else pl.DataFrame())
@@ -101,6 +104,7 @@ def physics_states(context: dg.AssetExecutionContext, market_data: MarketDataRes
             **scope.metadata(in_range.height),
             "hot_state": hot_note,
             "regime_minutes": dg.MetadataValue.md(markdown_table(regimes)) if regimes.height else "none",
+            "warm_up_states": in_range.filter(pl.col("regime").is_null()).height if in_range.height else 0,
             "regime_shares_by_symbol": dg.MetadataValue.md(markdown_table(regime_shares(in_range).with_columns(
                 pl.col("^share_.*$").round(3)))) if in_range.height else "none",
             "quality": dg.MetadataValue.md(summary_table(outcomes)),

@@ -17,7 +17,7 @@ from assets.quality import check_results, check_specs, store_outcomes, summary_t
 from assets.scope import layer_scope
 from assets.physics import PHYSICS_KEY
 from quant.portfolio import limit_over_time
-from quant.quality import ERROR, WARN, RuleOutcome, example_rows
+from quant.quality import ERROR, WARN, RuleOutcome, example_rows, signals_with_state
 from quant.risk import MAX_POSITION
 from quant.signals import SIGNAL_SCHEMA, make_signals, to_redis_message
 from quant.state_text import split_valid_states, state_texts
@@ -92,7 +92,8 @@ def finalize_signals(raw: pl.DataFrame, earlier: pl.DataFrame, closes: pl.DataFr
 
 
 
-SIGNAL_CHECKS = ["size_within_cap", "veto_when_alpha_below_2", "no_trade_in_critical_regime", "low_confidence"]
+SIGNAL_CHECKS = ["size_within_cap", "veto_when_alpha_below_2", "no_trade_in_critical_regime", "low_confidence",
+                 "signals_with_state"]
 
 
 @dg.asset(
@@ -197,4 +198,5 @@ def signal_checks(final: pl.DataFrame) -> list[RuleOutcome]:
                     "no BUY/SELL while the symbol's regime is Critical", example_rows(critical, cols)),
         RuleOutcome("low_confidence", WARN, shaky.height, "BUY/SELL signals with confidence below 0.5",
                     example_rows(shaky, cols)),
+        signals_with_state(final),
     ]

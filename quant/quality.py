@@ -28,6 +28,7 @@ SESSION_GAP = timedelta(minutes=5)
 MAX_SILENCE = timedelta(minutes=15)
 OFF_MARKET_WINDOW = 101  # trades in the centred rolling median
 OFF_MARKET_MOVE = 0.01
+MOSTLY_EMPTY = 0.5  # share of a layer's range left without content while its input had rows
 
 # what each rule tests and its threshold, for the check's description in the UI
 RULE_DESCRIPTIONS = {
@@ -54,6 +55,12 @@ RULE_DESCRIPTIONS = {
                                     "Critical alpha < 2, Insufficient when alpha is null past warm-up (too few "
                                     "informative returns); fails on any mismatch.",
     "critical_regime_entries": "Minutes where a symbol enters the Critical regime (alpha < 2; WARN on any).",
+    "mostly_warm_up": f"More than {MOSTLY_EMPTY:.0%} of the range's states have no regime yet (warm-up: too few "
+                      "bars of look-back before them, e.g. the first day loaded); WARN: load earlier sessions first.",
+    "states_embedded": "Physics states exist in the range but none could be embedded (all in warm-up or missing "
+                       "fields); WARN.",
+    "signals_with_state": f"More than {MOSTLY_EMPTY:.0%} of the range's signals have no usable physics state "
+                          "(regime Unknown or Insufficient, so vetoed); WARN.",
 }
 
 
@@ -278,6 +285,30 @@ def regime_consistent(physics: pl.DataFrame) -> RuleOutcome:
                        "regime must follow alpha: Gaussian >= 3 > Levy >= 2 > Critical; no alpha: Insufficient "
                        "(or null in warm-up)",
                        example_rows(bad, ["symbol", "ts", "alpha", "regime"]))
+
+
+def mostly_warm_up(physics: pl.DataFrame) -> RuleOutcome:
+    """Rows of the range without a regime (warm-up); fails when they are more than ``MOSTLY_EMPTY`` of it."""
+    warm = physics.filter(pl.col("regime").is_null())
+    failing = physics.height > 0 and warm.height > MOSTLY_EMPTY * physics.height
+    return RuleOutcome("mostly_warm_up", WARN, warm.height,
+                       f"{warm.height} of {physics.height} states in warm-up (no regime yet)",
+                       example_rows(warm, ["symbol", "ts"]), passed=not failing)
+
+
+def states_embedded(n_states: int, n_embedded: int) -> RuleOutcome:
+    """Fails when the range had ``n_states`` > 0 physics states and ``n_embedded`` == 0 were embedded."""
+    return RuleOutcome("states_embedded", WARN, n_states if n_states and not n_embedded else 0,
+                       f"{n_embedded} of {n_states} selected states embedded")
+
+
+def signals_with_state(signals: pl.DataFrame) -> RuleOutcome:
+    """Signals whose regime is Unknown or Insufficient; fails when more than ``MOSTLY_EMPTY`` of the range."""
+    stateless = signals.filter(pl.col("regime").is_in(["Unknown", "Insufficient"]))
+    failing = signals.height > 0 and stateless.height > MOSTLY_EMPTY * signals.height
+    return RuleOutcome("signals_with_state", WARN, stateless.height,
+                       f"{stateless.height} of {signals.height} signals without a usable state",
+                       example_rows(stateless, ["symbol", "ts", "regime"]), passed=not failing)
 
 
 def critical_regime_entries(physics: pl.DataFrame) -> RuleOutcome:

@@ -84,3 +84,21 @@ def test_regime_consistency_knows_the_insufficient_state():
     outcome = quality.regime_consistent(physics)
     # warm-up (both null) and Insufficient without alpha are fine; Critical without alpha and a missing regime are not
     assert outcome.n_flagged == 2
+
+
+def test_layers_left_mostly_empty_are_reported():
+    ts = [datetime(2024, 1, 2, 15, k, tzinfo=timezone.utc) for k in range(4)]
+    physics = pl.DataFrame({"symbol": ["A"] * 4, "ts": ts, "regime": [None, None, None, "Levy"]})
+    assert not quality.mostly_warm_up(physics).passed  # 3 of 4 in warm-up
+    assert quality.mostly_warm_up(physics.with_columns(pl.lit("Gaussian").alias("regime"))).passed
+    half = physics.with_columns(pl.Series("regime", [None, None, "Levy", "Insufficient"]))
+    assert quality.mostly_warm_up(half).passed  # exactly half is not "more than half"
+    assert quality.mostly_warm_up(physics.head(0)).passed
+
+    assert not quality.states_embedded(5, 0).passed and quality.states_embedded(5, 1).passed
+    assert quality.states_embedded(0, 0).passed
+
+    signals = pl.DataFrame({"symbol": ["A"] * 4, "ts": ts, "regime": ["Unknown", "Insufficient", "Unknown", "Levy"]})
+    outcome = quality.signals_with_state(signals)
+    assert not outcome.passed and outcome.n_flagged == 3
+    assert quality.signals_with_state(signals.tail(2)).passed
