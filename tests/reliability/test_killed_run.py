@@ -178,7 +178,14 @@ def test_sigint_stops_within_5s_cancels_the_run_and_runs_nothing_more(tmp_path):
 
 
 def _dbt_children(pid):
-    return [c for c in _children(pid) if any("dbt" in part for part in (c.cmdline() or [])[:3])]
+    found = []
+    for child in _children(pid):
+        try:  # a short-lived child may exit (or be a zombie not yet reaped) between listing and reading it
+            if any("dbt" in part for part in (child.cmdline() or [])[:3]):
+                found.append(child)
+        except psutil.NoSuchProcess:  # ZombieProcess is one
+            continue
+    return found
 
 
 def test_sigterm_and_kill_9_during_dbt_leave_no_dbt_behind(tmp_path):
