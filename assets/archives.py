@@ -12,12 +12,14 @@ import polars as pl
 from pydantic import Field
 
 from assets.bars import BARS_KEY
-from assets.metadata import markdown_table
+from assets.metadata import DATA_ENG, layer_tags, markdown_table, parquet_store_metadata
 from assets.ticks import TICKS_KEY
 from resources.archive import ArchiveResource
 from resources.warehouse import WRITER_POOL, WarehouseResource
 
 ARCHIVES_KEY = dg.AssetKey(["parquet", "archives"])
+# code version: bump by hand when what this asset computes changes (docs/metadata.md)
+CODE_VERSION = "1"
 
 
 class ArchiveConfig(dg.Config):
@@ -32,6 +34,10 @@ class ArchiveConfig(dg.Config):
     key=ARCHIVES_KEY,
     deps=[TICKS_KEY, BARS_KEY, FEATURES_KEY, PHYSICS_KEY, FORECASTS_KEY],
     group_name="archive",
+    code_version=CODE_VERSION,
+    owners=[DATA_ENG],
+    tags=layer_tags("archive", 'parquet'),
+    metadata=parquet_store_metadata(),
     pool=WRITER_POOL,
     kinds={"parquet", "duckdb"},
     description=(

@@ -14,7 +14,7 @@ import numpy as np
 import polars as pl
 
 from assets.bars import BARS_KEY
-from assets.metadata import markdown_table
+from assets.metadata import QUANT, duckdb_table_metadata, layer_tags, markdown_table
 from assets.partitions import daily_partitions
 from assets.physics import PHYSICS_KEY
 from assets.plots import equity_curves_png
@@ -27,6 +27,8 @@ from resources.warehouse import WRITER_POOL, WarehouseResource
 RUNS_KEY = dg.AssetKey(["duckdb", "backtest_runs"])
 RESULTS_KEY = dg.AssetKey(["duckdb", "strategy_results"])
 LEADERBOARD_KEY = dg.AssetKey(["duckdb", "strategy_leaderboard"])
+# code version: bump by hand when what these assets compute changes (docs/metadata.md)
+CODE_VERSION = "1"
 SESSIONS_CHECK = dg.AssetCheckSpec(
     "enough_sessions", asset=RUNS_KEY, partitions_def=daily_partitions,
     description="The backtest ran on at least the configured number of sessions of bars_1m (90 by default); "
@@ -163,18 +165,24 @@ def _equity_plot(chunks: list[ChunkResult], strategy_ids: list[str], title: str)
     for sid in strategy_ids:
         equity = np.cumprod(1.0 + np.nan_to_num(returns[:, ids.index(sid)]))
         frames.append(pl.DataFrame({"ts": ts, "strategy_id": sid, "equity": equity}))
-    return equity_curves_png(pl.concat(frames), title) if frames else "no strategies"
+    return equity_curves_png(pl.concat(frames), f"Equity of the {title}: {', '.join(strategy_ids)}") \
+        if frames else "no strategies"
+
+
+def _catalog(table: str) -> dict:
+    return {"code_version": CODE_VERSION, "owners": [QUANT], "tags": layer_tags("backtest"),
+            "metadata": duckdb_table_metadata(table)}
 
 
 @dg.graph_multi_asset(
     outs={
-        "backtest_runs": dg.AssetOut(key=RUNS_KEY, kinds={"duckdb"},
+        "backtest_runs": dg.AssetOut(key=RUNS_KEY, kinds={"duckdb"}, **_catalog("backtest_runs"),
                                      description="One row per nightly run: settings, PBO, counts."),
-        "strategy_results": dg.AssetOut(key=RESULTS_KEY, kinds={"duckdb"},
+        "strategy_results": dg.AssetOut(key=RESULTS_KEY, kinds={"duckdb"}, **_catalog("strategy_results"),
                                         description="Metrics per (strategy, symbol) and per strategy on the "
                                                     "equal-weight PORTFOLIO, with walk-forward OOS Sharpe and "
                                                     "deflated Sharpe."),
-        "strategy_leaderboard": dg.AssetOut(key=LEADERBOARD_KEY, kinds={"duckdb"},
+        "strategy_leaderboard": dg.AssetOut(key=LEADERBOARD_KEY, kinds={"duckdb"}, **_catalog("strategy_leaderboard"),
                                             description="Strategies passing: min trades, drawdown <= 15%, "
                                                         "OOS Sharpe > 0, deflated Sharpe > 0.95."),
     },

@@ -25,6 +25,7 @@ from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtC
 from dagster_dbt.errors import DagsterDbtCliRuntimeError
 
 from assets.automation import OUTSIDE_TABLE_NAMES, after_parents_after_the_close, late_after_the_close
+from assets.metadata import DATA_ENG, QUANT, layer_tags
 from resources.dbt_project import FeynmanDbtCliResource, dbt_cli, dbt_project, ensure_manifest
 from resources.warehouse import WRITER_POOL, WarehouseResource
 
@@ -33,6 +34,9 @@ ensure_manifest(DBT_PROJECT)
 
 DBT_RESOURCE_KEY = "dbt"
 GROUP_BY_PREFIX = {"bars_": "rollups", "mart_": "marts"}
+# owners per group; the data-quality mart belongs with the quality tables it rolls up
+OWNERS_BY_GROUP = {"rollups": DATA_ENG, "marts": QUANT}
+OWNER_BY_MODEL = {"mart_data_quality_daily": DATA_ENG}
 
 
 class FeynmanDbtTranslator(DagsterDbtTranslator):
@@ -58,6 +62,16 @@ class FeynmanDbtTranslator(DagsterDbtTranslator):
         reads_the_graph = any(not parent.startswith("source.") or parent.rsplit(".", 1)[-1] not in OUTSIDE_TABLE_NAMES
                               for parent in parents)
         return after_parents_after_the_close() if reads_the_graph else late_after_the_close()
+
+    def get_owners(self, dbt_resource_props: Mapping[str, Any]) -> list[str] | None:
+        name, group = dbt_resource_props["name"], self.get_group_name(dbt_resource_props)
+        owner = OWNER_BY_MODEL.get(name) or OWNERS_BY_GROUP.get(group or "")
+        return [owner] if owner else super().get_owners(dbt_resource_props)
+
+    def get_tags(self, dbt_resource_props: Mapping[str, Any]) -> Mapping[str, str]:
+        group = self.get_group_name(dbt_resource_props)
+        extra = layer_tags(group) if dbt_resource_props["resource_type"] == "model" and group else {}
+        return {**super().get_tags(dbt_resource_props), **extra}
 
     def get_description(self, dbt_resource_props: Mapping[str, Any]) -> str:
         text = (dbt_resource_props.get("description") or "").strip()
@@ -157,8 +171,9 @@ def _env(name: str, value: str) -> Iterator[None]:
 
 
 @dbt_assets(
+    # no `project=`: dagster-dbt would attach the DbtProject object to every asset's metadata, which the
+    # UI can only show as "[DbtProject] (unserializable)"; the CLI resource knows the project folder
     manifest=DBT_PROJECT.manifest_path,
-    project=DBT_PROJECT,
     dagster_dbt_translator=TRANSLATOR,
     name="dbt_warehouse_models",
     pool=WRITER_POOL,

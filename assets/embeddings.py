@@ -5,7 +5,7 @@ import polars as pl
 
 from assets.automation import after_the_close
 from assets.forecasts import FORECASTS_KEY
-from assets.metadata import frame_metadata
+from assets.metadata import QUANT, flatten_counts, frame_metadata, lancedb_table_metadata, layer_tags
 from assets.partitions import daily_partitions
 from assets.quality import check_results, check_specs, summary_table
 from assets.scope import Scope, layer_scope
@@ -15,10 +15,12 @@ from quant.quality import ERROR, RuleOutcome, states_embedded
 from resources.live_window import LiveWindow
 from resources.market_data import MarketDataResource
 from resources.models import EmbedderResource
-from resources.vector_store import VectorStoreResource
+from resources.vector_store import TABLE_NAME, VectorStoreResource
 from resources.warehouse import WarehouseResource
 
 EMBEDDINGS_KEY = dg.AssetKey(["lancedb", "market_state_embeddings"])
+# code version: bump by hand when what this asset computes changes (docs/metadata.md)
+CODE_VERSION = "1"
 EMBEDDING_CHECKS = ["one_vector_per_state", "vectors_384_unit_norm", "no_future_neighbours"]
 STATE_COLUMNS = ["symbol", "ts", "mass", "momentum", "friction", "entropy", "nash_dist", "alpha", "regime"]
 
@@ -39,6 +41,10 @@ def forecast_summary(forecasts: pl.DataFrame) -> pl.DataFrame:
     key=EMBEDDINGS_KEY,
     deps=[PHYSICS_KEY, FORECASTS_KEY],
     group_name="embeddings",
+    code_version=CODE_VERSION,
+    owners=[QUANT],
+    tags=layer_tags("embeddings", 'lancedb'),
+    metadata=lancedb_table_metadata(TABLE_NAME),
     automation_condition=after_the_close(),
     partitions_def=daily_partitions,
     kinds={"lancedb", "pytorch"},
@@ -66,7 +72,7 @@ def market_state_embeddings(context: dg.AssetExecutionContext, market_data: Mark
     if not physics.height:
         outcomes = [*(RuleOutcome(name, ERROR, 0, "no physics states in this range") for name in EMBEDDING_CHECKS),
                     states_embedded(0, 0)]
-        return dg.MaterializeResult(metadata={"states_embedded": 0, **scope.metadata(0),
+        return dg.MaterializeResult(metadata={"dagster/row_count": 0, **scope.metadata(),
                                               "note": "no physics states in this range"},
                                     check_results=check_results(EMBEDDINGS_KEY, outcomes))
     physics = physics.select(STATE_COLUMNS)
@@ -87,14 +93,17 @@ def market_state_embeddings(context: dg.AssetExecutionContext, market_data: Mark
     reasons = rejected.group_by("field").len().sort("len", descending=True) if rejected.height else rejected
     context.log.info(f"{scope.label}: embedded {valid.height} states ({stats.get('encoded', 0)} texts encoded, "
                      f"{stats.get('reused_from_store', 0)} reused), {rejected.height} skipped (warm-up or missing fields)")
+    # one name per count: the states embedded are dagster/row_count (the store's "rows"/"rows_in" too),
+    # the table version is table_version (the upsert's "version"); zero duplicates are not shown
+    upsert = {k: v for k, v in stats.items() if k not in ("rows", "rows_in", "version")}
     return dg.MaterializeResult(metadata={
         **frame_metadata(valid.select("symbol", "ts", "regime", "alpha") if valid.height else valid),
-        **scope.metadata(valid.height),
-        "states_embedded": valid.height,
+        **scope.metadata(),
         "states_skipped": rejected.height,
-        "skipped_by_field": dg.MetadataValue.json(dict(zip(reasons["field"].to_list(), reasons["len"].to_list())))
-        if rejected.height else dg.MetadataValue.json({}),
-        **{k: v for k, v in stats.items() if isinstance(v, (int, float))},
+        **({"skipped_by_field": dg.MetadataValue.json(dict(zip(reasons["field"].to_list(), reasons["len"].to_list())))}
+           if rejected.height else {}),
+        **flatten_counts(upsert, keep=frozenset({"distinct_texts", "reused_from_store", "encoded", "inserted",
+                                                  "updated"})),
         **({"table_rows": vector_store.count(), "table_version": vector_store.table_version()} if valid.height else {}),
         "index": dg.MetadataValue.json(index),
         "example_text": state_texts(valid.head(1))[0] if valid.height else "",

@@ -6,7 +6,7 @@ import polars as pl
 
 from assets.automation import after_the_close
 from assets.bars import BARS_KEY
-from assets.metadata import frame_metadata
+from assets.metadata import QUANT, duckdb_table_metadata, frame_metadata, layer_tags
 from assets.partitions import daily_partitions
 from assets.quality import check_results, check_specs, store_outcomes, summary_table
 from quant.quality import ERROR, RuleOutcome, no_nan_after_warmup, within_range
@@ -17,6 +17,8 @@ from resources.market_data import MarketDataResource
 from resources.warehouse import WRITER_POOL, WarehouseResource
 
 FEATURES_KEY = dg.AssetKey(["duckdb", "features"])
+# code version: bump by hand when what this asset computes changes (docs/metadata.md)
+CODE_VERSION = "1"
 # bars read before the partition, per symbol, so every window (VPIN's volume clock is the longest)
 # is warm at the partition's first bar: the result equals a full recompute
 WARMUP_BARS = warmup_bars()
@@ -40,6 +42,10 @@ FEATURE_CHECKS = ["no_nan_after_warmup", "rsi_14_in_range"]
     key=FEATURES_KEY,
     deps=[BARS_KEY],
     group_name="features",
+    code_version=CODE_VERSION,
+    owners=[QUANT],
+    tags=layer_tags("features"),
+    metadata=duckdb_table_metadata("features"),
     automation_condition=after_the_close(),
     partitions_def=daily_partitions,
     pool=WRITER_POOL,
@@ -76,7 +82,7 @@ def features(context: dg.AssetExecutionContext, market_data: MarketDataResource,
                            "realized_vol_30", "vpin", "hurst") if c in in_range.columns]
     return dg.MaterializeResult(
         metadata={**frame_metadata(in_range.select(preview) if in_range.height else in_range),
-                  **scope.metadata(in_range.height),
+                  **scope.metadata(),
                   "warmup_bars_read": bars.height - in_range.height, "columns": len(in_range.columns),
                   "quality": dg.MetadataValue.md(summary_table(outcomes))},
         check_results=check_results(FEATURES_KEY, outcomes),

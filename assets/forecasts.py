@@ -9,7 +9,7 @@ import polars as pl
 from assets.automation import after_the_close
 from assets.bars import BARS_KEY
 from assets.features import bars_with_warmup
-from assets.metadata import frame_metadata, markdown_table
+from assets.metadata import QUANT, duckdb_table_metadata, frame_metadata, layer_tags, markdown_table
 from assets.partitions import daily_partitions
 from assets.scope import layer_scope
 from assets.plots import forecast_fan_png
@@ -22,6 +22,8 @@ from resources.models import ForecasterResource
 from resources.warehouse import WRITER_POOL, WarehouseResource
 
 FORECASTS_KEY = dg.AssetKey(["duckdb", "forecasts"])
+# code version: bump by hand when what this asset computes changes (docs/metadata.md)
+CODE_VERSION = "1"
 EVAL_CHECK = "forecast_coverage_and_skill"
 FALLBACK_CHECK = "forecasts_from_chronos"
 FALLBACK_DESCRIPTION = ("The forecasts come from Chronos, not the statistical fallback that stands in when no Chronos "
@@ -37,6 +39,10 @@ EVAL_DESCRIPTION = (f"Scores the issues whose targets have been realised: covera
     key=FORECASTS_KEY,
     deps=[BARS_KEY],
     group_name="forecasts",
+    code_version=CODE_VERSION,
+    owners=[QUANT],
+    tags=layer_tags("forecasts"),
+    metadata=duckdb_table_metadata("forecasts"),
     automation_condition=after_the_close(),
     partitions_def=daily_partitions,
     pool=WRITER_POOL,
@@ -77,7 +83,7 @@ def forecasts(context: dg.AssetExecutionContext, market_data: MarketDataResource
     return dg.MaterializeResult(
         metadata={
             **frame_metadata(frame),
-            **scope.metadata(frame.height),
+            **scope.metadata(),
             "model": run.model,
             "fallback": run.fallback,
             "issues": issues.height,

@@ -8,7 +8,7 @@ import polars as pl
 from assets.automation import after_parents_after_the_close
 from assets.forecasts import (EVAL_CHECK, EVAL_DESCRIPTION, FALLBACK_CHECK, FALLBACK_DESCRIPTION, evaluate_against,
                               evaluation_check, forecast_issues, model_check)
-from assets.metadata import frame_metadata, markdown_table
+from assets.metadata import QUANT, duckdb_table_metadata, frame_metadata, layer_tags, markdown_table
 from assets.plots import forecast_fan_png
 from assets.quality import BARS_DAILY_KEY
 from quant.forecast_schedule import daily_history, last_bars_per_symbol
@@ -17,6 +17,8 @@ from resources.models import ForecasterResource
 from resources.warehouse import WRITER_POOL, WarehouseResource
 
 FORECASTS_DAILY_KEY = dg.AssetKey(["duckdb", "forecasts_daily"])
+# code version: bump by hand when what this asset computes changes (docs/metadata.md)
+CODE_VERSION = "1"
 BARS_1D_KEY = dg.AssetKey(["duckdb", "bars_1d"])
 
 
@@ -24,6 +26,10 @@ BARS_1D_KEY = dg.AssetKey(["duckdb", "bars_1d"])
     key=FORECASTS_DAILY_KEY,
     deps=[BARS_1D_KEY, BARS_DAILY_KEY],
     group_name="forecasts",
+    code_version=CODE_VERSION,
+    owners=[QUANT],
+    tags=layer_tags("forecasts"),
+    metadata=duckdb_table_metadata("forecasts_daily"),
     automation_condition=after_parents_after_the_close(),
     pool=WRITER_POOL,
     kinds={"duckdb", "pytorch"},

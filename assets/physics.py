@@ -6,7 +6,7 @@ import polars as pl
 
 from assets.automation import after_the_close
 from assets.features import FEATURES_KEY
-from assets.metadata import frame_metadata, markdown_table
+from assets.metadata import QUANT, duckdb_table_metadata, frame_metadata, layer_tags, markdown_table
 from assets.partitions import daily_partitions
 from assets.scope import Scope, layer_scope
 from assets.quality import check_results, check_specs, store_outcomes, summary_table
@@ -20,6 +20,8 @@ from resources.market_data import MarketDataResource
 from resources.warehouse import WRITER_POOL, WarehouseResource
 
 PHYSICS_KEY = dg.AssetKey(["duckdb", "physics_states"])
+# code version: bump by hand when what this asset computes changes (docs/metadata.md)
+CODE_VERSION = "1"
 # alpha is legitimately null when a window has too few informative returns (regime "Insufficient", quant/physics.py)
 NUMERIC_PHYSICS_COLUMNS = [c for c in PHYSICS_COLUMNS if c not in ("regime", "alpha")]
 PHYSICS_CHECKS = ["no_nan_after_warmup", "alpha_positive", "regime_consistent_with_alpha", "critical_regime_entries",
@@ -45,6 +47,10 @@ EMPTY_PHYSICS = {"symbol": pl.String, "ts": pl.Datetime("us", "UTC"),
     key=PHYSICS_KEY,
     deps=[FEATURES_KEY],
     group_name="physics",
+    code_version=CODE_VERSION,
+    owners=[QUANT],
+    tags=layer_tags("physics"),
+    metadata=duckdb_table_metadata("physics_states"),
     automation_condition=after_the_close(),
     partitions_def=daily_partitions,
     pool=WRITER_POOL,
@@ -101,7 +107,7 @@ def physics_states(context: dg.AssetExecutionContext, market_data: MarketDataRes
     return dg.MaterializeResult(
         metadata={
             **frame_metadata(in_range),
-            **scope.metadata(in_range.height),
+            **scope.metadata(),
             "hot_state": hot_note,
             "regime_minutes": dg.MetadataValue.md(markdown_table(regimes)) if regimes.height else "none",
             "warm_up_states": in_range.filter(pl.col("regime").is_null()).height if in_range.height else 0,

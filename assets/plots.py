@@ -1,4 +1,5 @@
-"""Small PNG plots embedded in asset metadata (markdown with a base64 image).
+"""Small PNG plots embedded in asset metadata (markdown with a base64 image, which the Dagster UI
+shows as a picture), each with a caption naming what it shows: the ``n`` most active symbols.
 
 matplotlib is imported inside each function (Agg backend) so loading the code location stays fast.
 """
@@ -22,18 +23,39 @@ def _figure(rows: int = 1, height: float = 3.0):
     return plt, fig, [a[0] for a in axes]
 
 
+def most_active_symbols(frame: pl.DataFrame, n: int = MAX_SYMBOLS, by: str | None = "volume") -> list[str]:
+    """The ``n`` symbols of ``frame`` with the largest total ``by`` (row count when ``by`` is None or not a
+    column), ties broken by name."""
+    if not frame.height:
+        return []
+    weight = pl.col(by).sum() if by and by in frame.columns else pl.len()
+    ranked = frame.group_by("symbol").agg(weight.cast(pl.Float64).alias("_w")).sort(["_w", "symbol"],
+                                                                                    descending=[True, False])
+    return ranked["symbol"].head(n).to_list()
+
+
+def symbols_caption(what: str, shown: list[str], total: int, measure: str) -> str:
+    """``<what>: AAA, BBB (the 2 most active of 5 symbols by volume)``, or all of them when all are shown."""
+    names = ", ".join(shown)
+    if len(shown) >= total:
+        return f"{what}: {names} (all {total} symbols)" if total > 1 else f"{what}: {names}"
+    return f"{what}: {names} (the {len(shown)} most active of {total} symbols by {measure})"
+
+
 def _to_markdown(plt, fig, title: str) -> dg.MetadataValue:
     buffer = io.BytesIO()
+    fig.suptitle(title, fontsize=9, x=0.01, ha="left")
     fig.tight_layout()
     fig.savefig(buffer, format="png", dpi=80)
     plt.close(fig)
     encoded = base64.b64encode(buffer.getvalue()).decode()
-    return dg.MetadataValue.md(f"![{title}](data:image/png;base64,{encoded})")
+    return dg.MetadataValue.md(f"**{title}**\n\n![{title}](data:image/png;base64,{encoded})")
 
 
-def price_chart_png(bars: pl.DataFrame) -> dg.MetadataValue:
-    """Close and 1-minute high-low range for up to four symbols."""
-    symbols = bars["symbol"].unique(maintain_order=True).to_list()[:MAX_SYMBOLS]
+def price_chart_png(bars: pl.DataFrame, n: int = MAX_SYMBOLS) -> dg.MetadataValue:
+    """Close and 1-minute high-low range of the ``n`` symbols with the most volume."""
+    symbols = most_active_symbols(bars, n, "volume")
+    title = symbols_caption("Close and 1-minute high-low range", symbols, bars["symbol"].n_unique(), "volume")
     plt, fig, axes = _figure(len(symbols), 2.2)
     for ax, symbol in zip(axes, symbols):
         one = bars.filter(pl.col("symbol") == symbol).sort("ts")
@@ -42,12 +64,17 @@ def price_chart_png(bars: pl.DataFrame) -> dg.MetadataValue:
         ax.plot(ts, one["close"].to_list(), color="#08519c", linewidth=0.8)
         ax.set_title(symbol, fontsize=9, loc="left")
         ax.tick_params(labelsize=7)
-    return _to_markdown(plt, fig, "price chart")
+    return _to_markdown(plt, fig, title)
 
 
-def forecast_fan_png(forecasts: pl.DataFrame, closes: pl.DataFrame) -> dg.MetadataValue:
-    """Realised close with the last issued P10-P90 fan of up to four symbols."""
-    symbols = forecasts["symbol"].unique(maintain_order=True).to_list()[:MAX_SYMBOLS]
+def forecast_fan_png(forecasts: pl.DataFrame, closes: pl.DataFrame, n: int = MAX_SYMBOLS) -> dg.MetadataValue:
+    """Realised close with the last issued P10-P90 fan of the ``n`` forecast symbols with the most bars
+    in ``closes`` (the most actively traded; forecast rows when ``closes`` has none of them)."""
+    forecast_symbols = forecasts["symbol"].unique()
+    traded = closes.filter(pl.col("symbol").is_in(forecast_symbols.implode())) if closes.height else closes
+    symbols = most_active_symbols(traded if traded.height else forecasts, n, by=None)
+    title = symbols_caption("Last P10-P90 forecast fan and realised close", symbols, forecast_symbols.len(),
+                            "bars traded" if traded.height else "forecast rows")
     plt, fig, axes = _figure(len(symbols), 2.2)
     for ax, symbol in zip(axes, symbols):
         fc = forecasts.filter(pl.col("symbol") == symbol)
@@ -61,7 +88,7 @@ def forecast_fan_png(forecasts: pl.DataFrame, closes: pl.DataFrame) -> dg.Metada
         ax.set_title(f"{symbol} (issued {last_issue:%Y-%m-%d %H:%M} UTC)", fontsize=9, loc="left")
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=7, loc="upper left")
-    return _to_markdown(plt, fig, "forecast fan")
+    return _to_markdown(plt, fig, title)
 
 
 def equity_curves_png(curves: pl.DataFrame, title: str = "equity") -> dg.MetadataValue:

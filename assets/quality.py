@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 import dagster as dg
 import polars as pl
 
+from assets.metadata import DATA_ENG, duckdb_table_metadata, layer_tags
 from assets.partitions import daily_partitions
 from quant.quality import ERROR, RULE_DESCRIPTIONS, RuleOutcome
 from resources.great_expectations import GE_CHECK, run_ge_suite  # noqa: F401  (the ingest assets' suite)
@@ -76,21 +77,30 @@ def summary_table(outcomes: list[RuleOutcome]) -> str:
 BARS_DAILY_KEY = dg.AssetKey(["duckdb", "bars_daily"])
 STAGED_TICKS_KEY = dg.AssetKey(["duckdb", "staged_ticks"])
 ALERTS_KEY = dg.AssetKey(["duckdb", "alerts"])
+# code version of the tables below: bump by hand when what their writers store changes (docs/metadata.md)
+TABLES_CODE_VERSION = "1"
+
+
+def _table_spec(table: str, layer: str) -> dict:
+    """Catalog attributes of a warehouse table declared as an asset spec (owner data-eng)."""
+    return {"code_version": TABLES_CODE_VERSION, "owners": [DATA_ENG], "tags": layer_tags(layer),
+            "metadata": duckdb_table_metadata(table)}
+
 
 # Tables written outside the layer assets but read by them: declared so the lineage shows every read
 SOURCE_TABLE_SPECS = [
     dg.AssetSpec(
-        key=BARS_DAILY_KEY, group_name="ingest", kinds={"duckdb"},
+        key=BARS_DAILY_KEY, group_name="ingest", kinds={"duckdb"}, **_table_spec("bars_daily", "ingest"),
         description="Vendor daily bars imported with `feynman ingest` (a file whose bars are a day apart); "
                     "read by forecasts_daily. Each import is recorded here as a materialisation.",
     ),
     dg.AssetSpec(
-        key=STAGED_TICKS_KEY, group_name="ingest", kinds={"duckdb", "redis"},
+        key=STAGED_TICKS_KEY, group_name="ingest", kinds={"duckdb", "redis"}, **_table_spec("staged_ticks", "ingest"),
         description="The live path's staging store: Redis stream entries staged by the micro-batch sensor, one "
                     "row per entry id with its minute window and staging batch; read by a window run of ticks.",
     ),
     dg.AssetSpec(
-        key=ALERTS_KEY, group_name="quality", kinds={"duckdb", "redis"},
+        key=ALERTS_KEY, group_name="quality", kinds={"duckdb", "redis"}, **_table_spec("alerts", "quality"),
         description="Every alert (failed runs and checks, Critical-regime entries, forecast latency, stream "
                     "problems), also published on Redis `alerts` and POSTed to FEYNMAN_ALERT_WEBHOOK; written by "
                     "the alert sensor, the micro-batch sensor and the assets that detect a condition.",
@@ -102,13 +112,14 @@ SOURCE_TABLE_SPECS = [
 QUALITY_TABLE_SPECS = [
     dg.AssetSpec(
         key=["duckdb", "quality_results"], group_name="quality", kinds={"duckdb"},
+        **_table_spec("quality_results", "quality"),
         deps=[["duckdb", t] for t in ("ticks", "bars_1m", "features", "physics_states", "signals")],
         description="Every quality rule outcome (GE suite and domain rules) per asset and partition (a day, or "
                     "`window:<start>` for a live window), written by the layer assets with their checks; read by "
                     "mart_data_quality_daily.",
     ),
     dg.AssetSpec(
-        key=["duckdb", "quarantine"], group_name="quality", kinds={"duckdb"},
+        key=["duckdb", "quarantine"], group_name="quality", kinds={"duckdb"}, **_table_spec("quarantine", "quality"),
         deps=[["duckdb", "ticks"], ["duckdb", "bars_1m"]],
         description="Rows refused at ingest, each with the rule it failed and its source; replaced per "
                     "(table, source, partition) so re-runs never double them.",

@@ -70,18 +70,16 @@ class Scope:
             return self
         return replace(self, end=min(self.day_end, max(self.end, newest + timedelta(minutes=1))))
 
-    def metadata(self, rows: int | None = None) -> dict[str, Any]:
-        """Metadata naming a window (start, end, revision, rows, seconds since the window closed)."""
+    def metadata(self) -> dict[str, Any]:
+        """Metadata naming a window (start, end, revision, seconds since the window closed); its row
+        count is the asset's ``dagster/row_count``."""
         if self.window is None:
             return {}
-        meta: dict[str, Any] = {
+        return {
             "window_start": self.window[0].isoformat(), "window_end": self.window[1].isoformat(),
             "window_revision": self.revision, "range_end": self.end.isoformat(),
             "window_latency_s": round(time.time() - self.window[1].timestamp(), 3),
         }
-        if rows is not None:
-            meta["window_rows"] = rows
-        return meta
 
 
 def layer_scope(context: dg.AssetExecutionContext, market_data: MarketDataResource, live_window: LiveWindow,

@@ -11,7 +11,7 @@ import polars as pl
 from assets.automation import after_the_close
 from assets.embeddings import EMBEDDINGS_KEY, STATE_COLUMNS
 from assets.forecasts import FORECASTS_KEY
-from assets.metadata import frame_metadata, markdown_table
+from assets.metadata import QUANT, duckdb_table_metadata, frame_metadata, layer_tags, markdown_table
 from assets.partitions import daily_partitions
 from assets.quality import check_results, check_specs, store_outcomes, summary_table
 from assets.scope import layer_scope
@@ -29,6 +29,8 @@ from resources.vector_store import VectorStoreResource
 from resources.warehouse import WRITER_POOL, WarehouseResource
 
 SIGNALS_KEY = dg.AssetKey(["duckdb", "signals"])
+# code version: bump by hand when what this asset computes changes (docs/metadata.md)
+CODE_VERSION = "1"
 GROSS_CAP = 1.0
 MAX_DRAWDOWN = 0.15
 
@@ -100,6 +102,10 @@ SIGNAL_CHECKS = ["size_within_cap", "veto_when_alpha_below_2", "no_trade_in_crit
     key=SIGNALS_KEY,
     deps=[FORECASTS_KEY, PHYSICS_KEY, EMBEDDINGS_KEY],
     group_name="signals",
+    code_version=CODE_VERSION,
+    owners=[QUANT],
+    tags=layer_tags("signals"),
+    metadata=duckdb_table_metadata("signals"),
     automation_condition=after_the_close(),
     partitions_def=daily_partitions,
     pool=WRITER_POOL,
@@ -129,7 +135,7 @@ def signals(context: dg.AssetExecutionContext, market_data: MarketDataResource, 
             warehouse.delete_window("signals", start=scope.start, end=scope.end, symbols=scope.symbols)
         outcomes = signal_checks(pl.DataFrame(schema=SIGNAL_SCHEMA))
         store_outcomes(warehouse, "signals", scope.quality_key, outcomes, context.run.run_id)
-        return dg.MaterializeResult(metadata={"dagster/row_count": 0, **scope.metadata(0),
+        return dg.MaterializeResult(metadata={"dagster/row_count": 0, **scope.metadata(),
                                               "note": "no forecasts in this range"},
                                     check_results=check_results(SIGNALS_KEY, outcomes))
     physics = warehouse.read_with_lookback("physics_states", scope.start, scope.end, scope.symbols, 1).select(STATE_COLUMNS)
@@ -169,7 +175,7 @@ def signals(context: dg.AssetExecutionContext, market_data: MarketDataResource, 
     store_outcomes(warehouse, "signals", scope.quality_key, outcomes, context.run.run_id)
     return dg.MaterializeResult(metadata={
         **frame_metadata(final.select("symbol", "ts", "side", "size", "confidence", "reason")),
-        **scope.metadata(final.height),
+        **scope.metadata(),
         "sides": dg.MetadataValue.md(markdown_table(sides)),
         "vetoed": int(final["vetoed"].sum()),
         "similar_state_queries": issue_states.height,

@@ -8,7 +8,7 @@ import polars as pl
 
 from assets.automation import after_the_close
 from assets.errors import source_errors_as_failures
-from assets.metadata import flatten_counts, frame_metadata
+from assets.metadata import DATA_ENG, duckdb_table_metadata, flatten_counts, frame_metadata, layer_tags
 from assets.partitions import daily_partitions
 from assets.quality import GE_CHECK, STAGED_TICKS_KEY, check_results, check_specs, run_ge_suite, store_outcomes, summary_table
 from assets.quarantine import store_quarantine
@@ -22,6 +22,8 @@ from resources.staging import TAG_STAGED_BATCH, read_staged_window
 from resources.warehouse import WRITER_POOL, WarehouseResource
 
 TICKS_KEY = dg.AssetKey(["duckdb", "ticks"])
+# code version: bump by hand when what this asset computes changes (docs/metadata.md)
+CODE_VERSION = "1"
 TICK_CHECKS = [GE_CHECK, "timestamps_increasing", "shared_timestamps", "off_market_prints", "quarantine_rate"]
 MAX_QUARANTINE_SHARE = 0.01
 
@@ -30,6 +32,10 @@ MAX_QUARANTINE_SHARE = 0.01
     key=TICKS_KEY,
     deps=[STAGED_TICKS_KEY],
     group_name="ingest",
+    code_version=CODE_VERSION,
+    owners=[DATA_ENG],
+    tags=layer_tags("ingest"),
+    metadata=duckdb_table_metadata("ticks"),
     automation_condition=after_the_close(),
     partitions_def=daily_partitions,
     pool=WRITER_POOL,
@@ -77,7 +83,7 @@ def ticks(context: dg.AssetExecutionContext, market_data: MarketDataResource, wa
         metadata={
             **frame_metadata(stored),
             **flatten_counts(counts),
-            **scope.metadata(stored.height),
+            **scope.metadata(),
             "source": market_data.describe() if not scope.is_window else "stream",
             "note": note,
             "quality": dg.MetadataValue.md(summary_table(outcomes)),
