@@ -13,13 +13,19 @@
 
 Live windows do not trigger any of this (they are runs of ``microbatch`` on the same partition).
 ``FEYNMAN_AUTOMATION=off`` starts the automation sensor stopped (it can be switched on in the UI).
-Weekday exchange holidays get an empty day with a note, as ``feynman run`` gives them.
+Daily partitions are the calendar's sessions, so the latest partition on a holiday is the next session:
+``session_closed`` keeps a day from being requested before its session has closed. Custom conditions are
+evaluated in the code location's process (the sensor sets ``use_user_code_server``).
 """
 
 from __future__ import annotations
 
+from datetime import date, datetime, time, timedelta, timezone
+
 import dagster as dg
 
+from assets.partitions import PARTITIONS_CALENDAR
+from resources.market_data import session_windows
 from resources.paths import env_or
 
 AFTER_CLOSE_CRON = env_or("FEYNMAN_AFTER_CLOSE_CRON", "30 16 * * 1-5")
@@ -32,10 +38,33 @@ OUTSIDE_TABLE_NAMES = ("staged_ticks", "bars_daily", "quarantine", "quality_resu
 OUTSIDE_TABLES = dg.AssetSelection.assets(*(dg.AssetKey(["duckdb", name]) for name in OUTSIDE_TABLE_NAMES))
 
 
+def session_close(key: str, calendar: str = PARTITIONS_CALENDAR) -> datetime:
+    """When the session of partition ``key`` closes (UTC); the end of the UTC day when the calendar has none."""
+    day = date.fromisoformat(key)
+    windows = session_windows(day, calendar)
+    return windows[-1][1] if windows else datetime.combine(day + timedelta(days=1), time(0), tzinfo=timezone.utc)
+
+
+class SessionClosed(dg.AutomationCondition):
+    """True for the daily partitions whose session has closed at evaluation time."""
+
+    @property
+    def name(self) -> str:
+        return "session_closed"
+
+    def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
+        candidates = context.candidate_subset
+        if candidates.is_empty:
+            return dg.AutomationResult(context, candidates)
+        closed = {key for key in candidates.expensively_compute_partition_keys()
+                  if session_close(key) <= context.evaluation_time}
+        return dg.AutomationResult(context, candidates.compute_intersection_with_partition_keys(closed))
+
+
 def after_the_close() -> dg.AutomationCondition:
-    """The day's layers: the latest partition, once per close tick, with their parents in the same run."""
-    return dg.AutomationCondition.on_cron(AFTER_CLOSE_CRON, AFTER_CLOSE_TZ).ignore(OUTSIDE_TABLES).with_label(
-        f"after the close ({AFTER_CLOSE_CRON}, {AFTER_CLOSE_TZ})")
+    """The day's layers: the latest partition, once per close tick once its session closed, parents in the run."""
+    return (dg.AutomationCondition.on_cron(AFTER_CLOSE_CRON, AFTER_CLOSE_TZ) & SessionClosed()).ignore(
+        OUTSIDE_TABLES).with_label(f"after the close ({AFTER_CLOSE_CRON}, {AFTER_CLOSE_TZ})")
 
 
 def after_parents_after_the_close() -> dg.AutomationCondition:

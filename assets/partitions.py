@@ -1,23 +1,37 @@
-"""Daily partitions: one per UTC calendar day, the unit of backfill.
+"""Daily partitions: one per session of the exchange calendar, the unit of backfill.
 
-A NYSE regular session (09:30-16:00 ET = 13:30/14:30-20:00/21:00 UTC) lies inside one UTC day, so
-for equities a partition is a trading day; days without a session materialise empty with a note.
-Crypto files (24/7) have rows on every day, which is why weekends are not excluded.
-``FEYNMAN_PARTITIONS_START`` sets the first day (default 2008-01-01, the oldest minute data we ship).
+``FEYNMAN_CALENDAR`` names the calendar (exchange_calendars; default XNYS, ``24/7`` for crypto sources) and
+``FEYNMAN_PARTITIONS_START`` the first day (default 2024-01-02; see resources.env_config). Weekends and holidays
+are not partitions. A NYSE regular session (09:30-16:00 ET) lies inside one UTC day, so a partition key is the
+session date and its time window the UTC day. Past the calendar's last known session (about a year ahead) only
+weekends are excluded. The partition of the current day exists (``end_offset=1``) so live windows have one.
 """
 
 from __future__ import annotations
 
 import warnings
-from datetime import date
+from datetime import date, datetime
 
 import dagster as dg
 
-from resources.env_config import env_date
+from resources.env_config import DEFAULT_PARTITIONS_START, env_calendar, env_date
+from resources.market_data import closed_weekdays
 
-PARTITIONS_START = env_date("FEYNMAN_PARTITIONS_START", "2008-01-01")
+WEEKENDS = "0 0 * * 6,0"
 
-daily_partitions = dg.DailyPartitionsDefinition(start_date=PARTITIONS_START, end_offset=1)
+
+def session_partitions(start: str, calendar: str) -> dg.DailyPartitionsDefinition:
+    """Daily partitions from ``start`` whose keys are the sessions of ``calendar``."""
+    closed, weekends_closed = closed_weekdays(date.fromisoformat(start), calendar)
+    exclusions: list[str | datetime] = [WEEKENDS] if weekends_closed else []
+    exclusions += [datetime(d.year, d.month, d.day) for d in closed]
+    return dg.DailyPartitionsDefinition(start_date=start, end_offset=1, exclusions=exclusions or None)
+
+
+PARTITIONS_CALENDAR = env_calendar()
+PARTITIONS_START = env_date("FEYNMAN_PARTITIONS_START", DEFAULT_PARTITIONS_START)
+
+daily_partitions = session_partitions(PARTITIONS_START, PARTITIONS_CALENDAR)
 
 # check specs carry these partitions so each result is recorded on the day it checked; Dagster marks that
 # parameter as a preview and would warn once per spec at every import

@@ -12,6 +12,7 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
     target=dg.AssetSelection.all(),
     default_status=dg.DefaultSensorStatus.RUNNING if AUTOMATION_ON else dg.DefaultSensorStatus.STOPPED,
     minimum_interval_seconds=30,
+    use_user_code_server=True,  # session_closed is a Python condition (assets/automation.py)
     description=(f"After each close ({AFTER_CLOSE_CRON}, {AFTER_CLOSE_TZ}): the day's layers in one run, then the "
                  "dbt rollups/marts and forecasts_daily once their parents updated. On by default; "
                  "FEYNMAN_AUTOMATION=off starts it stopped."),

@@ -27,7 +27,12 @@ def _run_window_problem(args: argparse.Namespace) -> str | None:
 
     import exchange_calendars as xcals
 
-    calendar = xcals.get_calendar("XNYS")  # MarketDataResource.calendar
+    from resources.env_config import DEFAULT_CALENDAR, EnvConfigError, env_calendar
+
+    try:  # the calendar of MarketDataResource and of the partitions; a bad name is check_environment's to report
+        calendar = xcals.get_calendar(env_calendar())
+    except EnvConfigError:
+        calendar = xcals.get_calendar(DEFAULT_CALENDAR)
     first_session = calendar.first_session.date()
     end = args.end_date or (_today_utc() - timedelta(days=1))
     lowest = max(_first_partition(), first_session)

@@ -47,14 +47,14 @@ def _today_utc() -> date:
 
 
 def _first_partition() -> date:
-    """The first daily partition (FEYNMAN_PARTITIONS_START, default 2008-01-01). A bad value is left for
-    check_environment to report (it names the variable); the default is used here meanwhile."""
-    from resources.env_config import EnvConfigError, env_date
+    """The first daily partition (FEYNMAN_PARTITIONS_START, default resources.env_config.DEFAULT_PARTITIONS_START).
+    A bad value is left for check_environment to report (it names the variable); the default is used meanwhile."""
+    from resources.env_config import DEFAULT_PARTITIONS_START, EnvConfigError, env_date
 
     try:
-        return date.fromisoformat(env_date("FEYNMAN_PARTITIONS_START", "2008-01-01"))
+        return date.fromisoformat(env_date("FEYNMAN_PARTITIONS_START", DEFAULT_PARTITIONS_START))
     except EnvConfigError:
-        return date(2008, 1, 1)
+        return date.fromisoformat(DEFAULT_PARTITIONS_START)
 
 
 def _days_arg(text: str) -> int:

@@ -9,6 +9,8 @@
 | FEYNMAN_SOURCE | ``sim`` | market_data |
 | FEYNMAN_SYMBOLS | 10 large US symbols | market_data |
 | FEYNMAN_SEED | ``42`` | market_data (simulator) |
+| FEYNMAN_CALENDAR | ``XNYS`` (``24/7`` for crypto) | market_data sessions and the daily partitions |
+| FEYNMAN_PARTITIONS_START | ``2024-01-02`` | the first daily partition |
 | FEYNMAN_FILES_PATH, FEYNMAN_FILES_TZ, FEYNMAN_FILES_BAR_LABEL, FEYNMAN_FILES_SYMBOL | | market_data (files) |
 | ALPACA_API_KEY, ALPACA_SECRET_KEY | unset | market_data (alpaca), read through dg.EnvVar |
 | ALPACA_DATA_URL | Alpaca's own | market_data (alpaca) |
@@ -27,7 +29,7 @@ from typing import Any
 import dagster as dg
 
 from resources.alerts import alerting_from_env
-from resources.env_config import check_environment, env_number
+from resources.env_config import check_environment, env_calendar, env_number
 from resources.archive import ArchiveResource
 from resources.backtest_config import BacktestConfig
 from resources.hot_state import HotStateResource
@@ -51,6 +53,7 @@ def build_resources(**overrides: Any) -> dict[str, Any]:
         source=env_or("FEYNMAN_SOURCE", "sim"),
         symbols=env_or("FEYNMAN_SYMBOLS", DEFAULT_SYMBOLS),
         seed=int(env_number("FEYNMAN_SEED", 42, integer=True)),
+        calendar=env_calendar(),
         files_path=env_or("FEYNMAN_FILES_PATH", ""),
         files_tz=env_or("FEYNMAN_FILES_TZ", "UTC"),
         files_bar_label=env_or("FEYNMAN_FILES_BAR_LABEL", "start"),

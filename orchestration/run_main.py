@@ -28,16 +28,27 @@ class RunSummary:
     rows: dict[str, int] = field(default_factory=dict)
 
 
-def choose_partitions(source: str, days: int, end: date | None) -> list[str]:
+def choose_partitions(source: str, days: int, end: date | None, echo=print) -> list[str]:
+    """The last ``days`` daily partitions up to ``end``: sessions of the calendar, or for the files source the
+    file's days that are partitions (the others are named in one line, never skipped silently)."""
+    from assets.partitions import PARTITIONS_CALENDAR
     from resources.market_data import recent_sessions
 
     if source == "files":
         from orchestration.definitions import defs
+        from orchestration.instance import daily_partition_keys
 
         market = defs.resources["market_data"]
-        file_days = [d for d in market.file_days() if end is None or d <= end]
-        return [d.isoformat() for d in file_days[-days:]]
-    return [d.isoformat() for d in recent_sessions(days, end=end)]
+        file_days = [d.isoformat() for d in market.file_days() if end is None or d <= end]
+        keys = daily_partition_keys(file_days)
+        outside = sorted(set(file_days) - set(keys))
+        if outside:
+            shown = ", ".join(outside[:5]) + (", ..." if len(outside) > 5 else "")
+            echo(f"{len(outside)} day(s) of the file are not daily partitions ({PARTITIONS_CALENDAR} sessions from "
+                 f"FEYNMAN_PARTITIONS_START): {shown}; their rows are not processed (set FEYNMAN_CALENDAR=24/7 "
+                 f"or an earlier FEYNMAN_PARTITIONS_START to include them)")
+        return keys[-days:]
+    return [d.isoformat() for d in recent_sessions(days, end=end, calendar=PARTITIONS_CALENDAR)]
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -62,7 +73,7 @@ def run_main(days: int, end: date | None, echo=print, dbt: bool = True) -> RunSu
     started = time.perf_counter()
     instance = local_instance()
     market = defs.resources["market_data"]
-    partitions = choose_partitions(market.source, days, end)
+    partitions = choose_partitions(market.source, days, end, echo)
     if not partitions:
         raise SystemExit("feynman run: no days to run for this source")
     groups = {key.to_python_identifier(): node.group_name

@@ -21,6 +21,11 @@ from datetime import date, datetime, timezone
 from urllib.parse import urlsplit
 
 SOURCES = ("sim", "files", "alpaca")
+# daily partitions are the sessions of this exchange calendar (exchange_calendars names; "24/7" for crypto)
+DEFAULT_CALENDAR = "XNYS"
+# the first daily partition: the first session of 2024 keeps the list to recent years (the 2024-2025 real minute
+# files fit); set FEYNMAN_PARTITIONS_START earlier for older history
+DEFAULT_PARTITIONS_START = "2024-01-02"
 ALPACA_DATA_KINDS = ("bars", "trades")
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 WEBHOOK_SCHEMES = ("http", "https")
@@ -77,6 +82,17 @@ def env_date(name: str, default: str, *, environ: Mapping[str, str] | None = Non
     return day.isoformat()
 
 
+def env_calendar(environ: Mapping[str, str] | None = None) -> str:
+    """The exchange calendar in ``FEYNMAN_CALENDAR`` (default XNYS), refused unless exchange_calendars knows it."""
+    name = _get("FEYNMAN_CALENDAR", environ) or DEFAULT_CALENDAR
+    import exchange_calendars as xcals
+
+    if name not in xcals.get_calendar_names(include_aliases=True):
+        raise EnvConfigError(f"FEYNMAN_CALENDAR must be an exchange_calendars name (e.g. XNYS, XLON, 24/7), "
+                             f"got {name[:40]!r}")
+    return name
+
+
 def _url_scheme(name: str, text: str, allowed: tuple[str, ...], example: str) -> None:
     # the value may carry a password or a token: the message names the variable, never the value
     try:
@@ -107,7 +123,8 @@ def check_environment(environ: Mapping[str, str] | None = None) -> None:
             shown = ", ".join(repr(s[:30]) for s in bad[:3]) or repr(symbols_text[:40])
             raise EnvConfigError(f"FEYNMAN_SYMBOLS holds invalid symbols: {shown} (tickers: A-Z, 0-9 and . - _ /)")
     env_number("FEYNMAN_SEED", 42, integer=True, environ=environ)
-    env_date("FEYNMAN_PARTITIONS_START", "2008-01-01", environ=environ)
+    env_date("FEYNMAN_PARTITIONS_START", DEFAULT_PARTITIONS_START, environ=environ)
+    env_calendar(environ)
     data_kind = _get("FEYNMAN_ALPACA_DATA", environ)
     if data_kind and data_kind not in ALPACA_DATA_KINDS:
         raise EnvConfigError(f"FEYNMAN_ALPACA_DATA must be one of {', '.join(ALPACA_DATA_KINDS)}, "

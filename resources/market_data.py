@@ -68,6 +68,18 @@ def recent_sessions(n: int, end: date | None = None, calendar: str = "XNYS") -> 
     return [s.date() for s in sessions[-n:]]
 
 
+def closed_weekdays(start: date, calendar: str = "XNYS") -> tuple[list[date], bool]:
+    """The days from ``start`` to the calendar's last known session that are not sessions, and whether
+    every Saturday and Sunday is closed (then only the closed weekdays, the holidays, are listed)."""
+    cal = _calendar(calendar)
+    weekends_closed = str(cal.weekmask)[5:] == "00"
+    first = max(start, cal.first_session.date())
+    sessions = {d.date() for d in cal.sessions_in_range(first.isoformat(), cal.last_session)}
+    days = (first + timedelta(days=i) for i in range((cal.last_session.date() - first).days + 1))
+    closed = [d for d in days if d not in sessions and not (weekends_closed and d.weekday() >= 5)]
+    return closed, weekends_closed
+
+
 @functools.lru_cache(maxsize=2)
 def _read_file_cached(path: str, mtime: float, tz: str, bar_label: str, symbol: str) -> tuple[str, pl.DataFrame]:
     from resources.sources.files import read_market_file

@@ -16,7 +16,10 @@ import pytest
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="feynman-tests-"))
 os.environ["FEYNMAN_DATA_DIR"] = str(_SESSION_DIR / "data")
 os.environ["DAGSTER_HOME"] = str(_SESSION_DIR / "dagster_home")
-for _name in ("FEYNMAN_DUCKDB", "FEYNMAN_LANCEDB", "FEYNMAN_ARCHIVE", "REDIS_URL", "FEYNMAN_SOURCE",
+# the real files reach back to 2008: the suite's partitions start there (the deployed default, 2024-01-02, is checked
+# in a fresh interpreter by tests/assets/test_partitions.py)
+os.environ["FEYNMAN_PARTITIONS_START"] = "2008-01-02"
+for _name in ("FEYNMAN_CALENDAR", "FEYNMAN_DUCKDB", "FEYNMAN_LANCEDB", "FEYNMAN_ARCHIVE", "REDIS_URL", "FEYNMAN_SOURCE",
               "FEYNMAN_SYMBOLS", "FEYNMAN_FILES_PATH", "ALPACA_API_KEY", "ALPACA_SECRET_KEY"):
     os.environ.pop(_name, None)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -99,3 +99,18 @@ def test_the_nightly_backtest_waits_for_the_sessions_bars_with_one_alert(tmp_pat
         # the night after a Saturday has no session to wait for
         sunday = datetime(2026, 12, 6, 3, 0, tzinfo=timezone.utc)
         assert isinstance(_evaluate(instance, sunday, schedule_resources), dg.RunRequest)
+
+
+def test_a_holiday_requests_nothing_not_even_the_next_session(tmp_path):
+    # Thanksgiving, Thursday 2026-11-26: no session. The latest daily partition is then Friday's (the partitions
+    # are the sessions); it must wait for Friday's close
+    before = datetime(2026, 11, 26, 21, 20, tzinfo=timezone.utc)
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        first = dg.evaluate_automation_conditions(defs, instance, evaluation_time=before)
+        holiday = dg.evaluate_automation_conditions(defs, instance, evaluation_time=before.replace(minute=31),
+                                                    cursor=first.cursor)
+        assert holiday.total_requested == 0
+        friday = datetime(2026, 11, 27, 21, 31, tzinfo=timezone.utc)  # an early close (13:00 New York)
+        after = dg.evaluate_automation_conditions(defs, instance, evaluation_time=friday, cursor=holiday.cursor)
+        requested = {key: p for key, p in _requested(after).items() if key in _layer_keys()}
+        assert set(requested) == _layer_keys() and all(p == {"2026-11-27"} for p in requested.values())

@@ -66,13 +66,17 @@ def test_rematerialising_a_partition_is_idempotent(warehouse):
         warehouse.query("SELECT DISTINCT asset, check_name FROM quality_results"))
 
 
-def test_a_closed_day_materialises_empty_with_a_note(warehouse):
-    market = MarketDataResource(source="sim", symbols=SYMBOLS, seed=7)
-    result = _materialize(warehouse, market, "2024-03-09")  # Saturday
+def test_a_day_the_source_is_closed_materialises_empty_with_a_note(warehouse):
+    from assets.partitions import daily_partitions
+
+    assert not daily_partitions.has_partition_key("2024-03-09")  # a Saturday is not a partition at all
+    # a source on another calendar: 2024-05-06 is an NYSE session (a partition) and a London bank holiday
+    market = MarketDataResource(source="sim", symbols=SYMBOLS, seed=7, calendar="XLON")
+    result = _materialize(warehouse, market, "2024-05-06")
     assert result.success
     assert warehouse.read_window("ticks").height == 0
     mats = result.asset_materializations_for_node("duckdb__ticks")
-    assert "not a XNYS session" in mats[0].metadata["note"].value
+    assert "not a XLON session" in mats[0].metadata["note"].value
 
 
 def test_bad_bars_from_a_file_are_quarantined(warehouse, tmp_path):

@@ -65,7 +65,6 @@ def test_lean_ticks_late_block_prints_are_flagged(warehouse):
 
 @pytest.mark.parametrize("name,day", [
     ("trades_BTCUSDT_binance_spot_2021-01-08.parquet", "2021-01-08"),
-    ("trades_BTCUSDT-PERP_binance_tardis_2020-02-22.parquet", "2020-02-22"),  # a Saturday: crypto trades 24/7
     ("bars_1m_SPY_2024_ext_hours_polygonstyle.parquet", "2024-04-04"),
 ])
 def test_other_files_materialise_cleanly(warehouse, name, day):

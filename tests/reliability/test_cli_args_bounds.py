@@ -37,14 +37,14 @@ class Case:
 CASES = [
     Case("days_huge", ["run", "--days", "100000"], r"--days: must be at most 3650 sessions, got 100000$"),
     Case("days_3650_before_the_first_partition", ["run", "--days", "3650"],
-         r"--days: at most \d+ sessions up to .* fit after 2008-01-01 \(the first daily partition"),
+         r"--days: at most \d+ sessions up to .* fit after 2024-01-02 \(the first daily partition"),
     Case("days_before_a_late_partitions_start", ["run", "--days", "30", "--end-date", "2024-01-10"],
-         r"--days: at most 7 sessions up to 2024-01-10 fit after 2024-01-02", {"FEYNMAN_PARTITIONS_START": "2024-01-02"}),
+         r"--days: at most 5 sessions up to 2024-01-10 fit after 2024-01-04", {"FEYNMAN_PARTITIONS_START": "2024-01-04"}),
     Case("end_date_far_future", ["run", "--end-date", "9999-12-31"],
-         rf"--end-date: must be between 2008-01-01 .* and {TODAY} \(today, UTC\), got 9999-12-31$"),
+         rf"--end-date: must be between 2024-01-02 .* and {TODAY} \(today, UTC\), got 9999-12-31$"),
     Case("end_date_tomorrow", ["run", "--end-date", TOMORROW.isoformat()], rf"--end-date: must be between .* got {TOMORROW}"),
-    Case("end_date_year_1", ["run", "--end-date", "0001-01-01"], r"--end-date: must be between 2008-01-01 .* got 0001-01-01"),
-    Case("end_date_before_partitions", ["run", "--end-date", "2007-06-01"], r"--end-date: must be between 2008-01-01"),
+    Case("end_date_year_1", ["run", "--end-date", "0001-01-01"], r"--end-date: must be between 2024-01-02 .* got 0001-01-01"),
+    Case("end_date_before_partitions", ["run", "--end-date", "2023-06-01"], r"--end-date: must be between 2024-01-02"),
     Case("seed_negative", ["run", "--seed", "-1"], r"--seed: must be between 0 and 4294967295 \(2\*\*32-1\), got -1$"),
     Case("seed_too_large", ["run", "--seed", str(2**32)], r"--seed: must be between 0 and 4294967295"),
     Case("live_seed_negative", ["live", "--seed", "-1", "--duration", "1"], r"--seed: must be between 0 and 4294967295"),
@@ -56,7 +56,7 @@ CASES = [
     Case("retention_no_equals", ["archive", "--retention", "ticks"], r"--retention: retention item 'ticks' is not table=days"),
     Case("as_of_future", ["archive", "--as-of", "9999-12-31"], rf"--as-of: must be between 1990-01-01 .* and {TODAY}"),
     Case("as_of_year_1", ["archive", "--as-of", "0001-01-01"], r"--as-of: must be between 1990-01-01"),
-    Case("backtest_date_future", ["backtest", "--date", "9999-12-31"], r"--date: must be between 2008-01-01"),
+    Case("backtest_date_future", ["backtest", "--date", "9999-12-31"], r"--date: must be between 2024-01-02"),
     Case("speed_inf", ["live", "--speed", "inf"], r"--speed: speed must be positive and finite \(a number > 0\), got inf$"),
     Case("speed_nan", ["live", "--speed", "nan", "--duration", "1"], r"--speed: speed must be positive and finite"),
     Case("speed_zero", ["live", "--speed", "0", "--duration", "1"], r"--speed: speed must be positive and finite"),
@@ -111,7 +111,7 @@ def test_values_at_the_bounds_are_accepted_and_work(monkeypatch):
     monkeypatch.delenv("FEYNMAN_SOURCE", raising=False)
     args = _parse("run", "--seed", str(cli.MAX_SEED), "--end-date", TODAY.isoformat(), "--days", "1")
     assert (args.seed, args.end_date, args.days) == (2**32 - 1, TODAY, 1)
-    assert _parse("run", "--seed", "0", "--end-date", "2008-01-02", "--days", "1").end_date == date(2008, 1, 2)
+    assert _parse("run", "--seed", "0", "--end-date", "2024-01-02", "--days", "1").end_date == date(2024, 1, 2)
     session = session_windows(date(2024, 3, 5))[0]
     short = (session[0], session[0] + timedelta(minutes=3))
     assert simulate_ticks(["AAA"], [short], seed=cli.MAX_SEED).height > 0
@@ -120,10 +120,10 @@ def test_values_at_the_bounds_are_accepted_and_work(monkeypatch):
     end = TODAY - timedelta(days=1)
     fit = int(re.search(r"at most (\d+)", cli._run_window_problem(argparse.Namespace(
         source=None, end_date=None, days=cli.MAX_DAYS))).group(1))
-    assert 2000 < fit < cli.MAX_DAYS
+    assert 700 < fit < cli.MAX_DAYS  # the sessions from 2024-01-02 (the default first partition) to yesterday
     assert cli._run_window_problem(argparse.Namespace(source=None, end_date=None, days=fit)) is None
     sessions = recent_sessions(fit, end=end)
-    assert len(sessions) == fit and sessions[0] >= date(2008, 1, 1)
+    assert len(sessions) == fit and sessions[0] >= date(2024, 1, 2)
     assert _parse("run", "--source", "files", "--days", str(cli.MAX_DAYS)).days == cli.MAX_DAYS  # the file decides
 
     text = f"ticks={cli.MAX_RETENTION_DAYS},bars_1m=0,signals=forever"
