@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--end-date", type=_partition_date_arg, default=None,
                      help="last day, from FEYNMAN_PARTITIONS_START to today UTC (default: yesterday UTC)")
     run.add_argument("--path", default=None, help="file for --source files")
+    run.add_argument("--no-warm-up", dest="warm_up", action="store_false",
+                     help="do not load ticks, bars and features of the sessions before the first day (physics' "
+                          "look-back; the first day's states are then warm-up)")
     run.add_argument("--seed", type=_seed_arg, default=None, help=f"simulator seed, 0-{MAX_SEED}")
 
     ingest = sub.add_parser("ingest", help="import a CSV/Parquet file of ticks or bars")
@@ -139,7 +142,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from orchestration.run_main import RunInterrupted, format_summary, run_main
 
     try:
-        summary = run_main(args.days, args.end_date)
+        summary = run_main(args.days, args.end_date, warm_up=args.warm_up)
     except RunInterrupted as stopped:  # Ctrl-C / SIGTERM: 130 / 143, the run is canceled in the instance
         print(f"\n{stopped.message}", file=sys.stderr, flush=True)
         sys.stdout.flush()

@@ -51,6 +51,40 @@ def choose_partitions(source: str, days: int, end: date | None, echo=print) -> l
     return [d.isoformat() for d in recent_sessions(days, end=end, calendar=PARTITIONS_CALENDAR)]
 
 
+WARM_UP_TAG = "feynman/warm_up"  # on the runs that load the look-back (the UI can filter them)
+WARM_UP_TABLES = ("ticks", "bars_1m", "features")  # what physics' look-back reads, and what it is made from
+BARS_PER_SESSION = 390  # a regular NYSE session of one-minute bars
+
+
+def warm_up_partitions(instance, source: str, partitions: list[str], echo=print) -> list[str]:
+    """The partitions before the first of ``partitions`` whose features physics reads as its look-back
+    (``PHYSICS_WARMUP_BARS`` -> whole sessions), less those already materialised: ticks, bars_1m and
+    features are loaded there so the first day shown has regimes from its first bar."""
+    import math
+
+    import dagster as dg
+
+    from orchestration.instance import daily_partition_keys
+    from quant.physics import PHYSICS_WARMUP_BARS
+
+    sessions = math.ceil(PHYSICS_WARMUP_BARS / BARS_PER_SESSION)
+    earlier = choose_partitions(source, len(partitions) + sessions, date.fromisoformat(partitions[0]),
+                                echo=lambda _line: None)
+    earlier = [pk for pk in daily_partition_keys(earlier) if pk < partitions[0]][-sessions:]
+    done = instance.get_materialized_partitions(dg.AssetKey(["duckdb", WARM_UP_TABLES[-1]]))
+    missing = [pk for pk in earlier if pk not in done]
+    if missing:
+        echo(f"warm-up: loading ticks, bars_1m and features for {len(missing)} session(s) before {partitions[0]} "
+             f"({', '.join(missing)}): physics reads {PHYSICS_WARMUP_BARS} bars of look-back")
+    return missing
+
+
+def warm_up_assets() -> list:
+    import dagster as dg
+
+    return [dg.AssetKey(["duckdb", table]) for table in WARM_UP_TABLES]
+
+
 class RunInterrupted(KeyboardInterrupt):
     """``feynman run`` stopped by SIGINT/SIGTERM: no further days, no dbt; ``exit_code`` is 128 + signal."""
 
@@ -61,8 +95,9 @@ class RunInterrupted(KeyboardInterrupt):
         self.message = message
 
 
-def run_main(days: int, end: date | None, echo=print, dbt: bool = True) -> RunSummary:
-    """Run the ``main`` job for each day, then ``dbt_models`` (unless ``dbt=False``).
+def run_main(days: int, end: date | None, echo=print, dbt: bool = True, warm_up: bool = True) -> RunSummary:
+    """Run the ``main`` job for each day, then ``dbt_models`` (unless ``dbt=False``); first, unless
+    ``warm_up=False``, ticks -> features of the sessions physics reads as look-back (``warm_up_partitions``).
 
     Each day is an ordinary run of the deployed job (``launch_run``): the UI lists it under the job
     of the code location that ``make ui`` loads. Runs of dead ``feynman run`` processes are failed and
@@ -81,8 +116,13 @@ def run_main(days: int, end: date | None, echo=print, dbt: bool = True) -> RunSu
     summary = RunSummary(partitions=partitions)
     for line in reap_dead_runs(instance):
         echo(line)
+    warm_up_days = warm_up_partitions(instance, market.source, partitions, echo) if warm_up else []
     echo(f"Running job 'main' on {market.describe()} for {len(partitions)} day(s): {partitions[0]} .. {partitions[-1]}")
     with StopOnSignal(instance, echo=echo) as stop:
+        for pk in warm_up_days:
+            run_id, success = launch_run(instance, "main", partition=pk, run_config=QUIET_CONSOLE, stop=stop,
+                                         echo=echo, asset_selection=warm_up_assets(), tags={WARM_UP_TAG: "true"})
+            _collect(summary, instance, run_id, success, f"warm-up {pk}", groups, echo)
         for pk in tqdm(partitions, desc="days", unit="day"):
             run_id, success = launch_run(instance, "main", partition=pk, run_config=QUIET_CONSOLE, stop=stop,
                                          echo=echo)
@@ -231,7 +271,8 @@ def _process_tags() -> dict[str, str]:
             HOST_TAG: socket.gethostname(), LAUNCHED_BY_TAG: "feynman run"}
 
 
-def create_job_run(instance, job_name: str, *, partition: str | None = None, run_config=None, tags=None):
+def create_job_run(instance, job_name: str, *, partition: str | None = None, run_config=None, tags=None,
+                   asset_selection=None):
     """A NOT_STARTED run of the deployed job, as the Launchpad creates it: remote job origin of the
     workspace's code location (so the UI lists it under the job and re-executes it), the job's snapshot,
     ``dagster/partition`` for a partitioned job, plus this process's pid (see ``reap_dead_runs``)."""
@@ -244,18 +285,43 @@ def create_job_run(instance, job_name: str, *, partition: str | None = None, run
     run_tags = {**_process_tags(), FOR_RUN_TAG: run_id, **(tags or {})}
     if partition is not None:
         run_tags["dagster/partition"] = partition
-    return instance.create_run_for_job(
-        defs.resolve_job_def(job_name), run_id=run_id, run_config=run_config or {}, tags=run_tags,
-        remote_job_origin=remote_origin, job_code_origin=recon_job.get_python_origin()), recon_job
+    job = defs.resolve_job_def(job_name)
+    if not asset_selection:
+        return instance.create_run_for_job(job, run_id=run_id, run_config=run_config or {}, tags=run_tags,
+                                           remote_job_origin=remote_origin,
+                                           job_code_origin=recon_job.get_python_origin()), recon_job
+    return _create_subset_run(instance, job, set(asset_selection), run_id, run_config or {}, run_tags,
+                              remote_origin, recon_job), recon_job
+
+
+def _create_subset_run(instance, job, assets: set, run_id: str, run_config, tags, remote_origin, recon_job):
+    """A run of ``assets`` in ``job`` with the checks the job gives them, as the Launchpad's "materialize
+    selected" creates it (``create_run_for_job`` would add every check of the assets, e.g. freshness checks
+    that ``job`` leaves to their own sensor)."""
+    from dagster._core.execution.api import create_execution_plan
+    from dagster._core.snap import snapshot_from_execution_plan
+
+    checks = {key for key in job.asset_layer.asset_graph.asset_check_keys if key.asset_key in assets}
+    subset = job.get_subset(asset_selection=assets, asset_check_selection=checks)
+    plan = create_execution_plan(subset, run_config=run_config, instance_ref=instance.get_ref(), tags=tags)
+    return instance.create_run(
+        job_name=job.name, run_id=run_id, run_config=run_config, status=None, tags=tags, root_run_id=None,
+        parent_run_id=None, step_keys_to_execute=plan.step_keys_to_execute,
+        execution_plan_snapshot=snapshot_from_execution_plan(plan, subset.get_job_snapshot_id()),
+        job_snapshot=subset.get_job_snapshot(), parent_job_snapshot=subset.get_parent_job_snapshot(),
+        asset_selection=frozenset(assets), asset_check_selection=frozenset(checks), resolved_op_selection=None,
+        op_selection=None, remote_job_origin=remote_origin, job_code_origin=recon_job.get_python_origin(),
+        asset_graph=subset.asset_layer.asset_graph)
 
 
 def launch_run(instance, job_name: str, *, partition: str | None = None, run_config=None, stop=None,
-               echo=print) -> tuple[str, bool]:
-    """Create a run of the deployed job and execute it in this process (the job's own executor);
-    returns (run id, success). While a step waits for a pool slot, says which run holds it."""
+               echo=print, asset_selection=None, tags=None) -> tuple[str, bool]:
+    """Create a run of the deployed job (or of ``asset_selection`` in it) and execute it in this process (the
+    job's own executor); returns (run id, success). While a step waits for a pool slot, says which run holds it."""
     from dagster._core.execution.api import execute_run
 
-    run, recon_job = create_job_run(instance, job_name, partition=partition, run_config=run_config)
+    run, recon_job = create_job_run(instance, job_name, partition=partition, run_config=run_config,
+                                    asset_selection=asset_selection, tags=tags)
     if stop is not None:
         stop.current_run_id = run.run_id
     watcher = SlotWaitReporter(instance, run.run_id, echo)

@@ -21,7 +21,7 @@ def test_wrong_alpaca_keys_give_one_line_per_failure(tmp_path):
         env = {**os.environ, "FEYNMAN_DATA_DIR": str(tmp_path / "data"), "DAGSTER_HOME": str(tmp_path / "dh"),
                "FEYNMAN_SOURCE": "alpaca", "FEYNMAN_SYMBOLS": "SPY", "FEYNMAN_ALPACA_DATA": "trades",
                "ALPACA_API_KEY": real_key, "ALPACA_SECRET_KEY": wrong_secret, "ALPACA_DATA_URL": server.url}
-        done = subprocess.run([sys.executable, "-m", "orchestration.cli", "run", "--days", "1", "--end-date", "2024-03-05"],
+        done = subprocess.run([sys.executable, "-m", "orchestration.cli", "run", "--days", "1", "--end-date", "2024-03-05", "--no-warm-up"],
                               env=env, capture_output=True, text=True, timeout=600)
     output = done.stdout + done.stderr
     assert done.returncode == 1, output[-2000:]
@@ -39,7 +39,7 @@ def test_a_failed_step_names_the_cause_not_the_dagster_wrapper(tmp_path):
     garbage.write_bytes(b"not a database " * 1000)
     env = {**os.environ, "FEYNMAN_DATA_DIR": str(tmp_path / "data"), "DAGSTER_HOME": str(tmp_path / "dh"),
            "FEYNMAN_DUCKDB": str(garbage), "FEYNMAN_SYMBOLS": "AAA"}
-    done = subprocess.run([sys.executable, "-m", "orchestration.cli", "run", "--days", "1", "--end-date", "2024-03-05"],
+    done = subprocess.run([sys.executable, "-m", "orchestration.cli", "run", "--days", "1", "--end-date", "2024-03-05", "--no-warm-up"],
                           env=env, capture_output=True, text=True, timeout=600)
     output = done.stdout + done.stderr
     assert done.returncode in (1, 2), output[-2000:]

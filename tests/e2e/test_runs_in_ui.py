@@ -13,6 +13,7 @@ from dagster._core.storage.tags import REPOSITORY_LABEL_TAG
 
 from orchestration.benchmarks.ui_day import wait_for_run, workspace
 from orchestration.run_main import FOR_RUN_TAG, PID_TAG, code_location_origin
+from orchestration.run_main import WARM_UP_TAG
 from orchestration.warm_runs import TAG_PID
 
 DAY = "2024-03-05"
@@ -30,9 +31,25 @@ def test_cli_runs_are_runs_of_the_deployed_job(tmp_path, monkeypatch):
     location = code_location_origin().location_name
     assert location == "feynman"
     with dg.DagsterInstance.from_config(str(home)) as instance:
-        runs = instance.get_runs(dg.RunsFilter(job_name="main"))
+        all_main = instance.get_runs(dg.RunsFilter(job_name="main"))
+        runs = [r for r in all_main if WARM_UP_TAG not in r.tags]
         assert len(runs) == 1
         run = runs[0]
+        # before the day, the two sessions physics reads as look-back: ticks, bars_1m and features only, with
+        # their checks and no freshness check (that one is its sensor's)
+        warm_up = [r for r in all_main if r.tags.get(WARM_UP_TAG) == "true"]
+        assert sorted(r.tags["dagster/partition"] for r in warm_up) == ["2024-03-01", "2024-03-04"]
+        for warm in warm_up:
+            assert warm.status == dg.DagsterRunStatus.SUCCESS
+            assert {k.path[-1] for k in warm.asset_selection} == {"ticks", "bars_1m", "features"}
+            assert warm.asset_check_selection and all(
+                c.asset_key.path[-1] in ("ticks", "bars_1m", "features") and c.name != "freshness_check"
+                for c in warm.asset_check_selection)
+        # so the day shown is warm: its physics has regimes (the honest-emptiness check passes)
+        (warm_check,) = instance.event_log_storage.get_asset_check_execution_history(
+            dg.AssetCheckKey(dg.AssetKey(["duckdb", "physics_states"]), "mostly_warm_up"), limit=1)
+        assert warm_check.partition == DAY and warm_check.status.value == "SUCCEEDED"
+        assert warm_check.event.dagster_event.event_specific_data.passed
         assert run.status == dg.DagsterRunStatus.SUCCESS
         assert run.remote_job_origin is not None and run.remote_job_origin.location_name == location
         assert run.job_code_origin is not None
@@ -46,7 +63,8 @@ def test_cli_runs_are_runs_of_the_deployed_job(tmp_path, monkeypatch):
 
         bars = instance.get_latest_materialization_event(dg.AssetKey(["duckdb", "bars_1m"]))
         assert bars.run_id == run.run_id and bars.asset_materialization.partition == DAY
-        assert instance.get_materialized_partitions(dg.AssetKey(["duckdb", "bars_1m"])) == {DAY}
+        assert instance.get_materialized_partitions(dg.AssetKey(["duckdb", "bars_1m"])) == {
+            "2024-03-01", "2024-03-04", DAY}
         # check results sit on the partition they checked (the asset's Checks tab shows the day)
         for check in ("duplicate_keys", "great_expectations_suite"):
             key = dg.AssetCheckKey(dg.AssetKey(["duckdb", "bars_1m"]), check)

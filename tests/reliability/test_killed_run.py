@@ -35,12 +35,12 @@ def _env(root, symbols="AAA"):
 
 
 def _start(root, days=1, end=DAY):
-    return subprocess.Popen([sys.executable, "-m", "orchestration.cli", "run", "--days", str(days), "--end-date", end],
+    return subprocess.Popen([sys.executable, "-m", "orchestration.cli", "run", "--days", str(days), "--end-date", end, "--no-warm-up"],
                             env=_env(root), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def _run(root, days=1, end=DAY, timeout=900):
-    done = subprocess.run([sys.executable, "-m", "orchestration.cli", "run", "--days", str(days), "--end-date", end],
+    done = subprocess.run([sys.executable, "-m", "orchestration.cli", "run", "--days", str(days), "--end-date", end, "--no-warm-up"],
                           env=_env(root), capture_output=True, text=True, timeout=timeout)
     return done
 
