@@ -13,6 +13,7 @@ from assets.forecasts import forecasts
 from assets.forecasts_daily import forecasts_daily
 from assets.physics import physics_states
 from assets.quality import QUALITY_TABLE_SPECS, SOURCE_TABLE_SPECS
+from assets.run_metrics import run_metrics
 from assets.ticks import ticks
 from assets.freshness import FRESHNESS_CHECKS
 from orchestration.automation import automation_sensor, freshness_sensor
@@ -27,7 +28,8 @@ from sensors.live.sensor import microbatch_sensor
 
 defs = dg.Definitions(
     assets=[ticks, bars_1m, features, physics_states, forecasts, forecasts_daily, market_state_embeddings, signals,
-            nightly_backtest_assets, archives, dbt_warehouse_models, *QUALITY_TABLE_SPECS, *SOURCE_TABLE_SPECS],
+            nightly_backtest_assets, archives, dbt_warehouse_models, run_metrics, *QUALITY_TABLE_SPECS,
+            *SOURCE_TABLE_SPECS],
     jobs=[main_job, nightly_backtest_job, dbt_models_job, prune_vector_memory, microbatch_job, backup_job],
     asset_checks=FRESHNESS_CHECKS,
     sensors=[microbatch_sensor, alert_sensor, automation_sensor, freshness_sensor],
