@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 
 from assets.automation import after_the_close
-from assets.embeddings import EMBEDDINGS_KEY, STATE_COLUMNS
+from assets.embeddings import EMBEDDINGS_KEY, STATE_COLUMNS, forecast_summary
 from assets.forecasts import FORECASTS_KEY
 from assets.metadata import QUANT, duckdb_table_metadata, frame_metadata, layer_tags, markdown_table
 from assets.partitions import daily_partitions
@@ -54,7 +54,13 @@ def similar_outcomes(states: pl.DataFrame, vector_store: Any, embedder: Any,
     horizon = embedder.outcome_horizon_minutes
     column = f"fwd_return_{horizon}m"
     valid = valid.with_row_index("_state")
-    vectors = embedder.embedder().embed(state_texts(valid))
+    texts = state_texts(valid)
+    model = embedder.embedder()
+    # the embeddings asset stored these very texts: their vectors are read back, not encoded again
+    stored = vector_store.stored_vectors(list(dict.fromkeys(texts)))
+    if stored:
+        model.remember(stored)
+    vectors = model.embed(texts)
     parts = []
     for (ts,), group in valid.partition_by("ts", as_dict=True, maintain_order=True).items():
         rows = group["_state"].to_numpy()
@@ -139,8 +145,8 @@ def signals(context: dg.AssetExecutionContext, market_data: MarketDataResource, 
                                               "note": "no forecasts in this range"},
                                     check_results=check_results(SIGNALS_KEY, outcomes))
     physics = warehouse.read_with_lookback("physics_states", scope.start, scope.end, scope.symbols, 1).select(STATE_COLUMNS)
-    issue_states = physics.join(forecasts.select("symbol", pl.col("issue_ts").alias("ts")).unique(),
-                                on=["symbol", "ts"], how="inner")
+    # with the forecast phrase, as the embeddings asset stored them: the query is the stored state's own vector
+    issue_states = physics.join(forecast_summary(forecasts), on=["symbol", "ts"], how="inner")
 
     def closes_between(symbols: list[str], low: datetime, high: datetime) -> pl.DataFrame:
         return warehouse.query("SELECT symbol, ts, close FROM bars_1m WHERE list_contains(?, symbol) "

@@ -22,6 +22,7 @@ BENCHMARKS: dict[str, str] = {
     "archive": "archive",
     "backup": "archive",
     "ui-day": "ui_day",
+    "backfill": "backfill",
 }
 
 
