@@ -7,11 +7,18 @@ Face model id. It is loaded with chronos-forecasting's
 once per process (module-level cache keyed by model and download flag; a failed load is
 cached too, so each run does not pay for it again).
 
-No network by default: loading passes ``local_files_only=True``, so an id that is not
-in the local Hugging Face cache fails in milliseconds (without it, huggingface_hub
-retries an unreachable hub for ~25 s). Set ``FEYNMAN_ALLOW_DOWNLOAD=1`` (or
-``allow_download=True``) to let it download. We do not set ``HF_HUB_OFFLINE`` because
-huggingface_hub reads it once at import and it would change other models' loading.
+The weights get into the local Hugging Face cache at set-up: ``make`` runs
+``orchestration.setup_steps``, which makes one short download attempt for the configured id
+when the hub (``HF_ENDPOINT``) can be reached and is not switched off (``HF_HUB_OFFLINE=1``,
+``FEYNMAN_OFFLINE=1``); ``python -m orchestration.setup_steps forecast-model`` repeats it.
+
+No network here by default: loading passes ``local_files_only=True``, and an id whose
+config.json and weights are not both in the local cache (``cached_snapshot``; a half
+download counts as missing) goes to the fallback in milliseconds, before torch is imported
+(without it, huggingface_hub retries an unreachable hub for ~25 s). Set
+``FEYNMAN_ALLOW_DOWNLOAD=1`` (or ``allow_download=True``) to let the first load download.
+We do not set ``HF_HUB_OFFLINE`` because huggingface_hub reads it once at import and it
+would change other models' loading.
 
 When Chronos cannot be loaded (package missing, weights not found, bad config) the
 forecaster uses ``quant.forecast_fallback`` (EWMA lognormal random walk) with the same
@@ -50,6 +57,8 @@ DEFAULT_MODEL = "amazon/chronos-bolt-tiny"
 MODEL_ENV = "FEYNMAN_CHRONOS_MODEL"
 DOWNLOAD_ENV = "FEYNMAN_ALLOW_DOWNLOAD"
 THREADS_ENV = "FEYNMAN_TORCH_THREADS"
+# one of these next to config.json in a cache snapshot: the weights are there
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
 log = logging.getLogger(__name__)
 
@@ -98,14 +107,26 @@ def _missing_without_torch(model: str, allow_download: bool) -> str | None:
     if allow_download:
         return None
     try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
+        cached = cached_snapshot(model)
+    except Exception:  # noqa: BLE001 - no huggingface_hub, or an id it rejects: let from_pretrained say why
         return None
-    try:
-        cached = try_to_load_from_cache(model, "config.json")
-    except Exception:  # noqa: BLE001 - an id the hub library rejects: let from_pretrained say why
+    return None if cached else f"{model}: not in local HF cache; downloads off"
+
+
+def cached_snapshot(model: str) -> str | None:
+    """The local HF cache folder holding ``model``'s config.json and weights, or None.
+
+    No network and no torch. A snapshot with a config but no weights (an interrupted
+    download) counts as missing. Raises what ``try_to_load_from_cache`` raises for ids
+    it rejects.
+    """
+    from huggingface_hub import try_to_load_from_cache
+
+    config = try_to_load_from_cache(model, "config.json")
+    if not isinstance(config, str):
         return None
-    return None if isinstance(cached, str) else f"{model}: not in local HF cache; downloads off"
+    folder = Path(config).parent
+    return str(folder) if any((folder / name).is_file() for name in WEIGHT_FILES) else None
 
 
 def _load(model: str, allow_download: bool) -> _Loaded:
