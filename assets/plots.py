@@ -42,10 +42,17 @@ def symbols_caption(what: str, shown: list[str], total: int, measure: str) -> st
     return f"{what}: {names} (the {len(shown)} most active of {total} symbols by {measure})"
 
 
+def _utc_naive(ts: pl.Series):
+    """Timestamps as numpy datetime64 in UTC (matplotlib converts those in bulk, not one datetime at a time)."""
+    return ts.dt.replace_time_zone(None).to_numpy() if getattr(ts.dtype, "time_zone", None) else ts.to_numpy()
+
+
 def _to_markdown(plt, fig, title: str) -> dg.MetadataValue:
     buffer = io.BytesIO()
     fig.suptitle(title, fontsize=9, x=0.01, ha="left")
-    fig.tight_layout()
+    # a fixed layout: tight_layout draws the figure once more to measure its labels (half the time of a plot)
+    height = fig.get_figheight()
+    fig.subplots_adjust(left=0.07, right=0.99, bottom=0.35 / height, top=1 - 0.6 / height, hspace=0.45)
     fig.savefig(buffer, format="png", dpi=80)
     plt.close(fig)
     encoded = base64.b64encode(buffer.getvalue()).decode()
@@ -59,9 +66,9 @@ def price_chart_png(bars: pl.DataFrame, n: int = MAX_SYMBOLS) -> dg.MetadataValu
     plt, fig, axes = _figure(len(symbols), 2.2)
     for ax, symbol in zip(axes, symbols):
         one = bars.filter(pl.col("symbol") == symbol).sort("ts")
-        ts = one["ts"].to_list()
-        ax.fill_between(ts, one["low"].to_list(), one["high"].to_list(), color="#9ecae1", linewidth=0)
-        ax.plot(ts, one["close"].to_list(), color="#08519c", linewidth=0.8)
+        ts = _utc_naive(one["ts"])
+        ax.fill_between(ts, one["low"].to_numpy(), one["high"].to_numpy(), color="#9ecae1", linewidth=0)
+        ax.plot(ts, one["close"].to_numpy(), color="#08519c", linewidth=0.8)
         ax.set_title(symbol, fontsize=9, loc="left")
         ax.tick_params(labelsize=7)
     return _to_markdown(plt, fig, title)
@@ -81,10 +88,11 @@ def forecast_fan_png(forecasts: pl.DataFrame, closes: pl.DataFrame, n: int = MAX
         last_issue = fc["issue_ts"].max()
         fan = fc.filter(pl.col("issue_ts") == last_issue).sort("target_ts")
         history = closes.filter((pl.col("symbol") == symbol) & (pl.col("ts") <= fan["target_ts"].max())).sort("ts").tail(120)
-        ax.plot(history["ts"].to_list(), history["close"].to_list(), color="#333333", linewidth=0.8, label="close")
-        ax.fill_between(fan["target_ts"].to_list(), fan["p10"].to_list(), fan["p90"].to_list(), color="#fdae6b",
-                        alpha=0.6, label="P10-P90")
-        ax.plot(fan["target_ts"].to_list(), fan["p50"].to_list(), color="#e6550d", linewidth=1.0, label="P50")
+        targets = _utc_naive(fan["target_ts"])
+        ax.plot(_utc_naive(history["ts"]), history["close"].to_numpy(), color="#333333", linewidth=0.8, label="close")
+        ax.fill_between(targets, fan["p10"].to_numpy(), fan["p90"].to_numpy(), color="#fdae6b", alpha=0.6,
+                        label="P10-P90")
+        ax.plot(targets, fan["p50"].to_numpy(), color="#e6550d", linewidth=1.0, label="P50")
         ax.set_title(f"{symbol} (issued {last_issue:%Y-%m-%d %H:%M} UTC)", fontsize=9, loc="left")
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=7, loc="upper left")
@@ -96,7 +104,7 @@ def equity_curves_png(curves: pl.DataFrame, title: str = "equity") -> dg.Metadat
     plt, fig, (ax,) = _figure(1, 3.5)
     for strategy_id, one in curves.partition_by("strategy_id", as_dict=True, maintain_order=True).items():
         one = one.sort("ts")
-        ax.plot(one["ts"].to_list(), one["equity"].to_list(), linewidth=0.9, label=str(strategy_id[0]))
+        ax.plot(_utc_naive(one["ts"]), one["equity"].to_numpy(), linewidth=0.9, label=str(strategy_id[0]))
     ax.set_title(title, fontsize=9, loc="left")
     ax.tick_params(labelsize=7)
     ax.legend(fontsize=7)
