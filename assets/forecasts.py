@@ -18,10 +18,14 @@ from quant.forecast_schedule import issue_points, split_series, stacked_historie
 from resources.alerts import AlertingResource
 from resources.live_window import LiveWindow
 from resources.market_data import MarketDataResource
+from resources.forecaster import expected_model
 from resources.models import ForecasterResource
 from resources.warehouse import WRITER_POOL, WarehouseResource
 
 FORECASTS_KEY = dg.AssetKey(["duckdb", "forecasts"])
+# the kind tag names the model a run would use, judged when the code location loads (no network, no torch):
+# "pytorch" with Chronos weights in reach, "numpy" for the statistical fallback; reload after a download
+MODEL_KIND, EXPECTED_MODEL = expected_model(ForecasterResource().model)
 # code version: bump by hand when what this asset computes changes (docs/metadata.md)
 CODE_VERSION = "1"
 EVAL_CHECK = "forecast_coverage_and_skill"
@@ -42,11 +46,11 @@ EVAL_DESCRIPTION = (f"Scores the issues whose targets have been realised: covera
     code_version=CODE_VERSION,
     owners=[QUANT],
     tags=layer_tags("forecasts"),
-    metadata=duckdb_table_metadata("forecasts"),
+    metadata={**duckdb_table_metadata("forecasts"), "forecast_model": EXPECTED_MODEL},
     automation_condition=after_the_close(),
     partitions_def=daily_partitions,
     pool=WRITER_POOL,
-    kinds={"duckdb", "pytorch"},
+    kinds={"duckdb", MODEL_KIND},
     check_specs=[dg.AssetCheckSpec(EVAL_CHECK, asset=FORECASTS_KEY, description=EVAL_DESCRIPTION,
                                    partitions_def=daily_partitions),
                  dg.AssetCheckSpec(FALLBACK_CHECK, asset=FORECASTS_KEY, description=FALLBACK_DESCRIPTION,

@@ -6,7 +6,7 @@ import dagster as dg
 import polars as pl
 
 from assets.automation import after_parents_after_the_close
-from assets.forecasts import (EVAL_CHECK, EVAL_DESCRIPTION, FALLBACK_CHECK, FALLBACK_DESCRIPTION, evaluate_against,
+from assets.forecasts import (EVAL_CHECK, EVAL_DESCRIPTION, EXPECTED_MODEL, MODEL_KIND, FALLBACK_CHECK, FALLBACK_DESCRIPTION, evaluate_against,
                               evaluation_check, forecast_issues, model_check)
 from assets.metadata import QUANT, duckdb_table_metadata, frame_metadata, layer_tags, markdown_table
 from assets.plots import forecast_fan_png
@@ -29,10 +29,10 @@ BARS_1D_KEY = dg.AssetKey(["duckdb", "bars_1d"])
     code_version=CODE_VERSION,
     owners=[QUANT],
     tags=layer_tags("forecasts"),
-    metadata=duckdb_table_metadata("forecasts_daily"),
+    metadata={**duckdb_table_metadata("forecasts_daily"), "forecast_model": EXPECTED_MODEL},
     automation_condition=after_parents_after_the_close(),
     pool=WRITER_POOL,
-    kinds={"duckdb", "pytorch"},
+    kinds={"duckdb", MODEL_KIND},
     check_specs=[dg.AssetCheckSpec(EVAL_CHECK, asset=FORECASTS_DAILY_KEY, description=EVAL_DESCRIPTION),
                  dg.AssetCheckSpec(FALLBACK_CHECK, asset=FORECASTS_DAILY_KEY, description=FALLBACK_DESCRIPTION)],
     description=(

@@ -129,6 +129,16 @@ def cached_snapshot(model: str) -> str | None:
     return str(folder) if any((folder / name).is_file() for name in WEIGHT_FILES) else None
 
 
+def expected_model(model: str) -> tuple[str, str]:
+    """(kind, one line) of what forecasts will come from, judged without the network or torch: ("pytorch",
+    the Chronos checkpoint) when its weights can load, else ("numpy", the fallback and why). For the asset
+    definitions, so the UI's kind tag names the model a run would use."""
+    missing = _missing_without_torch(model, _env_flag(DOWNLOAD_ENV))
+    if missing is None:
+        return "pytorch", f"chronos:{model}"
+    return "numpy", f"{FALLBACK_NAME} ({missing})"
+
+
 def _load(model: str, allow_download: bool) -> _Loaded:
     missing = _missing_without_torch(model, allow_download)
     if missing:
