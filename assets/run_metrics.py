@@ -77,8 +77,6 @@ def _duckdb_type(kind: pl.DataType) -> str:
 
 
 COLUMNS = [(name, _duckdb_type(kind), name not in _NOT_NULL) for name, kind in RUN_METRICS_SCHEMA.items()]
-CREATE_TABLE = ("CREATE TABLE IF NOT EXISTS run_metrics ("
-                + ", ".join(f"{n} {t}{'' if nullable else ' NOT NULL'}" for n, t, nullable in COLUMNS) + ")")
 
 
 # ---- reading the instance -----------------------------------------------------------------------
@@ -156,40 +154,20 @@ def _machine_memory() -> int | None:
 
 # ---- the table -----------------------------------------------------------------------------------
 def recorded_run_ids(warehouse: WarehouseResource) -> set[str]:
-    with warehouse.read_connection() as conn:
-        if not conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?",
-                            [TABLE]).fetchone()[0]:
-            return set()
-        return {r[0] for r in conn.execute("SELECT run_id FROM run_metrics").fetchall()}
+    found = warehouse.query_table(TABLE, "SELECT run_id FROM run_metrics")
+    return set(found["run_id"].to_list()) if found.height else set()
 
 
 def replace_runs(warehouse: WarehouseResource, frame: pl.DataFrame) -> int:
-    """Create the table when missing and replace the rows of ``frame``'s run ids by ``frame`` (one transaction)."""
+    """Replace the rows of ``frame``'s run ids by ``frame`` (one transaction; the table is made on first write)."""
     frame = frame.select(list(RUN_METRICS_SCHEMA)).cast(RUN_METRICS_SCHEMA)  # type: ignore[arg-type]
-    with warehouse.get_connection() as conn:
-        conn.execute(CREATE_TABLE)
-        if not frame.height:
-            return 0
-        conn.execute("BEGIN TRANSACTION")
-        try:
-            conn.register("incoming_run_metrics", frame.to_arrow())
-            conn.execute("DELETE FROM run_metrics WHERE list_contains(?, run_id)", [frame["run_id"].to_list()])
-            conn.execute("INSERT INTO run_metrics BY NAME SELECT * FROM incoming_run_metrics")
-            conn.execute("COMMIT")
-        except Exception:
-            conn.execute("ROLLBACK")
-            raise
-        finally:
-            conn.unregister("incoming_run_metrics")
-    return frame.height
+    return warehouse.replace_keys(TABLE, frame, key="run_id") if frame.height else 0
 
 
 def latest_rows(warehouse: WarehouseResource, n: int) -> pl.DataFrame:
     """The ``n`` most recently started runs of the table, oldest first."""
-    with warehouse.read_connection() as conn:
-        arrow = conn.sql("SELECT * FROM (SELECT * FROM run_metrics ORDER BY started_at DESC NULLS LAST, run_id "
-                         "LIMIT ?) ORDER BY started_at, run_id", params=[n]).to_arrow_table()
-    return pl.from_arrow(arrow)  # type: ignore[return-value]
+    return warehouse.query_table(TABLE, "SELECT * FROM (SELECT * FROM run_metrics ORDER BY started_at DESC NULLS LAST, "
+                                        "run_id LIMIT ?) ORDER BY started_at, run_id", [n])
 
 
 # ---- metadata ------------------------------------------------------------------------------------

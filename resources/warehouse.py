@@ -297,6 +297,14 @@ class WarehouseResource(DuckDBResource):
         where = " AND ".join(f"{c} IS NOT DISTINCT FROM ?" for c in equals)
         return self._write(table, frame, delete_sql=f"DELETE FROM {table} WHERE {where}", params=list(equals.values()))
 
+    def replace_keys(self, table: str, frame: pl.DataFrame, *, key: str) -> int:
+        """Atomically replace the rows of ``table`` whose ``key`` is one of ``frame[key]`` by ``frame``."""
+        table = checked_table(table)
+        if not _IDENTIFIER.match(key):
+            raise ValueError(f"bad column name {key!r}")
+        return self._write(table, frame, delete_sql=f"DELETE FROM {table} WHERE list_contains(?, {key})",
+                           params=[frame[key].to_list()])
+
     def append(self, table: str, frame: pl.DataFrame) -> int:
         return self._write(checked_table(table), frame, delete_sql=None, params=[])
 

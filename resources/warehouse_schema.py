@@ -26,6 +26,7 @@ KNOWN_TABLES = frozenset(
         "strategy_leaderboard",
         "archive_manifest",
         "ingest_log",
+        "run_metrics",
     }
 )
 
