@@ -13,7 +13,7 @@ import polars as pl
 MAX_SYMBOLS = 4
 
 
-def _figure(rows: int = 1, height: float = 3.0):
+def figure(rows: int = 1, height: float = 3.0):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -47,7 +47,7 @@ def _utc_naive(ts: pl.Series):
     return ts.dt.replace_time_zone(None).to_numpy() if getattr(ts.dtype, "time_zone", None) else ts.to_numpy()
 
 
-def _to_markdown(plt, fig, title: str) -> dg.MetadataValue:
+def to_markdown(plt, fig, title: str) -> dg.MetadataValue:
     buffer = io.BytesIO()
     fig.suptitle(title, fontsize=9, x=0.01, ha="left")
     # a fixed layout: tight_layout draws the figure once more to measure its labels (half the time of a plot)
@@ -63,7 +63,7 @@ def price_chart_png(bars: pl.DataFrame, n: int = MAX_SYMBOLS) -> dg.MetadataValu
     """Close and 1-minute high-low range of the ``n`` symbols with the most volume."""
     symbols = most_active_symbols(bars, n, "volume")
     title = symbols_caption("Close and 1-minute high-low range", symbols, bars["symbol"].n_unique(), "volume")
-    plt, fig, axes = _figure(len(symbols), 2.2)
+    plt, fig, axes = figure(len(symbols), 2.2)
     for ax, symbol in zip(axes, symbols):
         one = bars.filter(pl.col("symbol") == symbol).sort("ts")
         ts = _utc_naive(one["ts"])
@@ -71,7 +71,7 @@ def price_chart_png(bars: pl.DataFrame, n: int = MAX_SYMBOLS) -> dg.MetadataValu
         ax.plot(ts, one["close"].to_numpy(), color="#08519c", linewidth=0.8)
         ax.set_title(symbol, fontsize=9, loc="left")
         ax.tick_params(labelsize=7)
-    return _to_markdown(plt, fig, title)
+    return to_markdown(plt, fig, title)
 
 
 def forecast_fan_png(forecasts: pl.DataFrame, closes: pl.DataFrame, n: int = MAX_SYMBOLS) -> dg.MetadataValue:
@@ -82,7 +82,7 @@ def forecast_fan_png(forecasts: pl.DataFrame, closes: pl.DataFrame, n: int = MAX
     symbols = most_active_symbols(traded if traded.height else forecasts, n, by=None)
     title = symbols_caption("Last P10-P90 forecast fan and realised close", symbols, forecast_symbols.len(),
                             "bars traded" if traded.height else "forecast rows")
-    plt, fig, axes = _figure(len(symbols), 2.2)
+    plt, fig, axes = figure(len(symbols), 2.2)
     for ax, symbol in zip(axes, symbols):
         fc = forecasts.filter(pl.col("symbol") == symbol)
         last_issue = fc["issue_ts"].max()
@@ -96,16 +96,16 @@ def forecast_fan_png(forecasts: pl.DataFrame, closes: pl.DataFrame, n: int = MAX
         ax.set_title(f"{symbol} (issued {last_issue:%Y-%m-%d %H:%M} UTC)", fontsize=9, loc="left")
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=7, loc="upper left")
-    return _to_markdown(plt, fig, title)
+    return to_markdown(plt, fig, title)
 
 
 def equity_curves_png(curves: pl.DataFrame, title: str = "equity") -> dg.MetadataValue:
     """``curves``: columns ts, strategy_id, equity (1.0 = start)."""
-    plt, fig, (ax,) = _figure(1, 3.5)
+    plt, fig, (ax,) = figure(1, 3.5)
     for strategy_id, one in curves.partition_by("strategy_id", as_dict=True, maintain_order=True).items():
         one = one.sort("ts")
         ax.plot(_utc_naive(one["ts"]), one["equity"].to_numpy(), linewidth=0.9, label=str(strategy_id[0]))
     ax.set_title(title, fontsize=9, loc="left")
     ax.tick_params(labelsize=7)
     ax.legend(fontsize=7)
-    return _to_markdown(plt, fig, title)
+    return to_markdown(plt, fig, title)

@@ -15,9 +15,7 @@ One row per run (issue #17 item 8), read from the Dagster instance, not from the
 
 Incremental and idempotent: each materialisation records the finished runs not yet in the table
 (the newest ``RECENT_RUNS`` per job are looked at, at most ``MAX_NEW_RUNS`` recorded) and replaces
-rows by ``run_id``, so materialising twice leaves the same rows. The table is not in the warehouse's
-allow-list (resources/warehouse_schema.py), so it is written here under the warehouse resource's
-write lock with static SQL and bound values (``replace_where`` would need the allow-list entry).
+rows by ``run_id`` (``WarehouseResource.replace_keys``), so materialising twice leaves the same rows.
 
 Checks (WARN, not blocking; the alert sensor pages a failed WARN check once per check and day):
 ``quarantine_rate_below_10pct`` over the runs recorded by this materialisation and
@@ -43,7 +41,7 @@ import polars as pl
 from dagster._core.definitions.metadata.metadata_set import TableMetadataSet  # not re-exported
 
 from assets.metadata import DATA_ENG, layer_tags, markdown_table, warehouse_table_name
-from assets.plots import _figure, _to_markdown
+from assets.plots import figure, to_markdown
 from quant.run_metrics import (MEMORY_OF_MAXMEMORY, QUARANTINE_ALERT_RATE, REDIS_MEMORY_ALERT_SHARE,
                                RUN_METRICS_SCHEMA, above, redis_memory_share, run_metrics_frame, run_metrics_row)
 from resources.hot_state import HotStateResource
@@ -185,7 +183,7 @@ def runs_table_md(rows: pl.DataFrame) -> dg.MetadataValue:
 def runs_plot_png(rows: pl.DataFrame) -> dg.MetadataValue:
     """Ticks/s (top) and the latencies (bottom, seconds) of the last runs, by run start (UTC)."""
     title = f"Ticks/s and latencies of the last {rows.height} runs of {', '.join(MONITORED_JOBS)}"
-    plt, fig, (rate_ax, latency_ax) = _figure(2, 2.4)
+    plt, fig, (rate_ax, latency_ax) = figure(2, 2.4)
     started = rows["started_at"].to_list()
     rate_ax.plot(started, rows["ticks_per_s"].to_list(), marker="o", markersize=3, linewidth=0.8, color="#08519c")
     rate_ax.set_title("ticks ingested per second of the ticks step", fontsize=9, loc="left")
@@ -197,7 +195,7 @@ def runs_plot_png(rows: pl.DataFrame) -> dg.MetadataValue:
     latency_ax.legend(fontsize=7, loc="upper left")
     for ax in (rate_ax, latency_ax):
         ax.tick_params(labelsize=7)
-    return _to_markdown(plt, fig, title)
+    return to_markdown(plt, fig, title)
 
 
 # ---- checks --------------------------------------------------------------------------------------
