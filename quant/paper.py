@@ -1,0 +1,458 @@
+"""Paper trading of promoted strategies on new bars, with the backtest engine's own timing.
+
+The paper book is the backtest run forward: positions come from the engine's position code
+(``quant.backtest``: the family rule, regime gate, lambda scaling, forced flat at session ends
+and at the end of the data) and fills follow its timing model, so a replay of the engine over
+the same bars gives the same trades and the same per-bar returns (tested to 1e-9).
+
+Units
+-----
+A strategy runs one *sleeve* per symbol. ``position`` is the engine's position: a fraction of the
+sleeve's equity (+1 fully long, -1 fully short, fractions for lambda-scaled strategies). The
+strategy's equity is the equal-weight portfolio of its K sleeves (K = symbols in ``bars``),
+rebalanced every bar, exactly as ``quant.backtest.strategy_returns``; ``weight_change`` =
+``position_change`` / K is the fill as a fraction of the strategy's equity. The paper book holds
+the promoted strategies in equal weight, rebalanced every bar (``paper_equity``).
+
+Timing (``fill="next_open"``, the default and the nightly setting)
+----------------------------------------------------------------
+The decision of bar t (data up to its close) is filled at the open of bar t+1 at ``open[t+1]``.
+Exits forced by the end of a session (strategies without ``hold_overnight``) or by the end of
+the data are filled at the close of that bar (market-on-close) at ``close[t]``. With
+``fill="close"`` every change is filled at the close of its decision bar. ``price`` is the mark
+the engine uses; fees and slippage are not in the price but in ``cost`` = (fee_bps +
+slippage_bps) / 1e4 x |position_change|, a fraction of the sleeve's equity at the fill.
+
+Look-back
+---------
+Pass the new session's bars *plus* history before it and say where the new part starts
+(``start``). ``lookback_bars`` gives the bars each strategy needs so its indicators are defined
+at the first new bar (the longest window, + 1 for changes). Simple-window families (sma_cross,
+bb_*, donchian_breakout, ts_momentum) then give exactly the positions of a run over all history;
+the recursive ones (ema_cross, macd_cross, rsi_reversion) and any ``hold_overnight`` strategy
+(its signal state never restarts) depend on all history, so ``lookback_bars`` gives them
+``recursive_factor`` x their window (the seed's weight is then below ~1e-8 for EMAs). Whatever
+history is passed, the replay of the engine over the *same* bars gives the same trades.
+
+Look-ahead: none beyond the engine's own (see ``quant.backtest``: "bar t is the last of its
+session" is read from bar t+1's timestamp, a calendar fact for exchange closes). The end of
+``bars`` counts as the end of the data: every strategy, including ``hold_overnight`` ones, is
+flat after the close of the last bar (as in the backtest). On daily partitions a
+``hold_overnight`` strategy is therefore closed at each partition's last close and, when the
+next partition is run with history, shows its position carried in as ``position_before`` of its
+first fill (a paper artefact of partitioning, not of the strategy).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import numpy as np
+import polars as pl
+from scipy.sparse.csgraph import connected_components
+
+# The engine's own position and setup code (private to quant.backtest, used here on purpose:
+# the paper book must not have a second implementation of the signals or the timing).
+from quant.backtest import (
+    DEFAULT_SESSION_GAP,
+    DEFAULT_SESSION_TZ,
+    _lambda_scale,
+    _positions,
+    _setup,
+)
+from quant.schema import TS_DTYPE
+from quant.strategies import parse_strategies
+
+PAPER_BOOK = "PAPER_BOOK"  # strategy_id of the book's rows in ``paper_equity``
+
+TRADE_SCHEMA: dict[str, pl.DataType] = {
+    "strategy_id": pl.Utf8,
+    "symbol": pl.Utf8,
+    "decision_ts": TS_DTYPE,  # bar whose close the decision used
+    "ts": TS_DTYPE,  # fill bar (bar start, UTC)
+    "mark": pl.Utf8,  # "open" | "close": which price of the fill bar
+    "side": pl.Utf8,  # "buy" | "sell"
+    "position_before": pl.Float64,
+    "position_after": pl.Float64,
+    "position_change": pl.Float64,
+    "weight_change": pl.Float64,  # position_change / K: fraction of the strategy's equity
+    "price": pl.Float64,
+    "cost": pl.Float64,  # fraction of the sleeve's equity paid at the fill
+    "reason": pl.Utf8,  # "signal" | "session_end" | "end_of_data"
+}
+EQUITY_SCHEMA: dict[str, pl.DataType] = {
+    "strategy_id": pl.Utf8,
+    "ts": TS_DTYPE,
+    "return": pl.Float64,
+    "equity": pl.Float64,
+}
+_RECURSIVE = {"ema_cross", "macd_cross", "rsi_reversion"}
+
+
+class PaperInputError(ValueError):
+    """Bars, trades or options paper trading cannot use."""
+
+
+def lookback_bars(strategies: pl.DataFrame, *, recursive_factor: int = 10) -> dict[str, int]:
+    """Bars of history each strategy needs before the first new bar: {strategy_id: bars}.
+
+    The longest indicator window + 1 (sma/ema: slow; macd: slow + signal; rsi: period; bb:
+    window; donchian: max(window, exit_window); ts_momentum: lookback), times
+    ``recursive_factor`` for EMA/RSI families and ``hold_overnight`` strategies (see the module
+    docstring). For minute bars, one previous session (390 bars) covers every window <= 389.
+    """
+    out = {}
+    for spec in parse_strategies(strategies):
+        p = spec.params
+        window = {"sma_cross": lambda: p["slow"], "ema_cross": lambda: p["slow"],
+                  "macd_cross": lambda: p["slow"] + p["signal"], "rsi_reversion": lambda: p["period"],
+                  "bb_breakout": lambda: p["window"], "bb_reversion": lambda: p["window"],
+                  "donchian_breakout": lambda: max(p["window"], p["exit_window"]),
+                  "ts_momentum": lambda: p["lookback"]}[spec.family]()
+        factor = recursive_factor if spec.family in _RECURSIVE or spec.hold_overnight else 1
+        out[spec.strategy_id] = int(window + 1) * factor
+    return out
+
+
+def _ts_us(value: datetime | None) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        raise PaperInputError(f"start must be a datetime, got {value!r}")
+    if value.tzinfo is None:
+        raise PaperInputError("start must be timezone-aware (UTC)")
+    return int(pl.Series([value]).dt.convert_time_zone("UTC").cast(TS_DTYPE).dt.epoch("us")[0])
+
+
+def _sleeve_marks(w: np.ndarray, session_end: np.ndarray, overnight: np.ndarray,
+                  fill: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Positions (q, h, a) float64 (N, S) of the timing model from wanted positions ``w``.
+
+    w[t] (N, S): position wanted after the close of bar t (engine signs x lambda). q[t]: held
+    into the open of bar t; h[t]: after the open fill; a[t]: after the close fill.
+    next_open: h[t] = w[t-1]; a[t] = w[t] (= 0) on a forced close (session end without
+    hold_overnight, or the last bar), else h[t]. close: h[t] = q[t] = w[t-1]; a[t] = w[t].
+    """
+    n = w.shape[0]
+    prev = np.vstack([np.zeros((1, w.shape[1])), w[:-1]])
+    if fill == "close":
+        return prev, prev, w
+    forced = session_end[:, None] & ~overnight[None, :]
+    forced[n - 1] = True
+    a = np.where(forced, w, prev)
+    q = np.vstack([np.zeros((1, w.shape[1])), a[:-1]])
+    return q, prev, a
+
+
+def paper_trades(bars: pl.DataFrame, strategies: pl.DataFrame, *, fill: str = "next_open", fee_bps: float = 0.0,
+                 slippage_bps: float = 0.0, start: datetime | None = None,
+                 session_gap: timedelta | None = DEFAULT_SESSION_GAP, session_tz: str = DEFAULT_SESSION_TZ,
+                 bar_interval: timedelta | None = None) -> pl.DataFrame:
+    """Run ``strategies`` over ``bars`` with the engine's timing: one row per fill, TRADE_SCHEMA.
+
+    ``bars``: as ``quant.backtest.run_sweep`` (symbol, ts, open, close; high/low for donchian;
+    alpha/regime for physics strategies), history first and then the new bars. ``start``
+    (tz-aware): fills with ts < start are history and dropped (None keeps all). Options as
+    ``run_sweep``; use the nightly settings (``SweepSettings``) the strategy was promoted with.
+    Rows are sorted by strategy_id, symbol, ts, open before close. A bar can carry two fills
+    (an open fill and a market-on-close exit). ``position_before`` of a strategy's first row in
+    the window is the position carried in from history (0 unless it holds overnight).
+    """
+    cost, plan, symbols = _setup(bars, strategies, fill, fee_bps, slippage_bps, session_gap, session_tz,
+                                 bar_interval)
+    start_us = _ts_us(start)
+    k = max(len(symbols), 1)
+    ids = np.array([s.strategy_id for s in plan.specs], dtype=object)
+    frames = []
+    for sb in symbols:
+        w = _positions(sb, plan)[1:].astype(np.float64)
+        if plan.n_plain < len(plan.specs):
+            w[:, plan.n_plain:] *= _lambda_scale(sb)[:, None]
+        q, h, a = _sleeve_marks(w, sb.session_end, plan.overnight, fill)
+        n = sb.n
+        first = 0 if start_us is None else int(np.searchsorted(sb.ts, start_us))
+        for mark, before, after in (("open", q, h), ("close", h, a)):
+            t, j = np.nonzero(before[first:] != after[first:])
+            if not t.size:
+                continue
+            t = t + first
+            b, f = before[t, j], after[t, j]
+            change = f - b
+            if mark == "open":
+                decision = np.maximum(t - 1, 0)
+                reason = np.full(t.size, "signal", dtype=object)
+            else:  # next_open: only forced exits fill at the close; close: every change does
+                decision = t
+                session = sb.session_end[t] & ~plan.overnight[j] & (f == 0)
+                last = (t == n - 1) & (f == 0)
+                reason = np.where(session, "session_end", np.where(last, "end_of_data", "signal")).astype(object)
+            frames.append(pl.DataFrame({
+                "strategy_id": ids[j], "symbol": sb.symbol, "decision_ts": sb.ts[decision], "ts": sb.ts[t],
+                "mark": mark, "side": np.where(change > 0, "buy", "sell"), "position_before": b,
+                "position_after": f, "position_change": change, "weight_change": change / k,
+                "price": (sb.open if mark == "open" else sb.close)[t], "cost": cost * np.abs(change),
+                "reason": reason}, schema_overrides={"strategy_id": pl.Utf8, "reason": pl.Utf8}))
+    if not frames:
+        return pl.DataFrame(schema=TRADE_SCHEMA)
+    out = pl.concat(frames).with_columns(
+        pl.from_epoch(pl.col("decision_ts"), time_unit="us").dt.replace_time_zone("UTC"),
+        pl.from_epoch(pl.col("ts"), time_unit="us").dt.replace_time_zone("UTC"))
+    return out.select(list(TRADE_SCHEMA)).cast(TRADE_SCHEMA).sort(
+        "strategy_id", "symbol", "ts", pl.col("mark") == "close")
+
+
+def _bar_arrays(bars: pl.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """{symbol: (ts int64 us, open, close)} sorted by ts."""
+    ts = pl.col("ts")
+    if bars.schema["ts"].time_zone is None:  # naive = UTC, as the engine
+        ts = ts.dt.replace_time_zone("UTC")
+    frame = bars.select(pl.col("symbol").cast(pl.Utf8), ts.dt.convert_time_zone("UTC").dt.epoch("us").alias("ts"),
+                        pl.col("open").cast(pl.Float64), pl.col("close").cast(pl.Float64)).sort("symbol", "ts")
+    out = {}
+    for (sym,), part in frame.partition_by("symbol", as_dict=True, maintain_order=True).items():
+        out[sym] = (part["ts"].to_numpy(), part["open"].to_numpy(), part["close"].to_numpy())
+    return out
+
+
+def paper_returns(bars: pl.DataFrame, trades: pl.DataFrame, strategy_ids: list[str], *,
+                  start: datetime | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-bar returns of each strategy marked from its fills: (ts datetime64[us] (T,), float64 (T, S)).
+
+    A ledger independent of the engine's return code: positions are rebuilt from ``trades``
+    (``paper_trades`` output; the position before a strategy/symbol's first fill is its
+    ``position_before``, 0 without fills), each bar's sleeve return is
+
+        1 + r = (1 + q * gap) * (1 - cost_open) * (1 + h * body) * (1 - cost_close)
+
+    (gap = open / previous close - 1 with the previous close from history, body = close / open
+    - 1, costs from the trades' ``cost``) and the strategy's return is the sum over its K sleeves
+    / K on the union of bar timestamps >= ``start`` (K = symbols in ``bars``). Column j is
+    ``strategy_ids[j]``. Same shape and meaning as ``quant.backtest.strategy_returns``.
+    """
+    start_us = _ts_us(start)
+    arrays = _bar_arrays(bars)
+    k = max(len(arrays), 1)
+    col = {sid: j for j, sid in enumerate(strategy_ids)}
+    if len(col) != len(strategy_ids):
+        raise PaperInputError("strategy_ids has duplicates")
+    unknown = set(trades["strategy_id"].unique().to_list()) - set(col)
+    if unknown:
+        raise PaperInputError(f"trades of strategies not in strategy_ids: {sorted(unknown)[:5]}")
+    ts_all = [v[0] if start_us is None else v[0][v[0] >= start_us] for v in arrays.values()]
+    ts_union = np.unique(np.concatenate(ts_all)) if ts_all else np.zeros(0, dtype=np.int64)
+    out = np.zeros((ts_union.shape[0], len(strategy_ids)))
+    tr = trades.with_columns(pl.col("ts").dt.epoch("us").alias("_us"))
+    by_symbol = {sym: part for (sym,), part in tr.partition_by("symbol", as_dict=True).items()}
+    s = len(strategy_ids)
+    for sym, (ts, op, cl) in arrays.items():
+        first = 0 if start_us is None else int(np.searchsorted(ts, start_us))
+        ts_w = ts[first:]
+        n = ts_w.shape[0]
+        if not n:
+            continue
+        prev_close = np.r_[op[0], cl[:-1]]
+        gap = (op / prev_close - 1.0)[first:]
+        body = (cl / op - 1.0)[first:]
+        marks = np.full((2 * n, s), np.nan)  # row 2t: after the open fill of bar t, 2t+1: after its close
+        costs = np.zeros((2 * n, s))
+        init = np.zeros(s)
+        part = by_symbol.get(sym)
+        if part is not None and part.height:
+            t = np.searchsorted(ts_w, part["_us"].to_numpy())
+            if (t >= n).any() or not np.array_equal(ts_w[np.minimum(t, n - 1)], part["_us"].to_numpy()):
+                raise PaperInputError(f"{sym}: trades at timestamps that are not bars of the window")
+            j = np.array([col[x] for x in part["strategy_id"].to_list()], dtype=np.intp)
+            row = 2 * t + (part["mark"].to_numpy() == "close")
+            marks[row, j] = part["position_after"].to_numpy()
+            costs[row, j] = part["cost"].to_numpy()
+            order = np.lexsort((row, j))
+            firsts = order[np.r_[True, j[order][1:] != j[order][:-1]]]
+            init[j[firsts]] = part["position_before"].to_numpy()[firsts]
+        # forward fill the positions down the marks, starting from the carried-in position
+        idx = np.where(np.isnan(marks), -1, np.arange(2 * n)[:, None])
+        np.maximum.accumulate(idx, axis=0, out=idx)
+        filled = np.where(idx >= 0, marks[np.maximum(idx, 0), np.arange(s)[None, :]], init[None, :])
+        h, a = filled[0::2], filled[1::2]
+        q = np.vstack([init[None, :], a[:-1]])
+        r = ((1 + q * gap[:, None]) * (1 - costs[0::2]) * (1 + h * body[:, None]) * (1 - costs[1::2])) - 1.0
+        out[np.searchsorted(ts_union, ts_w)] += r / k
+    return ts_union.astype("datetime64[us]"), out
+
+
+def paper_equity(bars: pl.DataFrame, trades: pl.DataFrame, strategy_ids: list[str], *,
+                 start: datetime | None = None, book: bool = True) -> pl.DataFrame:
+    """Equity per bar of each strategy and of the paper book: EQUITY_SCHEMA, long format.
+
+    ``return`` is the bar's return (``paper_returns``), ``equity`` the equity at the bar's close
+    starting from 1 at ``start``. With ``book``, rows with strategy_id ``PAPER_BOOK`` hold the
+    equal-weight book of ``strategy_ids`` (1/S each, rebalanced every bar, before any book limit).
+    """
+    ts, r = paper_returns(bars, trades, strategy_ids, start=start)
+    cols = list(strategy_ids)
+    if book and r.shape[1]:
+        r = np.hstack([r, r.mean(axis=1, keepdims=True)])
+        cols.append(PAPER_BOOK)
+    eq = np.cumprod(1.0 + r, axis=0)
+    t, s = r.shape
+    if not t or not s:
+        return pl.DataFrame(schema=EQUITY_SCHEMA)
+    frame = pl.DataFrame({"strategy_id": np.repeat(np.array(cols, dtype=object), t),
+                          "ts": np.tile(ts, s), "return": r.T.reshape(-1), "equity": eq.T.reshape(-1)},
+                         schema_overrides={"strategy_id": pl.Utf8})
+    return frame.with_columns(pl.col("ts").dt.replace_time_zone("UTC")).cast(EQUITY_SCHEMA)
+
+
+# --------------------------------------------------------------------------------------------
+# book limits
+
+BOOK_RULES = ("no_history", "drawdown_breaker", "position_cap", "correlation", "gross_cap", "var")
+BOOK_LIMIT_SCHEMA: dict[str, pl.DataType] = {
+    "symbol": pl.Utf8,
+    "current_weight": pl.Float64,
+    "target_weight": pl.Float64,
+    "weight": pl.Float64,  # after every rule
+    "order": pl.Float64,  # weight - current_weight: what the book trades
+    "limited_by": pl.Utf8,  # rules that cut this symbol, in BOOK_RULES order, joined by "+" ("" = none)
+    "by": pl.Float64,  # |target_weight| - |weight|: total cut
+    "action": pl.Utf8,  # "accepted" | "limited" | "refused" (the order was blocked entirely)
+    "group": pl.Int64,  # correlation group (symbols sharing one budget)
+    **{f"cut_{rule}": pl.Float64 for rule in BOOK_RULES},  # |weight| removed by each rule
+}
+
+
+def historical_var(weights: np.ndarray, returns: np.ndarray, level: float = 0.95) -> float:
+    """One-period historical VaR of a book: -quantile(returns @ weights, 1 - level) (numpy's
+    "linear" quantile), a positive number for a loss. ``weights`` (K,), ``returns`` (T, K)."""
+    pnl = np.asarray(returns, dtype=np.float64) @ np.asarray(weights, dtype=np.float64)
+    return float(-np.quantile(pnl, 1.0 - level)) if pnl.size else 0.0
+
+
+def correlation_groups(returns: np.ndarray, threshold: float) -> np.ndarray:
+    """Groups of columns linked by a chain of return correlations above ``threshold``
+    (connected components; single linkage): int64 (K,) labels. Constant columns stand alone."""
+    r = np.asarray(returns, dtype=np.float64)
+    k = r.shape[1]
+    if k == 0:
+        return np.zeros(0, dtype=np.int64)
+    if r.shape[0] < 2:
+        return np.arange(k, dtype=np.int64)
+    sd = r.std(axis=0)
+    z = np.divide(r - r.mean(axis=0), sd * np.sqrt(r.shape[0]), out=np.zeros_like(r), where=sd > 0)
+    linked = (z.T @ z) > threshold
+    np.fill_diagonal(linked, False)
+    return connected_components(linked, directed=False)[1].astype(np.int64)
+
+
+def _history_matrix(returns_history: pl.DataFrame, symbols: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(T, K) returns in ``symbols`` order (missing cells 0) and bool (K,) has any history."""
+    time_col = next((c for c in ("date", "ts") if c in returns_history.columns), None)
+    if time_col is None or not {"symbol", "return"} <= set(returns_history.columns):
+        raise PaperInputError("returns_history needs columns (date or ts), symbol, return")
+    part = returns_history.filter(pl.col("symbol").is_in(symbols) & pl.col("return").is_not_null())
+    if part.select(pl.struct(time_col, "symbol").is_duplicated().any()).item():
+        raise PaperInputError("returns_history has duplicate (time, symbol) rows")
+    if not part.height:
+        return np.zeros((0, len(symbols))), np.zeros(len(symbols), dtype=bool)
+    wide = part.pivot(on="symbol", index=time_col, values="return").sort(time_col)
+    mat = np.zeros((wide.height, len(symbols)))
+    has = np.zeros(len(symbols), dtype=bool)
+    for i, sym in enumerate(symbols):
+        if sym in wide.columns:
+            mat[:, i] = wide[sym].fill_null(0.0).to_numpy()
+            has[i] = True
+    if not np.isfinite(mat).all():
+        raise PaperInputError("returns_history has non-finite returns")
+    return mat, has
+
+
+def book_limits(target_weights: pl.DataFrame, returns_history: pl.DataFrame, *,
+                current_weights: pl.DataFrame | None = None, drawdown: float = 0.0, position_cap: float = 0.20,
+                gross_cap: float = 1.0, correlation_threshold: float = 0.8, correlation_budget: float | None = None,
+                var_limit: float = 0.02, var_level: float = 0.95, drawdown_breaker: float = 0.15) -> pl.DataFrame:
+    """Apply the paper book's risk rules to one decision's target weights: BOOK_LIMIT_SCHEMA.
+
+    ``target_weights``: symbol, weight (signed fractions of book equity; the complete book: a
+    symbol held in ``current_weights`` (symbol, weight) but absent here has target 0).
+    ``returns_history``: (date or ts), symbol, return: one-period (daily for the one-day VaR)
+    simple returns of the symbols, ending *before* the decision (returns of the decision day
+    itself would be look-ahead); missing cells count as 0. ``drawdown``: the book's current
+    drawdown from its peak equity (``quant.risk.drawdown_from_peak`` of the paper equity).
+
+    Rules, in this order, each on the output of the previous one:
+
+    1. no_history: a symbol without any return history cannot be measured; it may only shrink
+       (weight clipped between 0 and its current weight).
+    2. drawdown_breaker: at ``drawdown >= drawdown_breaker`` no position may grow or flip
+       (clipped between 0 and the current weight), as ``quant.risk.apply_portfolio_limits``.
+    3. position_cap: |weight| <= ``position_cap``.
+    4. correlation: symbols in one ``correlation_groups`` group (return correlation above
+       ``correlation_threshold``, chained) share one budget: the group's sum of |weight| is
+       scaled down to ``correlation_budget`` (default ``position_cap``) when above it.
+    5. gross_cap: sum |weight| <= ``gross_cap`` (all scaled by one factor).
+    6. var: ``historical_var(weights, history, var_level)`` <= ``var_limit``; the VaR is
+       homogeneous in the weights, so all are scaled by var_limit / VaR (the book's VaR is then
+       exactly ``var_limit``).
+
+    ``cut_<rule>`` = |weight| before the rule - |weight| after it (>= 0), ``by`` their sum. An
+    order (weight - current_weight) is "refused" when the rules cut it to nothing, "limited"
+    when cut partly, else "accepted". Rows sorted by symbol.
+    """
+    if position_cap <= 0 or gross_cap <= 0 or var_limit <= 0:
+        raise PaperInputError("position_cap, gross_cap and var_limit must be positive")
+    if not 0.0 < var_level < 1.0:
+        raise PaperInputError(f"var_level must be in (0, 1), got {var_level!r}")
+    for name, frame in (("target_weights", target_weights), ("current_weights", current_weights)):
+        if frame is not None and not {"symbol", "weight"} <= set(frame.columns):
+            raise PaperInputError(f"{name} needs columns symbol, weight")
+        if frame is not None and frame["symbol"].is_duplicated().any():
+            raise PaperInputError(f"{name} has duplicate symbols")
+    now = current_weights if current_weights is not None else pl.DataFrame(schema={"symbol": pl.Utf8,
+                                                                                   "weight": pl.Float64})
+    merged = (target_weights.select(pl.col("symbol").cast(pl.Utf8), pl.col("weight").cast(pl.Float64)
+                                    .alias("target_weight"))
+              .join(now.select(pl.col("symbol").cast(pl.Utf8), pl.col("weight").cast(pl.Float64)
+                               .alias("current_weight")), on="symbol", how="full", coalesce=True)
+              .with_columns(pl.col("target_weight").fill_null(0.0), pl.col("current_weight").fill_null(0.0))
+              .sort("symbol"))
+    symbols = merged["symbol"].to_list()
+    target, held = merged["target_weight"].to_numpy().copy(), merged["current_weight"].to_numpy()
+    if not (np.isfinite(target).all() and np.isfinite(held).all()):
+        raise PaperInputError("weights must be finite")
+    hist, has = _history_matrix(returns_history, symbols)
+    budget = position_cap if correlation_budget is None else correlation_budget
+    groups = correlation_groups(hist, correlation_threshold) if hist.shape[0] else np.arange(len(symbols))
+
+    def shrink_only(w, where):
+        return np.where(where, np.clip(w, np.minimum(held, 0.0), np.maximum(held, 0.0)), w)
+
+    w = target.copy()
+    cuts = {}
+    for rule in BOOK_RULES:
+        before = w
+        if rule == "no_history":
+            w = shrink_only(w, ~has)
+        elif rule == "drawdown_breaker":
+            w = shrink_only(w, np.full(w.shape, drawdown >= drawdown_breaker))
+        elif rule == "position_cap":
+            w = np.clip(w, -position_cap, position_cap)
+        elif rule == "correlation":
+            gross = np.bincount(groups, weights=np.abs(w), minlength=int(groups.max(initial=-1)) + 1)
+            scale = np.divide(budget, gross, out=np.ones_like(gross), where=gross > budget)
+            w = w * scale[groups]
+        elif rule == "gross_cap":
+            gross = np.abs(w).sum()
+            w = w * (gross_cap / gross) if gross > gross_cap else w
+        elif rule == "var":
+            var = historical_var(w, hist, var_level) if hist.shape[0] else 0.0
+            w = w * (var_limit / var) if var > var_limit else w
+        cuts[rule] = np.abs(before) - np.abs(w)
+    cut_cols = {f"cut_{r}": np.where(np.abs(c) > 1e-15, c, 0.0) for r, c in cuts.items()}
+    limited_by = ["+".join(r for r in BOOK_RULES if cut_cols[f"cut_{r}"][i] > 0) for i in range(len(symbols))]
+    order, wanted = w - held, target - held
+    action = np.where(np.abs(w - target) <= 1e-15, "accepted",
+                      np.where((np.abs(order) <= 1e-15) & (np.abs(wanted) > 1e-15), "refused", "limited"))
+    return merged.with_columns(
+        pl.Series("weight", w), pl.Series("order", order), pl.Series("limited_by", limited_by, dtype=pl.Utf8),
+        pl.Series("by", np.abs(target) - np.abs(w)), pl.Series("action", action, dtype=pl.Utf8),
+        pl.Series("group", groups, dtype=pl.Int64), *[pl.Series(k, v) for k, v in cut_cols.items()],
+    ).select(list(BOOK_LIMIT_SCHEMA)).cast(BOOK_LIMIT_SCHEMA)
