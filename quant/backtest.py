@@ -926,6 +926,25 @@ def _result_frame(plan: _Plan, symbols: list[SymbolBars], per_symbol: list[dict]
     return _nan_to_null(pl.concat(parts))
 
 
+def engine_positions(bars: pl.DataFrame, strategies: pl.DataFrame, fill: str = "next_open", fee_bps: float = 0.0,
+                     slippage_bps: float = 0.0, *, session_gap: timedelta | None = DEFAULT_SESSION_GAP,
+                     session_tz: str = DEFAULT_SESSION_TZ, bar_interval: timedelta | None = None):
+    """The engine's own target positions, for callers that follow its trades (paper trading).
+
+    Returns (cost per unit of position change, plan, [(SymbolBars, positions)]): ``positions`` is
+    (n_bars, n_strategies) float64, the position decided on each bar's close (strategies in ``plan.specs``
+    order; tail-index-sized ones scaled by lambda), exactly what ``run_sweep`` trades on. No look-ahead:
+    row t uses bars up to t only."""
+    cost, plan, symbols = _setup(bars, strategies, fill, fee_bps, slippage_bps, session_gap, session_tz, bar_interval)
+    out = []
+    for sb in symbols:
+        w = _positions(sb, plan)[1:].astype(np.float64)
+        if plan.n_plain < len(plan.specs):
+            w[:, plan.n_plain:] *= _lambda_scale(sb)[:, None]
+        out.append((sb, w))
+    return cost, plan, out
+
+
 def run_sweep(bars: pl.DataFrame, strategies: pl.DataFrame, fill: str = "next_open", fee_bps: float = 0.0,
               slippage_bps: float = 0.0, *, session_gap: timedelta | None = DEFAULT_SESSION_GAP,
               session_tz: str = DEFAULT_SESSION_TZ, bars_per_year: float | None = None,

@@ -67,6 +67,25 @@ def bars_per_year_of(bars: pl.DataFrame) -> float:
     return float(infer_bars_per_year(bars))
 
 
+def gate_failures(settings: SweepSettings, pbo: float | None = None) -> list[tuple[str, pl.Expr]]:
+    """The leaderboard's gates as (description, expression true when the row FAILS); ``gather`` keeps the
+    rows failing none, promotion (quant.promotion) names the ones they fail.
+
+    A null figure fails its gate (as in ``gather``'s filter). The PBO gate is one figure for the
+    whole sweep (``gather``'s summary["pbo"]); None = not computable, not held to it.
+    """
+    s = settings
+    fail = [
+        (f"n_trades < {s.min_trades}", ~(pl.col("n_trades") >= s.min_trades)),
+        (f"max_drawdown > {s.max_drawdown:g}", ~(pl.col("max_drawdown") <= s.max_drawdown)),
+        (f"oos_sharpe <= {s.min_oos_sharpe:g}", ~(pl.col("oos_sharpe") > s.min_oos_sharpe)),
+        (f"deflated_sharpe <= {s.min_deflated_sharpe:g}", ~(pl.col("deflated_sharpe") > s.min_deflated_sharpe)),
+    ]
+    if pbo is not None and not pbo <= s.max_pbo:
+        fail.append((f"sweep pbo {pbo:.2f} > {s.max_pbo:g}", pl.lit(True)))
+    return [(name, expr.fill_null(True)) for name, expr in fail]
+
+
 def gather(chunks: list[ChunkResult], settings: SweepSettings) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
     """Combine chunks: (strategy_results, leaderboard, summary).
 
@@ -92,13 +111,8 @@ def gather(chunks: list[ChunkResult], settings: SweepSettings) -> tuple[pl.DataF
     per_symbol = pl.concat([c.per_symbol for c in chunks], how="diagonal_relaxed")
     results = pl.concat([per_symbol, scored.with_columns(pl.lit(PORTFOLIO_SYMBOL).alias("symbol"))],
                         how="diagonal_relaxed")
-    leaderboard = scored.filter(
-        (pl.col("n_trades") >= settings.min_trades)
-        & (pl.col("max_drawdown") <= settings.max_drawdown)
-        & (pl.col("oos_sharpe") > settings.min_oos_sharpe)
-        & (pl.col("deflated_sharpe") > settings.min_deflated_sharpe)
-        & pl.lit(pbo is None or pbo.pbo <= settings.max_pbo)
-    ).sort("oos_sharpe", descending=True)
+    failures = [expr for _, expr in gate_failures(settings, None if pbo is None else float(pbo.pbo))]
+    leaderboard = scored.filter(~pl.any_horizontal(failures)).sort("oos_sharpe", descending=True)
     summary = {
         "n_strategies": int(returns.shape[1]),
         "n_bars": int(returns.shape[0]),

@@ -53,13 +53,7 @@ from scipy.sparse.csgraph import connected_components
 
 # The engine's own position and setup code (private to quant.backtest, used here on purpose:
 # the paper book must not have a second implementation of the signals or the timing).
-from quant.backtest import (
-    DEFAULT_SESSION_GAP,
-    DEFAULT_SESSION_TZ,
-    _lambda_scale,
-    _positions,
-    _setup,
-)
+from quant.backtest import DEFAULT_SESSION_GAP, DEFAULT_SESSION_TZ, engine_positions
 from quant.schema import TS_DTYPE
 from quant.strategies import parse_strategies
 
@@ -158,16 +152,13 @@ def paper_trades(bars: pl.DataFrame, strategies: pl.DataFrame, *, fill: str = "n
     (an open fill and a market-on-close exit). ``position_before`` of a strategy's first row in
     the window is the position carried in from history (0 unless it holds overnight).
     """
-    cost, plan, symbols = _setup(bars, strategies, fill, fee_bps, slippage_bps, session_gap, session_tz,
-                                 bar_interval)
+    cost, plan, positions = engine_positions(bars, strategies, fill, fee_bps, slippage_bps, session_gap=session_gap,
+                                             session_tz=session_tz, bar_interval=bar_interval)
     start_us = _ts_us(start)
-    k = max(len(symbols), 1)
+    k = max(len(positions), 1)
     ids = np.array([s.strategy_id for s in plan.specs], dtype=object)
     frames = []
-    for sb in symbols:
-        w = _positions(sb, plan)[1:].astype(np.float64)
-        if plan.n_plain < len(plan.specs):
-            w[:, plan.n_plain:] *= _lambda_scale(sb)[:, None]
+    for sb, w in positions:
         q, h, a = _sleeve_marks(w, sb.session_end, plan.overnight, fill)
         n = sb.n
         first = 0 if start_us is None else int(np.searchsorted(sb.ts, start_us))

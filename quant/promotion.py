@@ -22,7 +22,7 @@ import numpy as np
 import polars as pl
 
 from quant.backtest import DEFAULT_SESSION_TZ
-from quant.nightly import SweepSettings
+from quant.nightly import SweepSettings, gate_failures  # noqa: F401  (the gates live with the sweep)
 
 DAILY_SCHEMA: dict[str, pl.DataType] = {"date": pl.Date, "strategy_id": pl.Utf8, "daily_return": pl.Float64}
 # backtest figures carried into the promotion record when the leaderboard has them
@@ -65,24 +65,6 @@ def daily_returns(ts: np.ndarray, returns: np.ndarray, strategy_ids: list[str], 
     d, s = daily.shape
     return pl.DataFrame({"date": np.repeat(dates[starts], s), "strategy_id": np.tile(np.array(strategy_ids, object), d),
                          "daily_return": daily.reshape(-1)}, schema_overrides={"strategy_id": pl.Utf8}).cast(DAILY_SCHEMA)
-
-
-def gate_failures(settings: SweepSettings, pbo: float | None = None) -> list[tuple[str, pl.Expr]]:
-    """The gates of ``quant.nightly.gather`` as (description, expression true when the row FAILS).
-
-    A null figure fails its gate (as in ``gather``'s filter). The PBO gate is one figure for the
-    whole sweep (``gather``'s summary["pbo"]); None = not computable, not held to it.
-    """
-    s = settings
-    fail = [
-        (f"n_trades < {s.min_trades}", ~(pl.col("n_trades") >= s.min_trades)),
-        (f"max_drawdown > {s.max_drawdown:g}", ~(pl.col("max_drawdown") <= s.max_drawdown)),
-        (f"oos_sharpe <= {s.min_oos_sharpe:g}", ~(pl.col("oos_sharpe") > s.min_oos_sharpe)),
-        (f"deflated_sharpe <= {s.min_deflated_sharpe:g}", ~(pl.col("deflated_sharpe") > s.min_deflated_sharpe)),
-    ]
-    if pbo is not None and not pbo <= s.max_pbo:
-        fail.append((f"sweep pbo {pbo:.2f} > {s.max_pbo:g}", pl.lit(True)))
-    return [(name, expr.fill_null(True)) for name, expr in fail]
 
 
 def _wide(daily: pl.DataFrame, ids: list[str]) -> tuple[np.ndarray, dict[str, int]]:
