@@ -4,6 +4,7 @@ import dagster as dg
 
 from assets.archives import archives
 from assets.backtest import nightly_backtest_assets
+from assets.paper import PAPER_ASSETS
 from assets.dbt_models import dbt_warehouse_models
 from assets.embeddings import market_state_embeddings
 from assets.signals import signals
@@ -28,7 +29,7 @@ from sensors.live.sensor import microbatch_sensor
 
 defs = dg.Definitions(
     assets=[ticks, bars_1m, features, physics_states, forecasts, forecasts_daily, market_state_embeddings, signals,
-            nightly_backtest_assets, archives, dbt_warehouse_models, run_metrics, *QUALITY_TABLE_SPECS,
+            nightly_backtest_assets, *PAPER_ASSETS, archives, dbt_warehouse_models, run_metrics, *QUALITY_TABLE_SPECS,
             *SOURCE_TABLE_SPECS],
     jobs=[main_job, nightly_backtest_job, dbt_models_job, prune_vector_memory, microbatch_job, backup_job],
     asset_checks=FRESHNESS_CHECKS,

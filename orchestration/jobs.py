@@ -27,12 +27,16 @@ main_job = dg.define_asset_job(
 )
 
 BACKTEST_KEYS = [dg.AssetKey(["duckdb", k]) for k in ("backtest_runs", "strategy_results", "strategy_leaderboard")]
+# the sweep's three tables and, where the definitions have it (assets/paper.py), the night's promotion to
+# paper trading: group "backtest" (a definitions object without promoted_strategies still resolves the job)
+NIGHTLY_SELECTION = dg.AssetSelection.groups("backtest")
 
 nightly_backtest_job = dg.define_asset_job(
     "nightly_backtest",
-    selection=dg.AssetSelection.assets(*BACKTEST_KEYS),
+    selection=NIGHTLY_SELECTION,
     partitions_def=daily_partitions,
-    description="The nightly sweep of generated strategies over the last 90 sessions (one step per strategy block).",
+    description="The nightly sweep of generated strategies over the last 90 sessions (one step per strategy block), "
+                "then the promotion of its best strategies to paper trading (promoted_strategies).",
 )
 
 dbt_models_job = dg.define_asset_job(
@@ -51,7 +55,7 @@ def nightly_backtest_celery_job():
 
     return dg.define_asset_job(
         "nightly_backtest_celery",
-        selection=dg.AssetSelection.assets(*BACKTEST_KEYS),
+        selection=NIGHTLY_SELECTION,
         partitions_def=daily_partitions,
         executor_def=celery_executor,
         description="nightly_backtest with each strategy block as a Celery task (workers on many machines).",

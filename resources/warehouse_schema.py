@@ -27,6 +27,10 @@ KNOWN_TABLES = frozenset(
         "archive_manifest",
         "ingest_log",
         "run_metrics",
+        "promoted_strategies",
+        "strategy_decay_bands",
+        "paper_trades",
+        "paper_equity",
     }
 )
 
@@ -139,6 +143,31 @@ FRAME_TABLE_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
                              ("n_bars", "BIGINT"), *_STRATEGY_METRICS, ("turnover", "DOUBLE"), ("exposure", "DOUBLE"),
                              ("n_trades", "BIGINT"), ("oos_sharpe", "DOUBLE"), ("is_sharpe", "DOUBLE"),
                              ("deflated_sharpe", "DOUBLE"), ("run_date", "VARCHAR"), ("rank", "BIGINT")),
+    # assets/paper.py (issue #18): promotion history, decay bands, paper fills and book orders, paper equity
+    "promoted_strategies": (("strategy_id", "VARCHAR"), ("run_date", "VARCHAR"),
+                            ("promoted_at", "TIMESTAMP WITH TIME ZONE"), ("reason", "VARCHAR"), ("rank", "BIGINT"),
+                            ("correlation", "DOUBLE"), ("family", "VARCHAR"), ("params", "VARCHAR"),
+                            *((c, "DOUBLE") for c in ("sharpe", "is_sharpe", "oos_sharpe", "deflated_sharpe",
+                                                      "total_return", "max_drawdown")),
+                            ("n_trades", "BIGINT"), ("turnover", "DOUBLE"), ("pbo", "DOUBLE"),
+                            ("backtest_first_session", "DATE"), ("backtest_last_session", "DATE"),
+                            ("backtest_sessions", "BIGINT"), ("backtest_daily_return", "DOUBLE"),
+                            ("backtest_daily_sharpe", "DOUBLE"), ("backtest_hit_rate", "DOUBLE"),
+                            ("demoted_at", "TIMESTAMP WITH TIME ZONE"), ("demoted_session", "VARCHAR"),
+                            ("demoted_reason", "VARCHAR"), ("run_id", "VARCHAR")),
+    "strategy_decay_bands": (("strategy_id", "VARCHAR"), ("run_date", "VARCHAR"), ("horizon", "BIGINT"),
+                             *((c, "DOUBLE") for c in ("return_lower", "return_median", "sharpe_lower",
+                                                       "sharpe_median", "level")),
+                             ("n_boot", "BIGINT"), ("seed", "BIGINT"), ("n_backtest_sessions", "BIGINT")),
+    "paper_trades": (("session", "VARCHAR"), ("strategy_id", "VARCHAR"), ("symbol", "VARCHAR"),
+                     ("decision_ts", "TIMESTAMP WITH TIME ZONE"), ("ts", "TIMESTAMP WITH TIME ZONE"),
+                     ("mark", "VARCHAR"), ("side", "VARCHAR"),
+                     *((c, "DOUBLE") for c in ("position_before", "position_after", "position_change",
+                                               "weight_change", "price", "cost")),
+                     ("reason", "VARCHAR"), ("target_weight", "DOUBLE"), ("weight", "DOUBLE"), ("action", "VARCHAR"),
+                     ("limited_by", "VARCHAR"), ("by", "DOUBLE")),
+    "paper_equity": (("strategy_id", "VARCHAR"), ("session", "VARCHAR"), ("ts", "TIMESTAMP WITH TIME ZONE"),
+                     ("return", "DOUBLE"), ("equity", "DOUBLE")),
 }
 
 _CANONICAL_TYPE = {"TIMESTAMPTZ": "TIMESTAMP WITH TIME ZONE"}

@@ -1,0 +1,690 @@
+"""Promotion of the nightly sweep's best strategies, their paper trading and their decay (issue #18).
+
+Daily partitions only. This pass covers the exchange-session partitions; paper trading on *live
+windows* (the micro-batch path) is out of scope here: the pure core (``quant.paper``) runs on any
+window, but no micro-batch asset calls it yet (``feynman bench paper`` measures what one would cost).
+
+* ``duckdb/promoted_strategies`` (partition = the nightly run date, built by the nightly_backtest job
+  right after the leaderboard): ``quant.promotion.promote`` over the night's PORTFOLIO rows of
+  ``strategy_results`` (gates of the sweep, PBO of the run), with the candidates' daily returns over
+  the very bars the sweep used (``load_backtest_bars`` + ``quant.backtest.strategy_returns``) and the
+  current paper book as incumbents. One row per promotion (history): when, why, the backtest figures
+  at promotion, the strategy's spec, and later ``demoted_at`` / ``demoted_session`` /
+  ``demoted_reason``. The decay band of each new promotion (``quant.decay.decay_band`` of its backtest
+  daily returns, horizons 1..``DECAY_HORIZON``) goes to ``strategy_decay_bands``.
+* ``duckdb/paper_trades`` (partition = a session): the strategies promoted on a night *before* the
+  session and not demoted before it run over the session's bars_1m with the look-back
+  ``quant.paper.lookback_bars`` asks for, with the nightly fill/fee/slippage (BacktestConfig). Rows:
+  every strategy fill (``quant.paper.TRADE_SCHEMA``) and the paper book's orders (strategy_id
+  ``PAPER_BOOK``): the book nets the promoted strategies in equal weight and passes each decision
+  through ``quant.paper.book_limits`` (position cap, correlation budget, gross cap, VaR, drawdown
+  breaker); its rows say the rule (``limited_by``), the cut (``by``) and the ``action``.
+  Book rows use the sleeve units of TRADE_SCHEMA: ``position`` = K x book weight (K symbols), so
+  ``weight_change`` is the order as a fraction of book equity and ``quant.paper.paper_returns`` marks
+  the book exactly as it marks a strategy.
+* ``duckdb/paper_equity`` (same partition): per-bar returns and equity per strategy and for the
+  book (equity compounds across sessions), then the decay verdict: a strategy whose cumulative paper
+  return falls below its 5% band after ``DECAY_MIN_SESSIONS`` sessions is demoted (reason recorded in
+  promoted_strategies) and raises one ``strategy_decay`` alert.
+* dbt ``mart_strategy_decay`` compares paper and backtest per promotion, with the band.
+
+Partitions of paper_trades/paper_equity must run in session order (equity and the book's drawdown
+carry over from the previous session; the decay verdict reads the earlier sessions).
+"""
+
+# no `from __future__ import annotations`: Dagster checks the class of the `context` annotation
+import json
+import math
+from datetime import date, datetime, time, timedelta, timezone
+
+import dagster as dg
+import numpy as np
+import polars as pl
+
+from assets.automation import AFTER_CLOSE_CRON, AFTER_CLOSE_TZ, OUTSIDE_TABLES, SessionClosed
+from assets.backtest import LEADERBOARD_KEY, RESULTS_KEY, RUNS_KEY, load_backtest_bars, strategies_for
+from assets.bars import BARS_KEY
+from assets.metadata import QUANT, duckdb_table_metadata, layer_tags, markdown_table
+from assets.partitions import daily_partitions
+from assets.plots import equity_curves_png
+from assets.quality import check_results, check_specs
+from quant.backtest import strategy_returns
+from quant.decay import DecayBand, decay_band, decay_verdict
+from quant.nightly import gate_failures
+from quant.paper import PAPER_BOOK, TRADE_SCHEMA, book_limits, lookback_bars, paper_returns
+from quant.paper import paper_trades as engine_paper_trades
+from quant.promotion import daily_returns, promote
+from quant.quality import ERROR, WARN, RuleOutcome
+from quant.strategies import parse_strategies
+from resources.alerts import AlertingResource
+from resources.backtest_config import BacktestConfig
+from resources.warehouse import WRITER_POOL, WarehouseResource
+
+PROMOTED_KEY = dg.AssetKey(["duckdb", "promoted_strategies"])
+PAPER_TRADES_KEY = dg.AssetKey(["duckdb", "paper_trades"])
+PAPER_EQUITY_KEY = dg.AssetKey(["duckdb", "paper_equity"])
+# code version: bump by hand when what these assets compute changes (docs/metadata.md)
+CODE_VERSION = "1"
+
+MAX_PROMOTED = 10
+MAX_CORRELATION = 0.9
+DECAY_MIN_SESSIONS = 10  # M: sessions before a verdict
+DECAY_LEVEL = 0.05
+DECAY_HORIZON = 250  # band horizons 1..250 sessions; later verdicts judge the last 250 sessions
+DECAY_N_BOOT = 2000
+DECAY_SEED = 0
+POSITION_CAP = 0.20
+GROSS_CAP = 1.0
+VAR_LIMIT = 0.02
+DRAWDOWN_BREAKER = 0.15
+RISK_HISTORY_SESSIONS = 60  # daily returns of the symbols the book's VaR and correlation rules use
+MAX_HISTORY_SESSIONS = 60  # cap on the look-back sessions loaded for paper trading
+TOL = 1e-9
+
+HISTORY_SCHEMA: dict[str, pl.DataType] = {
+    "strategy_id": pl.Utf8, "run_date": pl.Utf8, "promoted_at": pl.Datetime("us", "UTC"), "reason": pl.Utf8,
+    "rank": pl.Int64, "correlation": pl.Float64, "family": pl.Utf8, "params": pl.Utf8,
+    "sharpe": pl.Float64, "is_sharpe": pl.Float64, "oos_sharpe": pl.Float64, "deflated_sharpe": pl.Float64,
+    "total_return": pl.Float64, "max_drawdown": pl.Float64, "n_trades": pl.Int64, "turnover": pl.Float64,
+    "pbo": pl.Float64, "backtest_first_session": pl.Date, "backtest_last_session": pl.Date,
+    "backtest_sessions": pl.Int64, "backtest_daily_return": pl.Float64, "backtest_daily_sharpe": pl.Float64,
+    "backtest_hit_rate": pl.Float64, "demoted_at": pl.Datetime("us", "UTC"), "demoted_session": pl.Utf8,
+    "demoted_reason": pl.Utf8, "run_id": pl.Utf8,
+}
+BAND_SCHEMA: dict[str, pl.DataType] = {
+    "strategy_id": pl.Utf8, "run_date": pl.Utf8, "horizon": pl.Int64, "return_lower": pl.Float64,
+    "return_median": pl.Float64, "sharpe_lower": pl.Float64, "sharpe_median": pl.Float64, "level": pl.Float64,
+    "n_boot": pl.Int64, "seed": pl.Int64, "n_backtest_sessions": pl.Int64,
+}
+BOOK_COLUMNS: dict[str, pl.DataType] = {"target_weight": pl.Float64, "weight": pl.Float64, "action": pl.Utf8,
+                                        "limited_by": pl.Utf8, "by": pl.Float64}
+PAPER_TRADES_SCHEMA: dict[str, pl.DataType] = {"session": pl.Utf8, **TRADE_SCHEMA, **BOOK_COLUMNS}
+PAPER_EQUITY_SCHEMA: dict[str, pl.DataType] = {"strategy_id": pl.Utf8, "session": pl.Utf8,
+                                               "ts": pl.Datetime("us", "UTC"), "return": pl.Float64,
+                                               "equity": pl.Float64}
+
+
+# --------------------------------------------------------------------------------------------
+# promotion
+
+def history(warehouse: WarehouseResource) -> pl.DataFrame:
+    if not warehouse.table_exists("promoted_strategies"):
+        return pl.DataFrame(schema=HISTORY_SCHEMA)
+    return warehouse.query("SELECT * FROM promoted_strategies ORDER BY run_date, strategy_id").cast(HISTORY_SCHEMA)
+
+
+def active_promotions(hist: pl.DataFrame, session: str) -> pl.DataFrame:
+    """Promotion rows trading in ``session``: promoted on an earlier night, not demoted before it."""
+    return (hist.filter((pl.col("run_date") < session)
+                        & (pl.col("demoted_session").is_null() | (pl.col("demoted_session") >= session)))
+            .sort("run_date").unique("strategy_id", keep="last", maintain_order=True).sort("strategy_id"))
+
+
+def _daily_stats(r: np.ndarray) -> tuple[float | None, float | None, float | None]:
+    if not r.size:
+        return None, None, None
+    sd = float(r.std(ddof=1)) if r.size > 1 else 0.0
+    return float(r.mean()), (float(r.mean() / sd * math.sqrt(252)) if sd > 0 else None), float((r > 0).mean())
+
+
+def promotion_night(warehouse: WarehouseResource, backtest: BacktestConfig, run_date: str, run_id: str
+                    ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """(decisions of ``promote``, new history rows, band rows) of one night; writes nothing."""
+    if not warehouse.table_exists("strategy_results"):
+        raise dg.Failure(description=f"no strategy_results: run nightly_backtest for {run_date} first",
+                         allow_retries=False)
+    results = warehouse.query("SELECT * FROM strategy_results WHERE run_date = ? AND symbol = 'PORTFOLIO'",
+                              [run_date])
+    if not results.height:
+        raise dg.Failure(description=f"no strategy_results for {run_date}: run nightly_backtest first",
+                         allow_retries=False)
+    runs = warehouse.query("SELECT pbo FROM backtest_runs WHERE run_date = ?", [run_date])
+    pbo = runs["pbo"][0] if runs.height else None
+    pbo = None if pbo is None or (isinstance(pbo, float) and math.isnan(pbo)) else float(pbo)
+    settings = backtest.settings()
+    hist = history(warehouse)
+    incumbents = active_promotions(hist, run_date).filter(pl.col("demoted_session").is_null())
+    gates = gate_failures(settings, pbo)
+    failing = pl.any_horizontal(*[expr for _, expr in gates]) if gates else pl.lit(False)
+    passing_ids = results.filter(~failing)["strategy_id"].to_list()
+
+    bars = load_backtest_bars(warehouse, date.fromisoformat(run_date), backtest.sessions)
+    generated = strategies_for(backtest.n_strategies, bars)  # the sweep's own strategies (same call)
+    specs = pl.concat([generated.filter(pl.col("strategy_id").is_in(passing_ids)),
+                       incumbents.select(generated.columns).cast(generated.schema)]).unique(
+        "strategy_id", keep="first", maintain_order=True)
+    if specs.height:
+        ts, r = strategy_returns(bars, specs, settings.fill, settings.fee_bps, settings.slippage_bps)
+        daily = daily_returns(ts, r, specs["strategy_id"].to_list())
+    else:
+        daily = pl.DataFrame(schema={"date": pl.Date, "strategy_id": pl.Utf8, "daily_return": pl.Float64})
+    decisions = promote(results, daily, max_promoted=MAX_PROMOTED, max_correlation=MAX_CORRELATION,
+                        already_promoted=incumbents["strategy_id"].to_list(), settings=settings, pbo=pbo)
+
+    new = decisions.filter(pl.col("promoted") & (pl.col("reason") == "promoted"))
+    now = datetime.now(timezone.utc)
+    rows, bands = [], []
+    by_id = {row["strategy_id"]: row for row in generated.iter_rows(named=True)}
+    figures = results.unique("strategy_id").to_dicts()
+    figures = {row["strategy_id"]: row for row in figures}
+    for dec in new.iter_rows(named=True):
+        sid = dec["strategy_id"]
+        mine = daily.filter(pl.col("strategy_id") == sid).sort("date")
+        r_daily = mine["daily_return"].to_numpy()
+        mean, sharpe_d, hit = _daily_stats(r_daily)
+        fig = figures[sid]
+        rows.append({"strategy_id": sid, "run_date": run_date, "promoted_at": now, "reason": dec["reason"],
+                     "rank": dec["rank"], "correlation": dec["correlation"], "family": by_id[sid]["family"],
+                     "params": by_id[sid]["params"], **{k: fig.get(k) for k in (
+                         "sharpe", "is_sharpe", "oos_sharpe", "deflated_sharpe", "total_return", "max_drawdown",
+                         "n_trades", "turnover")},
+                     "pbo": pbo, "backtest_first_session": mine["date"].min() if mine.height else None,
+                     "backtest_last_session": mine["date"].max() if mine.height else None,
+                     "backtest_sessions": mine.height, "backtest_daily_return": mean,
+                     "backtest_daily_sharpe": sharpe_d, "backtest_hit_rate": hit, "demoted_at": None,
+                     "demoted_session": None, "demoted_reason": None, "run_id": run_id})
+        if r_daily.size >= 2:
+            band = decay_band(r_daily, DECAY_HORIZON, level=DECAY_LEVEL, n_boot=DECAY_N_BOOT, seed=DECAY_SEED)
+            bands.append(pl.DataFrame({
+                "strategy_id": sid, "run_date": run_date, "horizon": np.arange(1, DECAY_HORIZON + 1),
+                "return_lower": band.return_lower, "return_median": band.return_median,
+                "sharpe_lower": band.sharpe_lower, "sharpe_median": band.sharpe_median, "level": band.level,
+                "n_boot": band.n_boot, "seed": band.seed, "n_backtest_sessions": band.n_backtest_sessions}))
+    new_rows = pl.DataFrame(rows, schema=HISTORY_SCHEMA)
+    # a re-run of the night keeps what later sessions decided about its promotions
+    earlier = hist.filter(pl.col("run_date") == run_date).select(
+        "strategy_id", "demoted_at", "demoted_session", "demoted_reason")
+    if earlier.height and new_rows.height:
+        new_rows = new_rows.drop("demoted_at", "demoted_session", "demoted_reason").join(
+            earlier, on="strategy_id", how="left").select(list(HISTORY_SCHEMA)).cast(HISTORY_SCHEMA)
+    band_rows = pl.concat(bands).cast(BAND_SCHEMA) if bands else pl.DataFrame(schema=BAND_SCHEMA)
+    return decisions, new_rows, band_rows.with_columns(pl.col(pl.Float64).fill_nan(None))
+
+
+@dg.asset(
+    key=PROMOTED_KEY,
+    deps=[LEADERBOARD_KEY, RESULTS_KEY, RUNS_KEY],
+    group_name="backtest",
+    code_version=CODE_VERSION,
+    owners=[QUANT],
+    tags=layer_tags("paper"),
+    metadata=duckdb_table_metadata("promoted_strategies"),
+    partitions_def=daily_partitions,
+    pool=WRITER_POOL,
+    kinds={"duckdb"},
+    description=(
+        f"History of promotions to paper trading (one row per promotion; partition = the nightly run date). "
+        f"The night's strategies passing the sweep's gates (trades, drawdown, OOS Sharpe, deflated Sharpe, PBO), "
+        f"best OOS Sharpe first, without near-copies (daily return correlation > {MAX_CORRELATION} over the "
+        f"backtest window with a kept one), at most {MAX_PROMOTED} in the book with the incumbents. Rows carry "
+        f"when, why, the backtest figures at promotion and, once demoted by decay, demoted_at/session/reason. "
+        f"Writes the 5% decay band of each new promotion to strategy_decay_bands."),
+)
+def promoted_strategies(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
+                        backtest: BacktestConfig) -> dg.MaterializeResult:
+    run_date = context.partition_key
+    decisions, new_rows, bands = promotion_night(warehouse, backtest, run_date, context.run.run_id)
+    warehouse.replace_where("promoted_strategies", new_rows, equals={"run_date": run_date})
+    warehouse.replace_where("strategy_decay_bands", bands, equals={"run_date": run_date})
+    cols = [c for c in ("rank", "strategy_id", "family", "reason", "oos_sharpe", "deflated_sharpe",
+                        "max_drawdown", "n_trades", "correlation") if c in decisions.columns]
+    promoted = decisions.filter("promoted")
+    rejected = decisions.filter(~pl.col("promoted"))
+    gate_counts = (rejected.filter(pl.col("reason").str.starts_with("failed gate"))
+                   .group_by("reason").len().sort("len", descending=True).head(10))
+    return dg.MaterializeResult(metadata={
+        "dagster/row_count": new_rows.height,
+        "promoted_tonight": new_rows.height,
+        "paper_book_size": promoted.height,
+        "candidates": decisions.height,
+        "promoted": dg.MetadataValue.md(markdown_table(promoted.select(cols)) if promoted.height else "none"),
+        "rejected_with_reason": dg.MetadataValue.md(
+            markdown_table(rejected.filter(pl.col("rank").is_not_null()).head(20).select(cols))
+            if rejected.filter(pl.col("rank").is_not_null()).height else "none passed the gates"),
+        "gate_failures": dg.MetadataValue.md(markdown_table(gate_counts) if gate_counts.height else "none"),
+    })
+
+
+# --------------------------------------------------------------------------------------------
+# paper trading
+
+def session_start(session: str) -> datetime:
+    return datetime.combine(date.fromisoformat(session), time(0), tzinfo=timezone.utc)
+
+
+def strategy_frame(promotions: pl.DataFrame) -> pl.DataFrame:
+    return promotions.select("strategy_id", "family", "params")
+
+
+def paper_bars(warehouse: WarehouseResource, session: str, strategies: pl.DataFrame) -> tuple[pl.DataFrame, int, int]:
+    """bars_1m of ``session`` with enough earlier sessions for ``lookback_bars``: (bars, look-back bars, sessions)."""
+    need = max(lookback_bars(strategies).values()) if strategies.height else 0
+    start = session_start(session)
+    per_session = warehouse.query(
+        "SELECT count(*) AS n FROM bars_1m WHERE ts >= ? AND ts < ? GROUP BY symbol ORDER BY n DESC LIMIT 1",
+        [start, start + timedelta(days=1)])
+    n = int(per_session["n"][0]) if per_session.height else 0
+    if not n:
+        return pl.DataFrame(), need, 0
+    sessions = min(MAX_HISTORY_SESSIONS, math.ceil(need / n)) + 1
+    return load_backtest_bars(warehouse, date.fromisoformat(session), sessions), need, sessions
+
+
+def symbol_daily_returns(warehouse: WarehouseResource, before: datetime, symbols: list[str],
+                         sessions: int = RISK_HISTORY_SESSIONS) -> pl.DataFrame:
+    """(date, symbol, return): close-to-close daily returns of the last ``sessions`` UTC days before ``before``."""
+    if not symbols:
+        return pl.DataFrame(schema={"date": pl.Date, "symbol": pl.Utf8, "return": pl.Float64})
+    closes = warehouse.query(
+        "SELECT symbol, CAST(ts AS DATE) AS date, arg_max(close, ts) AS close FROM bars_1m "
+        "WHERE ts < ? AND ts >= ? AND list_contains(?, symbol) GROUP BY ALL ORDER BY symbol, date",
+        [before, before - timedelta(days=int(sessions * 1.6) + 5), symbols])
+    return (closes.with_columns((pl.col("close") / pl.col("close").shift(1).over("symbol") - 1).alias("return"))
+            .drop_nulls("return").group_by("symbol").tail(sessions).select("date", "symbol", "return"))
+
+
+def _symbol_arrays(bars: pl.DataFrame, start_us: int) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
+    """Union timeline (int64 us, >= start) and per-symbol gap/body returns on it (0 where a symbol has no bar)."""
+    ts = pl.col("ts")
+    if bars.schema["ts"].time_zone is None:
+        ts = ts.dt.replace_time_zone("UTC")
+    frame = bars.select(pl.col("symbol").cast(pl.Utf8), ts.dt.convert_time_zone("UTC").dt.epoch("us").alias("us"),
+                        pl.col("open").cast(pl.Float64), pl.col("close").cast(pl.Float64)).sort("symbol", "us")
+    frame = frame.with_columns(prev=pl.col("close").shift(1).over("symbol")).with_columns(
+        gap=pl.col("open") / pl.col("prev").fill_null(pl.col("open")) - 1.0, body=pl.col("close") / pl.col("open") - 1.0)
+    frame = frame.filter(pl.col("us") >= start_us)
+    union = np.unique(frame["us"].to_numpy())
+    symbols = sorted(bars["symbol"].unique().to_list())
+    gap, body = np.zeros((union.size, len(symbols))), np.zeros((union.size, len(symbols)))
+    col = {s: i for i, s in enumerate(symbols)}
+    t = np.searchsorted(union, frame["us"].to_numpy())
+    j = np.array([col[s] for s in frame["symbol"].to_list()], dtype=np.intp)
+    gap[t, j], body[t, j] = frame["gap"].to_numpy(), frame["body"].to_numpy()
+    return union, symbols, gap, body
+
+
+def paper_book(bars: pl.DataFrame, trades: pl.DataFrame, strategies: pl.DataFrame, returns_history: pl.DataFrame,
+               *, start: datetime, cost_rate: float, equity: float = 1.0, peak: float = 1.0,
+               position_cap: float = POSITION_CAP, gross_cap: float = GROSS_CAP, var_limit: float = VAR_LIMIT,
+               drawdown_breaker: float = DRAWDOWN_BREAKER) -> pl.DataFrame:
+    """The paper book's orders (TRADE_SCHEMA + BOOK_COLUMNS, strategy_id PAPER_BOOK) over the new bars.
+
+    The book holds the S promoted strategies in equal weight, netted per symbol: target weight of a
+    symbol = sum over strategies of position / (S x K). At every fill time (bar, open/close) of any
+    strategy the targets pass through ``book_limits`` with the book's current weights and its
+    drawdown from ``peak`` (equity marked at that instant: at the open after the overnight/bar gap,
+    at the close after the bar); ``cost_rate`` (fee + slippage, a fraction) is paid on |order|.
+    One row per symbol whose weight changes or whose order a rule cut.
+    """
+    ids = strategies["strategy_id"].to_list()
+    s_count = len(ids)
+    start_us = int(start.timestamp() * 1_000_000)
+    union, symbols, gap, body = _symbol_arrays(bars, start_us)
+    k = len(symbols)
+    if not trades.height or not s_count or not k:
+        return pl.DataFrame(schema={**TRADE_SCHEMA, **BOOK_COLUMNS})
+    col = {s: i for i, s in enumerate(symbols)}
+    row = {sid: i for i, sid in enumerate(ids)}
+    pos = np.zeros((s_count, k))
+    first = trades.sort("ts", pl.col("mark") == "close").unique(["strategy_id", "symbol"], keep="first")
+    for sid, sym, before in first.select("strategy_id", "symbol", "position_before").iter_rows():
+        pos[row[sid], col[sym]] = before
+    w = pos.sum(axis=0) / (s_count * k)  # carried in (hold_overnight strategies only)
+    tr = trades.with_columns(pl.col("ts").dt.epoch("us").alias("_us"), pl.col("decision_ts").dt.epoch("us")
+                             .alias("_dus")).sort("_us", pl.col("mark") == "close")
+    events: dict[tuple[int, str], list[tuple[int, int, float, int]]] = {}
+    for sid, sym, after, us, dus, mark in tr.select("strategy_id", "symbol", "position_after", "_us", "_dus",
+                                                    "mark").iter_rows():
+        events.setdefault((us, mark), []).append((row[sid], col[sym], after, dus))
+    sym_series = pl.Series("symbol", symbols, dtype=pl.Utf8)
+    out: list[dict] = []
+
+    def decide(t_us: int, mark: str, eq: float, pk: float) -> float:
+        nonlocal w
+        changes = events[(t_us, mark)]
+        for i, j, after, _ in changes:
+            pos[i, j] = after
+        target = pos.sum(axis=0) / (s_count * k)
+        limited = book_limits(pl.DataFrame({"symbol": sym_series, "weight": target}), returns_history,
+                              current_weights=pl.DataFrame({"symbol": sym_series, "weight": w}),
+                              drawdown=max(0.0, 1.0 - eq / pk), position_cap=position_cap, gross_cap=gross_cap,
+                              var_limit=var_limit, drawdown_breaker=drawdown_breaker)
+        new_w = limited["weight"].to_numpy()
+        decision_us = changes[0][3]
+        for r in limited.filter((pl.col("order").abs() > 1e-15) | (pl.col("action") != "accepted")).iter_rows(
+                named=True):
+            j = col[r["symbol"]]
+            change = (new_w[j] - w[j]) * k
+            out.append({"strategy_id": PAPER_BOOK, "symbol": r["symbol"], "decision_ts": decision_us, "ts": t_us,
+                        "mark": mark, "side": "buy" if r["target_weight"] > r["current_weight"] else "sell",
+                        "position_before": w[j] * k, "position_after": new_w[j] * k, "position_change": change,
+                        "weight_change": change / k, "price": None, "cost": cost_rate * abs(change),
+                        "reason": "book", "target_weight": r["target_weight"], "weight": r["weight"],
+                        "action": r["action"], "limited_by": r["limited_by"], "by": r["by"]})
+        cost = cost_rate * np.abs(new_w - w).sum()
+        w = new_w
+        return cost
+
+    eq, pk = equity, peak
+    for t, t_us in enumerate(union.tolist()):
+        q = w.copy()
+        at_open = eq * (1.0 + float(q @ gap[t]))
+        c_open = np.zeros(k)
+        if (t_us, "open") in events:
+            before = w.copy()
+            decide(t_us, "open", at_open, max(pk, at_open))
+            c_open = cost_rate * np.abs(w - before) * k
+        h = w.copy()
+        at_close = eq * (1.0 + float(np.sum((1 + q * k * gap[t]) * (1 - c_open) * (1 + h * k * body[t]) - 1) / k))
+        c_close = np.zeros(k)
+        if (t_us, "close") in events:
+            before = w.copy()
+            decide(t_us, "close", at_close, max(pk, at_close))
+            c_close = cost_rate * np.abs(w - before) * k
+        r = np.sum((1 + q * k * gap[t]) * (1 - c_open) * (1 + h * k * body[t]) * (1 - c_close) - 1) / k
+        eq *= 1.0 + r
+        pk = max(pk, eq)
+    if not out:
+        return pl.DataFrame(schema={**TRADE_SCHEMA, **BOOK_COLUMNS})
+    frame = pl.DataFrame(out, schema_overrides={"decision_ts": pl.Int64, "ts": pl.Int64, "price": pl.Float64})
+    return frame.with_columns(
+        pl.from_epoch("decision_ts", time_unit="us").dt.replace_time_zone("UTC"),
+        pl.from_epoch("ts", time_unit="us").dt.replace_time_zone("UTC"),
+    ).select(list({**TRADE_SCHEMA, **BOOK_COLUMNS})).cast({**TRADE_SCHEMA, **BOOK_COLUMNS})
+
+
+def _previous_book(warehouse: WarehouseResource, session: str) -> tuple[float, float]:
+    """(equity, peak) of the paper book before ``session`` (1, 1 before its first session)."""
+    if not warehouse.table_exists("paper_equity"):
+        return 1.0, 1.0
+    prev = warehouse.query(
+        "SELECT arg_max(equity, ts) AS last, max(equity) AS peak FROM paper_equity "
+        "WHERE strategy_id = ? AND session < ?", [PAPER_BOOK, session])
+    last = prev["last"][0] if prev.height else None
+    return (1.0, 1.0) if last is None else (float(last), max(1.0, float(prev["peak"][0])))
+
+
+def session_paper(warehouse: WarehouseResource, backtest: BacktestConfig, session: str) -> dict:
+    """Everything paper_trades computes for one session (nothing written)."""
+    promotions = active_promotions(history(warehouse), session)
+    strategies = strategy_frame(promotions)
+    start = session_start(session)
+    empty = {"promotions": promotions, "strategies": strategies, "bars": pl.DataFrame(), "start": start,
+             "trades": pl.DataFrame(schema=TRADE_SCHEMA), "book": pl.DataFrame(schema={**TRADE_SCHEMA, **BOOK_COLUMNS}),
+             "lookback": 0, "history_sessions": 0}
+    if not strategies.height:
+        return empty
+    bars, need, sessions = paper_bars(warehouse, session, strategies)
+    if not bars.height:
+        return {**empty, "lookback": need}
+    s = backtest.settings()
+    trades = engine_paper_trades(bars, strategies, fill=s.fill, fee_bps=s.fee_bps, slippage_bps=s.slippage_bps,
+                                 start=start)
+    symbols = sorted(bars["symbol"].unique().to_list())
+    equity, peak = _previous_book(warehouse, session)
+    book = paper_book(bars, trades, strategies, symbol_daily_returns(warehouse, start, symbols), start=start,
+                      cost_rate=(s.fee_bps + s.slippage_bps) / 1e4, equity=equity, peak=peak)
+    return {"promotions": promotions, "strategies": strategies, "bars": bars, "start": start, "trades": trades,
+            "book": book, "lookback": need, "history_sessions": sessions - 1}
+
+
+BOOK_CHECKS = ["book_within_limits", "flat_across_sessions"]
+BOOK_CHECK_DESCRIPTIONS = {
+    "book_within_limits": f"The paper book after every order: |weight| <= {POSITION_CAP:.0%} of book equity per "
+                          f"symbol and gross exposure <= {GROSS_CAP:.0%} (tolerance 1e-9); ERROR on any breach.",
+    "flat_across_sessions": "No strategy (unless it holds overnight) and no book position is carried into or out of "
+                            "the session: first position_before and last position_after are 0; WARN on any.",
+}
+
+
+def book_outcomes(rows: pl.DataFrame, strategies: pl.DataFrame) -> list[RuleOutcome]:
+    """The two paper book checks on one session's paper_trades rows (strategies + PAPER_BOOK)."""
+    book = rows.filter(pl.col("strategy_id") == PAPER_BOOK)
+    # the book's weights after each order event, forward-filled per symbol
+    bad_pos = book.filter(pl.col("weight").abs() > POSITION_CAP + TOL)
+    gross_bad = 0
+    examples: list[dict] = bad_pos.head(3).select("symbol", "ts", "weight").to_dicts()
+    if book.height:
+        wide = (book.select("ts", "mark", "symbol", "weight")
+                .pivot(on="symbol", index=["ts", "mark"], values="weight", aggregate_function="last")
+                .sort("ts", pl.col("mark") == "close").fill_null(strategy="forward").fill_null(0.0))
+        gross = wide.select(pl.sum_horizontal(pl.all().exclude("ts", "mark").abs()).alias("gross"), "ts")
+        over = gross.filter(pl.col("gross") > GROSS_CAP + TOL)
+        gross_bad = over.height
+        examples += over.head(3).to_dicts()
+    overnight = {s.strategy_id for s in parse_strategies(strategies) if s.hold_overnight} if strategies.height else set()
+    ordered = rows.sort("ts", pl.col("mark") == "close")
+    ends = ordered.group_by("strategy_id", "symbol").agg(pl.col("position_before").first().alias("first"),
+                                                         pl.col("position_after").last().alias("last"))
+    carried = ends.filter(~pl.col("strategy_id").is_in(list(overnight))
+                          & ((pl.col("first").abs() > TOL) | (pl.col("last").abs() > TOL)))
+    if overnight:  # the book may carry what overnight strategies carry
+        carried = carried.filter(pl.col("strategy_id") != PAPER_BOOK)
+    return [
+        RuleOutcome("book_within_limits", ERROR, bad_pos.height + gross_bad, BOOK_CHECK_DESCRIPTIONS["book_within_limits"],
+                    examples=json.loads(json.dumps(examples, default=str))),
+        RuleOutcome("flat_across_sessions", WARN, carried.height, BOOK_CHECK_DESCRIPTIONS["flat_across_sessions"],
+                    examples=carried.head(5).to_dicts()),
+    ]
+
+
+def _session_automation() -> dg.AutomationCondition:
+    """After the close, as the day's layers; yesterday's promotion does not have to be new since the tick."""
+    return (dg.AutomationCondition.on_cron(AFTER_CLOSE_CRON, AFTER_CLOSE_TZ) & SessionClosed()).ignore(
+        OUTSIDE_TABLES | dg.AssetSelection.assets(PROMOTED_KEY)).with_label(
+        f"after the close ({AFTER_CLOSE_CRON}, {AFTER_CLOSE_TZ})")
+
+
+PREVIOUS_NIGHT = dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1)
+
+
+@dg.asset(
+    key=PAPER_TRADES_KEY,
+    deps=[BARS_KEY, dg.AssetDep(PROMOTED_KEY, partition_mapping=PREVIOUS_NIGHT)],
+    group_name="paper",
+    code_version=CODE_VERSION,
+    owners=[QUANT],
+    tags=layer_tags("paper"),
+    metadata=duckdb_table_metadata("paper_trades"),
+    automation_condition=_session_automation(),
+    partitions_def=daily_partitions,
+    pool=WRITER_POOL,
+    kinds={"duckdb"},
+    check_specs=check_specs(PAPER_TRADES_KEY, BOOK_CHECKS, blocking=set(), descriptions=BOOK_CHECK_DESCRIPTIONS),
+    description=(
+        "Paper fills of the promoted strategies (promoted on an earlier night, not demoted) over the session's "
+        "bars_1m with the backtest engine's timing (decision at bar t's close, fill at t+1's open, forced exits at "
+        "the close, nightly fee + slippage), with the look-back quant.paper.lookback_bars needs; and the paper "
+        "book's orders (strategy_id PAPER_BOOK, equal weight of the strategies, netted per symbol) after "
+        f"the book limits ({POSITION_CAP:.0%} per position, correlation budget, gross {GROSS_CAP:.0%}, one-day 95% "
+        f"VaR {VAR_LIMIT:.0%}, {DRAWDOWN_BREAKER:.0%} drawdown breaker): limited_by names the rule, by the cut, "
+        "action accepted/limited/refused. Daily partitions only (live windows: not yet)."),
+)
+def paper_trades(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
+                 backtest: BacktestConfig) -> dg.MaterializeResult:
+    session = context.partition_key
+    out = session_paper(warehouse, backtest, session)
+    rows = pl.concat([out["trades"].with_columns(*[pl.lit(None, dtype=t).alias(c) for c, t in BOOK_COLUMNS.items()]),
+                      out["book"]], how="vertical_relaxed").with_columns(pl.lit(session).alias("session")).select(
+        list(PAPER_TRADES_SCHEMA)).cast(PAPER_TRADES_SCHEMA)
+    warehouse.replace_where("paper_trades", rows, equals={"session": session})
+    outcomes = book_outcomes(rows, out["strategies"])
+    book = out["book"]
+    cut = book.filter(pl.col("action") != "accepted")
+    by_rule = (cut.with_columns(pl.col("limited_by").str.split("+")).explode("limited_by")
+               .group_by("limited_by", "action").agg(pl.len().alias("orders"), pl.col("by").sum().alias("total_cut"))
+               .sort("orders", descending=True)) if cut.height else cut
+    return dg.MaterializeResult(
+        metadata={"dagster/row_count": rows.height, "strategies": out["strategies"].height,
+                  "strategy_fills": out["trades"].height, "book_orders": book.height,
+                  "book_orders_limited": book.filter(pl.col("action") == "limited").height,
+                  "book_orders_refused": book.filter(pl.col("action") == "refused").height,
+                  "lookback_bars": out["lookback"], "history_sessions": out["history_sessions"],
+                  "limits_applied": dg.MetadataValue.md(markdown_table(by_rule) if by_rule.height else "none"),
+                  "note": "no promoted strategy for this session" if not out["strategies"].height else ""},
+        check_results=check_results(PAPER_TRADES_KEY, outcomes))
+
+
+# --------------------------------------------------------------------------------------------
+# equity and decay
+
+def session_equity(warehouse: WarehouseResource, backtest: BacktestConfig, session: str
+                   ) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(paper_equity rows of ``session``, the promotions trading in it)."""
+    promotions = active_promotions(history(warehouse), session)
+    strategies = strategy_frame(promotions)
+    if not strategies.height or not warehouse.table_exists("paper_trades"):
+        return pl.DataFrame(schema=PAPER_EQUITY_SCHEMA), promotions
+    bars, _, _ = paper_bars(warehouse, session, strategies)
+    if not bars.height:
+        return pl.DataFrame(schema=PAPER_EQUITY_SCHEMA), promotions
+    rows = warehouse.query("SELECT * FROM paper_trades WHERE session = ?", [session]).cast(
+        {c: t for c, t in PAPER_TRADES_SCHEMA.items()})
+    ids = [*strategies["strategy_id"].to_list(), PAPER_BOOK]
+    start = session_start(session)
+    ts, r = paper_returns(bars, rows.select(list(TRADE_SCHEMA)), ids, start=start)
+    prev = {}
+    if warehouse.table_exists("paper_equity"):
+        last = warehouse.query("SELECT strategy_id, arg_max(equity, ts) AS equity FROM paper_equity "
+                               "WHERE session < ? GROUP BY strategy_id", [session])
+        prev = dict(last.iter_rows())
+    base = np.array([prev.get(i, 1.0) for i in ids])
+    # a strategy promoted again after a demotion starts from 1
+    for j, sid in enumerate(ids[:-1]):
+        run_date = promotions.filter(pl.col("strategy_id") == sid)["run_date"][0]
+        if warehouse.table_exists("paper_equity") and not warehouse.query(
+                "SELECT 1 FROM paper_equity WHERE strategy_id = ? AND session > ? AND session < ? LIMIT 1",
+                [sid, run_date, session]).height:
+            base[j] = 1.0
+    eq = base[None, :] * np.cumprod(1.0 + r, axis=0)
+    t, s = r.shape
+    frame = pl.DataFrame({"strategy_id": np.repeat(np.array(ids, dtype=object), t), "session": session,
+                          "ts": np.tile(ts, s), "return": r.T.reshape(-1), "equity": eq.T.reshape(-1)},
+                         schema_overrides={"strategy_id": pl.Utf8})
+    return frame.with_columns(pl.col("ts").dt.replace_time_zone("UTC")).cast(PAPER_EQUITY_SCHEMA), promotions
+
+
+def paper_session_returns(warehouse: WarehouseResource, strategy_id: str, run_date: str, through: str) -> pl.DataFrame:
+    """(session, session_return) of a promotion's paper sessions after ``run_date`` up to ``through``."""
+    return warehouse.query(
+        "SELECT session, exp(sum(ln(1 + \"return\"))) - 1 AS session_return FROM paper_equity "
+        "WHERE strategy_id = ? AND session > ? AND session <= ? GROUP BY session ORDER BY session",
+        [strategy_id, run_date, through])
+
+
+def load_band(warehouse: WarehouseResource, strategy_id: str, run_date: str) -> DecayBand | None:
+    if not warehouse.table_exists("strategy_decay_bands"):
+        return None
+    b = warehouse.query("SELECT * FROM strategy_decay_bands WHERE strategy_id = ? AND run_date = ? ORDER BY horizon",
+                        [strategy_id, run_date])
+    if not b.height:
+        return None
+    arr = {c: b[c].fill_null(float("nan")).to_numpy().astype(np.float64)
+           for c in ("return_lower", "return_median", "sharpe_lower", "sharpe_median")}
+    return DecayBand(n_sessions=b.height, level=float(b["level"][0]), n_boot=int(b["n_boot"][0]),
+                     seed=int(b["seed"][0]), n_backtest_sessions=int(b["n_backtest_sessions"][0]), **arr)
+
+
+def decay_reviews(warehouse: WarehouseResource, promotions: pl.DataFrame, session: str) -> list[dict]:
+    """The verdict of every promotion trading in ``session`` (paper_equity of the session must be written)."""
+    reviews = []
+    for p in promotions.iter_rows(named=True):
+        sessions = paper_session_returns(warehouse, p["strategy_id"], p["run_date"], session)
+        band = load_band(warehouse, p["strategy_id"], p["run_date"])
+        r = sessions["session_return"].to_numpy()
+        review = {"strategy_id": p["strategy_id"], "run_date": p["run_date"], "sessions": r.size,
+                  "cum_return": float(np.prod(1 + r) - 1) if r.size else 0.0, "band_lower": None,
+                  "decayed": False, "reason": "no decay band (backtest window under 2 sessions)",
+                  "already_demoted": p["demoted_session"] is not None}
+        if band is not None and r.size:
+            verdict = decay_verdict(r[-band.n_sessions:], band, min_sessions=DECAY_MIN_SESSIONS)
+            review.update(band_lower=verdict.return_lower, decayed=verdict.decayed, reason=verdict.reason,
+                          band_median=float(band.return_median[min(r.size, band.n_sessions) - 1]))
+        reviews.append(review)
+    return reviews
+
+
+def demote(warehouse: WarehouseResource, alerting: AlertingResource, review: dict, session: str, run_id: str) -> None:
+    """Record the demotion on the promotion's history row and raise one ``strategy_decay`` alert."""
+    reason = f"decay: {review['reason']}"
+    warehouse.execute_write(
+        "UPDATE promoted_strategies SET demoted_at = ?, demoted_session = ?, demoted_reason = ? "
+        "WHERE strategy_id = ? AND run_date = ? AND demoted_session IS NULL",
+        [datetime.now(timezone.utc), session, reason, review["strategy_id"], review["run_date"]])
+    alerting.raise_alert(
+        "strategy_decay", f"strategy {review['strategy_id']} (promoted {review['run_date']}) demoted after "
+        f"session {session}: {review['reason']}", severity="warning",
+        details={"strategy_id": review["strategy_id"], "run_date": review["run_date"], "session": session,
+                 "cum_return": review["cum_return"], "band_lower": review["band_lower"],
+                 "sessions": review["sessions"]},
+        run_id=run_id, dedup_key=f"{review['strategy_id']}:{review['run_date']}", warehouse=warehouse)
+
+
+def _curves_plot(warehouse: WarehouseResource, review: dict, session: str):
+    """Paper equity per session vs the backtest bootstrap's median and 5% band at the same horizons."""
+    sessions = paper_session_returns(warehouse, review["strategy_id"], review["run_date"], session)
+    band = load_band(warehouse, review["strategy_id"], review["run_date"])
+    if not sessions.height:
+        return "no paper session yet"
+    ts = sessions["session"].str.to_date().cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
+    n = sessions.height
+    frames = [pl.DataFrame({"ts": ts, "strategy_id": "paper",
+                            "equity": np.cumprod(1 + sessions["session_return"].to_numpy())})]
+    if band is not None:
+        m = min(n, band.n_sessions)
+        frames += [pl.DataFrame({"ts": ts[:m], "strategy_id": "backtest median", "equity": 1 + band.return_median[:m]}),
+                   pl.DataFrame({"ts": ts[:m], "strategy_id": f"backtest {band.level:.0%} band",
+                                 "equity": 1 + band.return_lower[:m]})]
+    return equity_curves_png(pl.concat(frames), f"{review['strategy_id']}: paper vs backtest (promoted "
+                                                f"{review['run_date']})")
+
+
+@dg.asset(
+    key=PAPER_EQUITY_KEY,
+    deps=[PAPER_TRADES_KEY, BARS_KEY],
+    group_name="paper",
+    code_version=CODE_VERSION,
+    owners=[QUANT],
+    tags=layer_tags("paper"),
+    metadata=duckdb_table_metadata("paper_equity"),
+    automation_condition=_session_automation(),
+    partitions_def=daily_partitions,
+    pool=WRITER_POOL,
+    kinds={"duckdb"},
+    description=(
+        "Per-bar return and equity of each paper strategy and of the paper book (PAPER_BOOK), marked from the "
+        "paper_trades fills (quant.paper.paper_returns); equity compounds across sessions since promotion. Then "
+        f"the decay verdict (quant.decay): after {DECAY_MIN_SESSIONS} sessions a strategy whose cumulative paper "
+        f"return is below the {DECAY_LEVEL:.0%} bootstrap band of its own backtest daily returns is demoted "
+        "(promoted_strategies.demoted_reason) and raises one strategy_decay alert. Daily partitions only."),
+)
+def paper_equity(context: dg.AssetExecutionContext, warehouse: WarehouseResource, backtest: BacktestConfig,
+                 alerting: AlertingResource) -> dg.MaterializeResult:
+    session = context.partition_key
+    frame, promotions = session_equity(warehouse, backtest, session)
+    warehouse.replace_where("paper_equity", frame, equals={"session": session})
+    reviews = decay_reviews(warehouse, promotions, session) if frame.height else []
+    demoted = []
+    for review in reviews:
+        if review["decayed"] and not review["already_demoted"]:
+            demote(warehouse, alerting, review, session, context.run.run_id)
+            demoted.append(review["strategy_id"])
+    summary = pl.DataFrame(reviews, schema_overrides={"band_lower": pl.Float64}) if reviews else pl.DataFrame()
+    meta: dict = {"dagster/row_count": frame.height, "strategies": promotions.height, "demoted": len(demoted)}
+    if summary.height:
+        book = frame.filter(pl.col("strategy_id") == PAPER_BOOK)
+        meta["book_session_return"] = float(np.prod(1 + book["return"].to_numpy()) - 1) if book.height else 0.0
+        meta["summary"] = dg.MetadataValue.md(
+            f"{promotions.height} strategies on paper; demoted this session: {', '.join(demoted) or 'none'}\n\n"
+            + markdown_table(summary.select("strategy_id", "run_date", "sessions", "cum_return", "band_lower",
+                                            "decayed", "reason")))
+        for review in reviews[:MAX_PROMOTED]:
+            meta[f"equity_{review['strategy_id']}"] = _curves_plot(warehouse, review, session)
+    else:
+        meta["summary"] = "no promoted strategy for this session"
+    return dg.MaterializeResult(metadata=meta)
+
+
+PAPER_ASSETS = [promoted_strategies, paper_trades, paper_equity]
+
+__all__ = ["PAPER_ASSETS", "paper_book", "promoted_strategies", "paper_trades", "paper_equity"]
