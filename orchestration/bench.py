@@ -23,6 +23,7 @@ BENCHMARKS: dict[str, str] = {
     "backup": "archive",
     "ui-day": "ui_day",
     "backfill": "backfill",
+    "paper": "paper",
 }
 
 
