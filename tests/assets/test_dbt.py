@@ -37,7 +37,7 @@ FIRST_DAY, SECOND_DAY, BACKFILL_DAY = date(2024, 3, 5), date(2024, 3, 6), date(2
 ROLLUPS = {"bars_5m": "5min", "bars_15m": "15min", "bars_1h": "1h", "bars_1d": "1D"}
 DBT_KEYS = {dg.AssetKey(["duckdb", name]) for name in
             [*ROLLUPS, "mart_signal_performance", "mart_strategy_leaderboard", "mart_data_quality_daily",
-             "mart_operational_metrics"]}
+             "mart_operational_metrics", "mart_strategy_decay"]}
 
 
 # ---- input data ----------------------------------------------------------------------------------
