@@ -71,7 +71,10 @@ paper as (
     group by all
 ),
 bands as (
-    select * from {{ optional_source('strategy_decay_bands', empty_bands) }} as b
+    -- written by the promoted_strategies asset (no Dagster asset of its own, so not a dbt source)
+    {%- set bands_relation = adapter.get_relation(database=this.database, schema='main',
+                                                  identifier='strategy_decay_bands') if execute else none %}
+    select * from {% if bands_relation is not none %}{{ bands_relation }}{% else %}({{ empty_bands }}){% endif %} as b
 ),
 horizons as (
     select strategy_id, run_date, max(horizon) as max_horizon from bands group by all
