@@ -1,7 +1,7 @@
 """``signals``: forecast + physics regime + outcomes of similar past states -> side, size, reasoning."""
 
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import dagster as dg
@@ -36,14 +36,14 @@ MAX_DRAWDOWN = 0.15
 
 
 def similar_outcomes(states: pl.DataFrame, vector_store: Any, embedder: Any,
-                     closes_between: Callable[[list[str], datetime, datetime], pl.DataFrame]) -> pl.DataFrame:
+                     closes_in: Callable[[pl.DataFrame], pl.DataFrame]) -> pl.DataFrame:
     """Per state (symbol, ts): mean realised return, ups and count of its k nearest *past* states.
 
     States that share a ts (every symbol at one issue bar) are looked up in one batched LanceDB
     query and scored in one ``quant.retrieval.attach_outcomes`` call, which keeps outcomes not
-    yet realised at that ts out; each batch reads only the closes of its matched symbols from
-    the first match's ts to the last one's plus the horizon, through ``closes_between(symbols, low,
-    high)`` (symbol, ts, close with low <= ts <= high)."""
+    yet realised at that ts out. The closes of every match are read once for all issue times,
+    through ``closes_in(intervals)`` (intervals: symbol, lo = the match's ts, hi = lo + horizon;
+    returns symbol, ts, close of the bars inside them)."""
     from quant.retrieval import attach_outcomes
 
     schema = {"symbol": pl.Utf8, "ts": pl.Datetime("us", "UTC"), "mean_return": pl.Float64, "n_up": pl.Int64,
@@ -61,15 +61,19 @@ def similar_outcomes(states: pl.DataFrame, vector_store: Any, embedder: Any,
     if stored:
         model.remember(stored)
     vectors = model.embed(texts)
-    parts = []
+    lookups = []
     for (ts,), group in valid.partition_by("ts", as_dict=True, maintain_order=True).items():
         rows = group["_state"].to_numpy()
-        matches = vector_store.similar_states_many(vectors[rows], before=ts, k=embedder.k_similar)
+        lookups.append((ts, group, rows, vector_store.similar_states_many(vectors[rows], before=ts,
+                                                                           k=embedder.k_similar)))
+    matched = [m.select("symbol", pl.col("ts").alias("lo")) for *_, m in lookups if m.height]
+    closes = closes_in(pl.concat(matched).unique().with_columns(hi=pl.col("lo") + timedelta(minutes=horizon))) \
+        if matched else pl.DataFrame()
+    parts = []
+    for ts, group, rows, matches in lookups:
         scored = pl.DataFrame(schema={"_state": pl.UInt32, column: pl.Float64})
-        if matches.height:
-            low, high = matches["ts"].min(), matches["ts"].max() + timedelta(minutes=horizon)
-            window = closes_between(matches["symbol"].unique().to_list(), low, high)
-            known = attach_outcomes(matches, window, horizon, ts).filter(pl.col("outcome_status") == "ok")
+        if matches.height and closes.height:
+            known = attach_outcomes(matches, closes, horizon, ts).filter(pl.col("outcome_status") == "ok")
             scored = known.select(pl.Series("_state", rows[known["query_index"].to_numpy()], dtype=pl.UInt32),
                                   known[column])
         parts.append(group.select("_state", "symbol", "ts").join(
@@ -148,11 +152,10 @@ def signals(context: dg.AssetExecutionContext, market_data: MarketDataResource, 
     # with the forecast phrase, as the embeddings asset stored them: the query is the stored state's own vector
     issue_states = physics.join(forecast_summary(forecasts), on=["symbol", "ts"], how="inner")
 
-    def closes_between(symbols: list[str], low: datetime, high: datetime) -> pl.DataFrame:
-        return warehouse.query("SELECT symbol, ts, close FROM bars_1m WHERE list_contains(?, symbol) "
-                               "AND ts >= ? AND ts <= ? ORDER BY symbol, ts", [symbols, low, high])
+    def closes_in(intervals: pl.DataFrame) -> pl.DataFrame:
+        return warehouse.read_intervals("bars_1m", intervals, ("symbol", "ts", "close"))
 
-    outcomes_similar = similar_outcomes(issue_states, vector_store, embedder, closes_between) \
+    outcomes_similar = similar_outcomes(issue_states, vector_store, embedder, closes_in) \
         if issue_states.height else None
     raw = make_signals(forecasts.drop("ts"), physics, outcomes_similar, step="1m")
     # the day's paper book: earlier signals of the day (a window's predecessors) then these

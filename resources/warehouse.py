@@ -192,6 +192,28 @@ class WarehouseResource(DuckDBResource):
             sql += " ORDER BY symbol, ts, rowid"  # rowid keeps the source order of trades sharing a ts
         return self.query_table(table, sql, params)
 
+    def read_intervals(self, table: str, intervals: pl.DataFrame, columns: Sequence[str]) -> pl.DataFrame:
+        """Distinct rows of ``table`` (``columns``) whose symbol and ts fall in one of ``intervals``
+        (symbol, lo, hi; lo <= ts <= hi), sorted by symbol, ts: one query for many small windows."""
+        table = checked_table(table)
+        bad = [c for c in columns if not _IDENTIFIER.match(c)]
+        if bad:
+            raise ValueError(f"bad column name(s) {bad}")
+        if not intervals.height:
+            return pl.DataFrame()
+        wanted = ", ".join(f"t.{c}" for c in columns)
+        with self.read_connection() as conn:
+            if not conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?",
+                                [table]).fetchall()[0][0]:
+                return pl.DataFrame()
+            conn.register("wanted_intervals", intervals.select("symbol", "lo", "hi").to_arrow())
+            try:
+                return pl.from_arrow(conn.sql(  # type: ignore[return-value]
+                    f"SELECT DISTINCT {wanted} FROM {table} t JOIN wanted_intervals i ON t.symbol = i.symbol "
+                    f"AND t.ts >= i.lo AND t.ts <= i.hi ORDER BY t.symbol, t.ts").to_arrow_table())
+            finally:
+                conn.unregister("wanted_intervals")
+
     def read_with_lookback(self, table: str, start: datetime, end: datetime, symbols: Sequence[str],
                            lookback_rows: int) -> pl.DataFrame:
         """Rows of ``table`` in ``[start, end)`` plus, per symbol, the last ``lookback_rows`` rows before ``start``.

@@ -77,14 +77,19 @@ def oracle_similar(physics: pl.DataFrame, forecasts: pl.DataFrame, bars: pl.Data
     """Similar-state outcomes at the forecast issues, from ``vector_store`` (None when it is empty)."""
     if vector_store is None or not vector_store.count():
         return None
-    issues = physics.select(STATE_COLUMNS).join(forecasts.select("symbol", pl.col("issue_ts").alias("ts")).unique(),
-                                                on=["symbol", "ts"])
+    # the issue states with their forecast phrase (P10/P50/P90 return at the last horizon step): the text the
+    # embeddings asset stored
+    last = forecasts.filter(pl.col("horizon_step") == pl.col("horizon_step").max().over("symbol", "issue_ts"))
+    summary = last.select("symbol", pl.col("issue_ts").alias("ts"),
+                          *[(pl.col(q) / pl.col("last_close") - 1).alias(f"forecast_{q}_return") for q in ("p10", "p50", "p90")])
+    issues = physics.select(STATE_COLUMNS).join(summary, on=["symbol", "ts"])
     closes = bars.select("symbol", "ts", "close")
 
-    def closes_between(symbols, low, high):
-        return closes.filter(pl.col("symbol").is_in(symbols) & pl.col("ts").is_between(low, high))
+    def closes_in(intervals):
+        inside = closes.join(intervals, on="symbol").filter(pl.col("ts").is_between(pl.col("lo"), pl.col("hi")))
+        return inside.select("symbol", "ts", "close").unique().sort("symbol", "ts")
 
-    return similar_outcomes(issues, vector_store, embedder, closes_between)
+    return similar_outcomes(issues, vector_store, embedder, closes_in)
 
 
 def batch_oracle(all_ticks: pl.DataFrame, start: datetime, end: datetime, issue_every: int = ISSUE_EVERY,

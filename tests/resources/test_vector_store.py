@@ -305,12 +305,13 @@ def test_similar_outcomes_equal_the_per_state_reference(tmp_path):
     queries = states.tail(60)  # 20 issue times x 3 symbols
     asked: list[tuple] = []
 
-    def closes_between(symbols, low, high):  # what the signals asset answers with one DuckDB query
-        asked.append((sorted(symbols), low, high))
-        return closes.filter(pl.col("symbol").is_in(symbols) & pl.col("ts").is_between(low, high))
+    def closes_in(intervals):  # what the signals asset answers with one DuckDB query (read_intervals)
+        asked.append(intervals)
+        inside = closes.join(intervals, on="symbol").filter(pl.col("ts").is_between(pl.col("lo"), pl.col("hi")))
+        return inside.select("symbol", "ts", "close").unique().sort("symbol", "ts")
 
-    got = similar_outcomes(queries, store, resource, closes_between)
-    assert len(asked) == queries["ts"].n_unique()  # one read of closes per issue time
+    got = similar_outcomes(queries, store, resource, closes_in)
+    assert len(asked) == 1  # one read of closes for every issue time
     assert got.height == queries.height and got["n"].sum() > 0
     vectors = resource.embedder().embed(state_texts(queries))
     for row, vector in zip(got.iter_rows(named=True), vectors):

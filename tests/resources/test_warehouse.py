@@ -135,3 +135,20 @@ def test_new_columns_are_added_to_an_existing_table(warehouse: WarehouseResource
     rows = warehouse.query("SELECT run_date, value, pbo FROM backtest_runs ORDER BY run_date").to_dicts()
     assert rows == [{"run_date": "2024-01-01", "value": 1.0, "pbo": None},
                     {"run_date": "2024-01-02", "value": 2.0, "pbo": 0.4}]
+
+
+def test_read_intervals_equals_a_polars_filter_and_never_repeats_a_row(warehouse: WarehouseResource):
+    bars = pl.concat([_bars("AAA", 60), _bars("BBB", 60, price=50.0)])
+    warehouse.write_window("bars_1m", bars, start=T0, end=T0 + timedelta(hours=1))
+    intervals = pl.DataFrame({  # overlapping windows of AAA, one of BBB, one of a symbol with no bars
+        "symbol": ["AAA", "AAA", "BBB", "ZZZ"],
+        "lo": [T0 + timedelta(minutes=m) for m in (5, 10, 30, 0)],
+        "hi": [T0 + timedelta(minutes=m) for m in (15, 20, 33, 59)],
+    }).with_columns(pl.col("lo", "hi").cast(pl.Datetime("us", "UTC")))
+    got = warehouse.read_intervals("bars_1m", intervals, ("symbol", "ts", "close"))
+    expected = (bars.join(intervals, on="symbol").filter(pl.col("ts").is_between(pl.col("lo"), pl.col("hi")))
+                .select("symbol", "ts", "close").unique().sort("symbol", "ts"))
+    assert got.height == 16 + 4 and got.equals(expected.cast(got.schema))  # AAA minutes 5-20 once, BBB 30-33
+    assert warehouse.read_intervals("bars_1m", intervals.clear(), ("symbol", "ts", "close")).height == 0
+    with pytest.raises(ValueError, match="bad column"):
+        warehouse.read_intervals("bars_1m", intervals, ("close; DROP TABLE bars_1m",))
