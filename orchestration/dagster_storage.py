@@ -1,19 +1,15 @@
-"""The instance's SQLite storage: Dagster's own, with one pooled SQLAlchemy engine per database file.
+"""The instance's SQLite storage: Dagster's own, with one SQLAlchemy engine per database file.
 
 Dagster's ``SqliteEventLogStorage`` builds and disposes a new engine for every statement it runs
-(about 1,000 per micro-batch run), so no compiled statement is ever reused, and every statement opens
-and closes a connection: each close of the last connection checkpoints the WAL (two fsyncs), each
-commit fsyncs. This subclass keeps a small LRU of engines whose pools keep connections open
-(``synchronous=NORMAL`` in WAL mode: a commit survives a killed process, only an OS crash or power
-loss can lose the last events). A forked child (the warm run worker's runs) drops the inherited
-connections without closing them and opens its own. Files, schema and layout are those of
-``storage: sqlite`` under ``$DAGSTER_HOME``. Measured in docs/live_path.md.
+(about 1,000 per micro-batch run), so no compiled statement is ever reused. This subclass keeps a
+small LRU of engines (``NullPool``: connections still open and close per use, so forked run
+processes and other processes see exactly what they would with the default); files, schema and
+layout are those of ``storage: sqlite`` under ``$DAGSTER_HOME``. Measured in docs/live_path.md.
 """
 
 from __future__ import annotations
 
 import os
-import weakref
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,25 +21,11 @@ from dagster._core.storage.schedules import SqliteScheduleStorage
 from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
 from dagster._core.storage.sqlite_storage import DagsterSqliteStorage
 from dagster._serdes import ConfigurableClassData
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.pool import NullPool
 
 _MAX_ENGINES = 16  # the index shard plus the shards of the runs being written or read at once
-_STORAGES: "weakref.WeakSet[EngineCachingSqliteEventLogStorage]" = weakref.WeakSet()
-
-
-def _forget_inherited_connections() -> None:
-    # a pooled SQLite connection must never be used by two processes: the child starts with empty pools
-    for storage in list(_STORAGES):
-        for engine in storage._engines.values():
-            engine.dispose(close=False)
-
-
-os.register_at_fork(after_in_child=_forget_inherited_connections)
-
-
-def _fast_commits(dbapi_connection, _record) -> None:
-    dbapi_connection.execute("PRAGMA synchronous=NORMAL")
 
 
 def _event_logs_directory(base_dir: str) -> str:
@@ -56,16 +38,14 @@ class EngineCachingSqliteEventLogStorage(SqliteEventLogStorage):
     def __init__(self, base_dir: str, inst_data: ConfigurableClassData | None = None):
         self._engines: OrderedDict[str, Engine] = OrderedDict()
         super().__init__(base_dir, inst_data=inst_data)
-        _STORAGES.add(self)
 
     def _engine(self, shard: str) -> Engine:
         engine = self._engines.get(shard)
         if engine is not None:
             self._engines.move_to_end(shard)
             return engine
-        engine = create_engine(self.conn_string_for_shard(shard), pool_size=2, max_overflow=8,
-                               connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS, "check_same_thread": False})
-        event.listen(engine, "connect", _fast_commits)
+        engine = create_engine(self.conn_string_for_shard(shard), poolclass=NullPool,
+                               connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS})
         if shard not in self._initialized_dbs:
             self._initdb(engine)
             self._initialized_dbs.add(shard)
@@ -73,12 +53,6 @@ class EngineCachingSqliteEventLogStorage(SqliteEventLogStorage):
         while len(self._engines) > _MAX_ENGINES:
             self._engines.popitem(last=False)[1].dispose()
         return engine
-
-    def dispose(self) -> None:
-        super().dispose()
-        for engine in self._engines.values():
-            engine.dispose()
-        self._engines.clear()
 
     @contextmanager
     def _connect(self, shard: str) -> Iterator[Connection]:
