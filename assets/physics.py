@@ -11,7 +11,7 @@ from assets.partitions import daily_partitions
 from assets.scope import Scope, layer_scope
 from assets.quality import check_results, check_specs, store_outcomes, summary_table
 from quant.physics import PHYSICS_COLUMNS, PHYSICS_WARMUP_BARS, compute_physics, regime_shares
-from quant.quality import (critical_regime_entries, mostly_warm_up, no_nan_after_warmup, regime_consistent,
+from quant.quality import (mostly_critical, mostly_warm_up, no_nan_after_warmup, regime_consistent,
                            within_range)
 from resources.alerts import AlertingResource
 from resources.hot_state import HotStateError, HotStateResource
@@ -24,7 +24,7 @@ PHYSICS_KEY = dg.AssetKey(["duckdb", "physics_states"])
 CODE_VERSION = "1"
 # alpha is legitimately null when a window has too few informative returns (regime "Insufficient", quant/physics.py)
 NUMERIC_PHYSICS_COLUMNS = [c for c in PHYSICS_COLUMNS if c not in ("regime", "alpha")]
-PHYSICS_CHECKS = ["no_nan_after_warmup", "alpha_positive", "regime_consistent_with_alpha", "critical_regime_entries",
+PHYSICS_CHECKS = ["no_nan_after_warmup", "alpha_positive", "regime_consistent_with_alpha", "mostly_critical",
                   "mostly_warm_up"]
 
 
@@ -99,7 +99,7 @@ def physics_states(context: dg.AssetExecutionContext, market_data: MarketDataRes
         no_nan_after_warmup(past_warmup, NUMERIC_PHYSICS_COLUMNS, 0),
         within_range(in_range, "alpha", 0.0, None, name="alpha_positive", strict_low=True),
         regime_consistent(in_range),
-        critical_regime_entries(in_range),
+        mostly_critical(in_range),
         mostly_warm_up(in_range),
     ]
     store_outcomes(warehouse, "physics_states", scope.quality_key, outcomes, context.run.run_id)

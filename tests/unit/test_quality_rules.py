@@ -108,3 +108,21 @@ def test_layers_left_mostly_empty_are_reported():
     outcome = quality.signals_with_state(signals)
     assert not outcome.passed and outcome.n_flagged == 3
     assert quality.signals_with_state(signals.tail(2)).passed
+
+
+def test_mostly_critical_counts_the_share_of_classified_minutes_per_symbol():
+    from datetime import datetime, timedelta, timezone
+
+    from quant.quality import mostly_critical
+
+    t0 = datetime(2024, 3, 5, 14, 30, tzinfo=timezone.utc)
+    regimes = {"AAA": ["Critical"] * 6 + ["Levy"] * 4,  # 60 % Critical: flagged
+               "BBB": ["Critical"] * 5 + ["Gaussian"] * 5,  # exactly half: not flagged
+               "CCC": [None] * 8 + ["Critical"] * 2}  # warm-up rows do not count: 100 % of 2 classified
+    frame = pl.DataFrame({"symbol": [s for s, r in regimes.items() for _ in r],
+                          "ts": [t0 + timedelta(minutes=i) for r in regimes.values() for i in range(len(r))],
+                          "regime": [x for r in regimes.values() for x in r]})
+    outcome = mostly_critical(frame)
+    assert not outcome.passed and outcome.n_flagged == 2
+    assert [e["symbol"] for e in outcome.examples] == ["AAA", "CCC"]
+    assert mostly_critical(frame.filter(pl.col("symbol") == "BBB")).passed
