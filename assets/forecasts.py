@@ -13,6 +13,7 @@ from assets.metadata import QUANT, duckdb_table_metadata, frame_metadata, layer_
 from assets.partitions import daily_partitions
 from assets.scope import layer_scope
 from assets.plots import forecast_fan_png
+from quant.quality import ON_REAL_SPY
 from quant.forecast_eval import COVERAGE_OK, bar_length, evaluate_forecasts
 from quant.forecast_schedule import issue_points, split_series, stacked_histories
 from resources.alerts import AlertingResource
@@ -36,7 +37,7 @@ FALLBACK_DESCRIPTION = ("The forecasts come from Chronos, not the statistical fa
                         "is from the fallback. Not blocking.")
 EVAL_DESCRIPTION = (f"Scores the issues whose targets have been realised: coverage of [P10, P90] (WARN outside "
                     f"[{COVERAGE_OK[0]:g}, {COVERAGE_OK[1]:g}]) and pinball loss against a naive last-close "
-                    f"forecast (reported). Not blocking.")
+                    f"forecast (reported). Not blocking. {ON_REAL_SPY} 0 (statistical fallback forecasts).")
 
 
 @dg.asset(

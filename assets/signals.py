@@ -17,7 +17,7 @@ from assets.quality import check_results, check_specs, store_outcomes, summary_t
 from assets.scope import layer_scope
 from assets.physics import PHYSICS_KEY
 from quant.portfolio import limit_over_time
-from quant.quality import ERROR, WARN, RuleOutcome, example_rows, signals_with_state
+from quant.quality import ON_REAL_SPY, ERROR, WARN, RuleOutcome, example_rows, signals_with_state
 from quant.risk import MAX_POSITION
 from quant.signals import SIGNAL_SCHEMA, make_signals, to_redis_message
 from quant.state_text import split_valid_states, state_texts
@@ -125,7 +125,7 @@ SIGNAL_CHECKS = ["size_within_cap", "veto_when_alpha_below_2", "no_trade_in_crit
         "veto_when_alpha_below_2": "A signal whose alpha is below 2 (or unknown) is vetoed with size 0; fails on any "
                                    "sized one.",
         "no_trade_in_critical_regime": "No BUY/SELL while the symbol's regime is Critical; fails on any.",
-        "low_confidence": "BUY/SELL signals with confidence below 0.5 (WARN on any)."}),
+        "low_confidence": f"BUY/SELL signals with confidence below 0.5 (WARN on any). {ON_REAL_SPY} 0."}),
     description=(
         "BUY/SELL/HOLD per symbol at each forecast issue time with strength, confidence and a machine-written "
         "reason. Size: lambda = alpha - 2; ES(95%) from the forecast quantiles; size = lambda (E[R] - r_f over the "

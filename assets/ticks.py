@@ -12,7 +12,7 @@ from assets.metadata import DATA_ENG, duckdb_table_metadata, flatten_counts, fra
 from assets.partitions import daily_partitions
 from assets.quality import GE_CHECK, STAGED_TICKS_KEY, check_results, check_specs, run_ge_suite, store_outcomes, summary_table
 from assets.quarantine import store_quarantine
-from quant.quality import WARN, RuleOutcome, tick_rules
+from quant.quality import ON_REAL_SPY, WARN, RuleOutcome, tick_rules
 from quant.schema import TICK_SCHEMA
 from quant.validation import validate_ticks
 from assets.scope import Scope, layer_scope
@@ -42,7 +42,7 @@ MAX_QUARANTINE_SHARE = 0.01
     kinds={"duckdb", "polars"},
     check_specs=check_specs(TICKS_KEY, TICK_CHECKS, blocking={GE_CHECK, "timestamps_increasing"}, descriptions={
         "quarantine_rate": f"Share of the range's input rows quarantined (bad price, size, time or id), WARN above "
-                           f"{MAX_QUARANTINE_SHARE:.0%}: a feed that went bad, not a stray row."}),
+                           f"{MAX_QUARANTINE_SHARE:.0%}: a feed that went bad, not a stray row. {ON_REAL_SPY} 0."}),
     description=(
         "Trades (symbol, ts UTC, price, size, aggressor side) for one UTC day from the market-data source "
         "(simulator, files or Alpaca), or for one live minute window from the staged Redis stream. Every input row is accepted or quarantined with the rule it failed "

@@ -38,6 +38,8 @@ OFF_MARKET_MOVE = 0.01
 MOSTLY_EMPTY = 0.5  # share of a layer's range left without content while its input had rows
 MOSTLY_CRITICAL = 0.5  # share of a symbol's classified minutes in the Critical regime above which mostly_critical warns
 
+# the whole pipeline on 20 real SPY 2024 sessions (files source, 2024-02-22..2024-03-20, warm-up loaded first)
+ON_REAL_SPY = "On 20 real SPY 2024 sessions through the whole pipeline (2026-12-03) it fired on"
 # measured false-alarm rates: orchestration/benchmarks/rule_false_alarms.py on the real minute files (all
 # symbol-days, PROVENANCE quirk days included; tests/real/test_rule_false_alarms.py keeps them true)
 _MEASURED = "Fires on real symbol-days (watstreet DBB/FXY/INDA, SPY 2024, Lean; measured 2026-12-03):"
@@ -85,11 +87,12 @@ RULE_DESCRIPTIONS = {
                        "11.3% of watstreet, 6.1% of SPY 2024 and 12.2% of Lean symbol-days (the former rule, any "
                        "entry into Critical, fired on 19.5%, 72.7% and 38.1%).",
     "mostly_warm_up": f"More than {MOSTLY_EMPTY:.0%} of the range's states have no regime yet (warm-up: too few "
-                      "bars of look-back before them, e.g. the first day loaded); WARN: load earlier sessions first.",
+                      "bars of look-back before them, e.g. the first day loaded); WARN: load earlier sessions first. "
+                      f"{ON_REAL_SPY} 0.",
     "states_embedded": "Physics states exist in the range but none could be embedded (all in warm-up or missing "
-                       "fields); WARN.",
+                       f"fields); WARN. {ON_REAL_SPY} 0.",
     "signals_with_state": f"More than {MOSTLY_EMPTY:.0%} of the range's signals have no usable physics state "
-                          "(regime Unknown or Insufficient, so vetoed); WARN.",
+                          f"(regime Unknown or Insufficient, so vetoed); WARN. {ON_REAL_SPY} 0.",
 }
 
 
