@@ -25,8 +25,12 @@ QUIET = ["mostly_warm_up", "signals_with_state", "low_confidence", "quarantine_r
 def test_warn_checks_stay_quiet_on_real_sessions(tmp_path):
     env = {**os.environ, "FEYNMAN_SOURCE": "files", "FEYNMAN_FILES_PATH": str(SPY),
            "FEYNMAN_DATA_DIR": str(tmp_path / "data"), "DAGSTER_HOME": str(tmp_path / "home")}
-    done = subprocess.run([sys.executable, "-m", "orchestration.cli", "run", "--days", "5", "--end-date", "2024-03-05"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+    try:
+        done = subprocess.run([sys.executable, "-m", "orchestration.cli", "run", "--days", "5", "--end-date",
+                               "2024-03-05"], cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+    finally:  # the run started the embedded Redis server of that data folder
+        subprocess.run([sys.executable, "-m", "orchestration.cli", "redis-stop"], cwd=REPO, env=env,
+                       capture_output=True, timeout=120)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     with duckdb.connect(str(tmp_path / "data" / "warehouse.duckdb"), read_only=True) as conn:
         rows = conn.execute("SELECT check_name, count(*), sum(CASE WHEN passed THEN 0 ELSE 1 END) FROM quality_results "
