@@ -22,7 +22,8 @@ DAY = "2026-12-03"
 
 def _layer_keys() -> set[dg.AssetKey]:
     graph = defs.resolve_asset_graph()
-    return {key for key in dg.AssetSelection.groups(*MAIN_GROUPS).resolve(graph)
+    # the day's layers and the paper book, which trades the session's bars in the same after-close run
+    return {key for key in dg.AssetSelection.groups(*MAIN_GROUPS, "paper").resolve(graph)
             if graph.get(key).partitions_def is not None}
 
 
