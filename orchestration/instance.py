@@ -101,6 +101,15 @@ def record_table_write(asset_key: "dg.AssetKey | list[str]", *, partitions: "lis
             asset_key=key, partition=partition, metadata=metadata or {}, description=description))
 
 
+def record_table_observation(asset_key: "dg.AssetKey | list[str]", *, metadata: "dict | None" = None,
+                             description: str | None = None, instance: "dg.DagsterInstance | None" = None) -> None:
+    """Record a table write that no partition covers (rows on days that are not partitions) as an observation
+    of its asset: the UI's event history shows it without a made-up partition."""
+    key = asset_key if isinstance(asset_key, dg.AssetKey) else dg.AssetKey(asset_key)
+    (instance or local_instance()).report_runless_asset_event(
+        dg.AssetObservation(asset_key=key, metadata=metadata or {}, description=description))
+
+
 def daily_partition_keys(days) -> list[str]:
     """The ISO keys of ``days`` (dates or ISO strings) that are partitions of the daily assets."""
     from assets.partitions import daily_partitions

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import duckdb
 import pytest
 
 from orchestration.cli import main
@@ -46,12 +47,26 @@ def test_ingest_every_real_file(name, cli_env, capsys):
 
     from orchestration.instance import local_instance
 
+    from orchestration.instance import daily_partition_keys
+
     with local_instance() as instance:
         records = instance.fetch_materializations(dg.AssetKey(["duckdb", table]), limit=10_000).records
+        observed = instance.fetch_observations(dg.AssetKey(["duckdb", table]), limit=10_000).records
     mine = [r.asset_materialization for r in records
             if r.asset_materialization.metadata["source"].value == f"feynman ingest {path}"]
-    assert mine and all(m.metadata["rows_accepted"].value == counts[table] for m in mine)
-    assert all((m.partition is None) == (table == "bars_daily") for m in mine)
+    with duckdb.connect(str(cli_env / "warehouse.duckdb"), read_only=True) as conn:
+        stored_days = [str(d) for (d,) in conn.execute(f"SELECT DISTINCT CAST(ts AS DATE) FROM {table}").fetchall()]
+    partitioned_days = daily_partition_keys(stored_days)
+    if table == "bars_daily" or partitioned_days:
+        assert mine and all(m.metadata["rows_accepted"].value == counts[table] for m in mine)
+        assert all((m.partition is None) == (table == "bars_daily") for m in mine)
+        assert table == "bars_daily" or {m.partition for m in mine} == set(partitioned_days)
+    outside = sorted(set(stored_days) - set(partitioned_days))
+    if table != "bars_daily" and outside:  # e.g. crypto on a Saturday under XNYS: an observation, said in a line
+        (seen,) = [r.asset_observation for r in observed
+                   if r.asset_observation.metadata["source"].value == f"feynman ingest {path}"]
+        assert seen.metadata["days_outside_partitions"].value == outside
+        assert "not daily partitions" in out
     # importing the same file again changes nothing
     assert main(["ingest", "--source", "files", "--path", str(path)]) == 0
     assert _counts(cli_env / "warehouse.duckdb") == counts
