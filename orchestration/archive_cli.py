@@ -124,10 +124,12 @@ TABLE_ASSETS: dict[str, bool] = {
 def _record_write(table: str, days: Sequence[date] | set[date], metadata: dict[str, Any], description: str) -> None:
     if table not in TABLE_ASSETS:
         return
-    from orchestration.instance import daily_partition_keys, record_table_write
+    from orchestration.instance import record_days_write, record_table_write
 
-    partitions = daily_partition_keys(days) if TABLE_ASSETS[table] else None
-    record_table_write(["duckdb", table], partitions=partitions or None, metadata=metadata, description=description)
+    if TABLE_ASSETS[table]:
+        record_days_write(["duckdb", table], days, metadata=metadata, description=description)
+    else:  # unpartitioned
+        record_table_write(["duckdb", table], metadata=metadata, description=description)
 
 
 def _record_archive(report: ArchiveReport, archive: ArchiveResource) -> None:

@@ -167,29 +167,22 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
 def record_ingest(report, path: str) -> None:
     """The import as materialisations of the tables it changed, so the UI's status and staleness see it."""
-    from orchestration.instance import daily_partition_keys, record_table_observation, record_table_write
+    from orchestration.instance import record_days_write, record_table_write
 
-    touched = sorted({d if isinstance(d, str) else d.isoformat() for d in report.days})
-    days = daily_partition_keys(touched)
-    outside = [d for d in touched if d not in days]
     meta = {"source": f"feynman ingest {path}", "rows_in": report.n_in, "rows_accepted": report.n_accepted,
             "rows_quarantined": report.n_quarantined}
-    tables = [report.table] + (["bars_1m"] if report.n_bars_built else [])
-    for table in tables:
-        extra = {"bars_built": report.n_bars_built} if table != report.table else {}
-        if table == "bars_daily":  # unpartitioned
-            record_table_write(["duckdb", table], metadata=meta, description="feynman ingest")
-            continue
-        if days:
-            record_table_write(["duckdb", table], partitions=days, metadata={**meta, **extra},
-                               description="feynman ingest")
-        if outside:  # stored, but on days that are not partitions: an observation, never a made-up partition
-            record_table_observation(["duckdb", table], metadata={**meta, **extra, "days_outside_partitions": outside},
-                                     description="feynman ingest: rows on days that are not daily partitions")
-    if outside and report.table != "bars_daily":
+    if report.table == "bars_daily":  # unpartitioned
+        record_table_write(["duckdb", report.table], metadata=meta, description="feynman ingest")
+        outside = []
+    else:
+        outside = record_days_write(["duckdb", report.table], report.days, metadata=meta, description="feynman ingest")
+    if report.n_bars_built:
+        record_days_write(["duckdb", "bars_1m"], report.days, metadata={**meta, "bars_built": report.n_bars_built},
+                          description="feynman ingest: bars rebuilt from the imported ticks")
+    if outside:
         print(f"{len(outside)} day(s) of the file are not daily partitions ({', '.join(outside[:5])}"
-              f"{', ...' if len(outside) > 5 else ''}): their rows are stored and recorded as an observation of "
-              f"{' and '.join(tables)}; set FEYNMAN_CALENDAR=24/7 (crypto) or an earlier FEYNMAN_PARTITIONS_START")
+              f"{', ...' if len(outside) > 5 else ''}): their rows are stored and recorded as an observation; set "
+              f"FEYNMAN_CALENDAR=24/7 (crypto) or an earlier FEYNMAN_PARTITIONS_START")
     if report.n_quarantined or report.n_accepted:
         record_table_write(["duckdb", "quarantine"], metadata=meta, description="feynman ingest")
 
@@ -210,13 +203,13 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
     summary = run_backtest(build_resources()["warehouse"], config, args.date)
     from datetime import datetime, timedelta, timezone
 
-    from orchestration.instance import daily_partition_keys, record_table_write
+    from orchestration.instance import record_days_write
 
     day = args.date or (datetime.now(timezone.utc).date() - timedelta(days=1))
     meta = {k: v for k, v in summary.items() if isinstance(v, (int, float, str)) and v is not None}
     for table in ("backtest_runs", "strategy_results", "strategy_leaderboard"):
-        record_table_write(["duckdb", table], partitions=daily_partition_keys([day]) or None,
-                           metadata={**meta, "source": "feynman backtest"}, description="feynman backtest")
+        record_days_write(["duckdb", table], [day], metadata={**meta, "source": "feynman backtest"},
+                          description="feynman backtest")
     return 0
 
 

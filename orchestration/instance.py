@@ -110,6 +110,22 @@ def record_table_observation(asset_key: "dg.AssetKey | list[str]", *, metadata: 
         dg.AssetObservation(asset_key=key, metadata=metadata or {}, description=description))
 
 
+def record_days_write(asset_key: "dg.AssetKey | list[str]", days, *, metadata: "dict | None" = None,
+                      description: str | None = None) -> list[str]:
+    """Record a write on ``days`` (dates or ISO strings) of a daily-partitioned asset: a materialisation of
+    each day that is a partition, one observation naming the others (``days_outside_partitions``), never an
+    unpartitioned materialisation. Returns the days outside the partitions."""
+    touched = sorted({d if isinstance(d, str) else d.isoformat() for d in days})
+    partitions = daily_partition_keys(touched)
+    if partitions:
+        record_table_write(asset_key, partitions=partitions, metadata=metadata, description=description)
+    outside = [d for d in touched if d not in partitions]
+    if outside:
+        record_table_observation(asset_key, metadata={**(metadata or {}), "days_outside_partitions": outside},
+                                 description=description)
+    return outside
+
+
 def daily_partition_keys(days) -> list[str]:
     """The ISO keys of ``days`` (dates or ISO strings) that are partitions of the daily assets."""
     from assets.partitions import daily_partitions

@@ -102,5 +102,12 @@ def test_cli_archive_and_restore_are_recorded_in_the_dagster_instance(warehouse,
     assert len(archived) == 1 and archived[0].asset_materialization.metadata["rows_archived"].value == 15
     bars_events = instance.fetch_materializations(dg.AssetKey(["duckdb", "bars_1m"]), limit=10).records
     partitions = sorted(r.asset_materialization.partition for r in bars_events)
+    observed = instance.fetch_observations(dg.AssetKey(["duckdb", "bars_1m"]), limit=10).records
+    outside = sorted(d for r in observed for d in r.asset_observation.metadata["days_outside_partitions"].value)
+    from orchestration.instance import daily_partition_keys
+
     moved = sorted({(date.today() - timedelta(days=d)).isoformat() for d in (4, 3, 2)})
-    assert partitions == sorted([*moved, first])  # three days moved to cold, then one restored
+    # three days moved to cold, then one restored: sessions as materialisations of their partitions, the other
+    # calendar days (a weekend) as observations
+    assert sorted(partitions + outside) == sorted([*moved, first])
+    assert partitions == sorted(daily_partition_keys([*moved, first]))
