@@ -358,10 +358,12 @@ SQL_FORMAT_ALLOWLIST: dict[tuple[str, str], str] = {
     ("resources/archive.py", "table"): "ARCHIVE_SPECS table name (restore refuses others)",
     ("resources/archive.py", "where"): "constant clause with ? placeholders",
     ("resources/warehouse.py", "c"): "column names matched against _IDENTIFIER",
+    ("resources/warehouse.py", "key"): "column name matched against _IDENTIFIER (replace_keys)",
     ("resources/warehouse.py", "kind"): "a DuckDB type name from DESCRIBE",
     ("resources/warehouse.py", "n"): "table names read back from information_schema, quoted",
     ("resources/warehouse.py", "name"): "column name matched against _IDENTIFIER",
     ("resources/warehouse.py", "table"): "checked_table()",
+    ("resources/warehouse.py", "wanted"): "'t.' + column names matched against _IDENTIFIER (read_intervals)",
     ("resources/warehouse.py", "where"): "column names matched against _IDENTIFIER, ? placeholders",
 }
 _SQL_WORDS = re.compile(r"\b(SELECT|INSERT|DELETE|CREATE|ALTER|UPDATE|DROP|DESCRIBE|COPY|ATTACH|PRAGMA)\b")
