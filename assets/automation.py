@@ -61,10 +61,12 @@ class SessionClosed(dg.AutomationCondition):
         return dg.AutomationResult(context, candidates.compute_intersection_with_partition_keys(closed))
 
 
-def after_the_close() -> dg.AutomationCondition:
-    """The day's layers: the latest partition, once per close tick once its session closed, parents in the run."""
+def after_the_close(also_ignore: dg.AssetSelection | None = None) -> dg.AutomationCondition:
+    """The day's layers: the latest partition, once per close tick once its session closed, parents in the run.
+    ``also_ignore``: parents that need not be new since the tick (e.g. the previous night's promotion)."""
+    ignored = OUTSIDE_TABLES if also_ignore is None else OUTSIDE_TABLES | also_ignore
     return (dg.AutomationCondition.on_cron(AFTER_CLOSE_CRON, AFTER_CLOSE_TZ) & SessionClosed()).ignore(
-        OUTSIDE_TABLES).with_label(f"after the close ({AFTER_CLOSE_CRON}, {AFTER_CLOSE_TZ})")
+        ignored).with_label(f"after the close ({AFTER_CLOSE_CRON}, {AFTER_CLOSE_TZ})")
 
 
 def after_parents_after_the_close() -> dg.AutomationCondition:

@@ -41,7 +41,7 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from assets.automation import AFTER_CLOSE_CRON, AFTER_CLOSE_TZ, OUTSIDE_TABLES, SessionClosed
+from assets.automation import after_the_close
 from assets.backtest import LEADERBOARD_KEY, RESULTS_KEY, RUNS_KEY, load_backtest_bars, strategies_for
 from assets.bars import BARS_KEY
 from assets.metadata import QUANT, duckdb_table_metadata, layer_tags, markdown_table
@@ -51,7 +51,9 @@ from assets.quality import check_results, check_specs
 from quant.backtest import strategy_returns
 from quant.decay import DecayBand, decay_band, decay_verdict
 from quant.nightly import gate_failures
-from quant.paper import PAPER_BOOK, TRADE_SCHEMA, book_limits, lookback_bars, paper_returns
+from quant.paper import (BOOK_COLUMNS, DRAWDOWN_BREAKER, GROSS_CAP, PAPER_BOOK, POSITION_CAP, TRADE_SCHEMA, VAR_LIMIT,
+                         lookback_bars, paper_book,
+                         paper_returns)
 from quant.paper import paper_trades as engine_paper_trades
 from quant.promotion import daily_returns, promote
 from quant.quality import ERROR, WARN, RuleOutcome
@@ -73,10 +75,6 @@ DECAY_LEVEL = 0.05
 DECAY_HORIZON = 250  # band horizons 1..250 sessions; later verdicts judge the last 250 sessions
 DECAY_N_BOOT = 2000
 DECAY_SEED = 0
-POSITION_CAP = 0.20
-GROSS_CAP = 1.0
-VAR_LIMIT = 0.02
-DRAWDOWN_BREAKER = 0.15
 RISK_HISTORY_SESSIONS = 60  # daily returns of the symbols the book's VaR and correlation rules use
 MAX_HISTORY_SESSIONS = 60  # cap on the look-back sessions loaded for paper trading
 TOL = 1e-9
@@ -96,8 +94,6 @@ BAND_SCHEMA: dict[str, pl.DataType] = {
     "return_median": pl.Float64, "sharpe_lower": pl.Float64, "sharpe_median": pl.Float64, "level": pl.Float64,
     "n_boot": pl.Int64, "seed": pl.Int64, "n_backtest_sessions": pl.Int64,
 }
-BOOK_COLUMNS: dict[str, pl.DataType] = {"target_weight": pl.Float64, "weight": pl.Float64, "action": pl.Utf8,
-                                        "limited_by": pl.Utf8, "by": pl.Float64}
 PAPER_TRADES_SCHEMA: dict[str, pl.DataType] = {"session": pl.Utf8, **TRADE_SCHEMA, **BOOK_COLUMNS}
 PAPER_EQUITY_SCHEMA: dict[str, pl.DataType] = {"strategy_id": pl.Utf8, "session": pl.Utf8,
                                                "ts": pl.Datetime("us", "UTC"), "return": pl.Float64,
@@ -283,116 +279,6 @@ def symbol_daily_returns(warehouse: WarehouseResource, before: datetime, symbols
             .drop_nulls("return").group_by("symbol").tail(sessions).select("date", "symbol", "return"))
 
 
-def _symbol_arrays(bars: pl.DataFrame, start_us: int) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
-    """Union timeline (int64 us, >= start) and per-symbol gap/body returns on it (0 where a symbol has no bar)."""
-    ts = pl.col("ts")
-    if bars.schema["ts"].time_zone is None:
-        ts = ts.dt.replace_time_zone("UTC")
-    frame = bars.select(pl.col("symbol").cast(pl.Utf8), ts.dt.convert_time_zone("UTC").dt.epoch("us").alias("us"),
-                        pl.col("open").cast(pl.Float64), pl.col("close").cast(pl.Float64)).sort("symbol", "us")
-    frame = frame.with_columns(prev=pl.col("close").shift(1).over("symbol")).with_columns(
-        gap=pl.col("open") / pl.col("prev").fill_null(pl.col("open")) - 1.0, body=pl.col("close") / pl.col("open") - 1.0)
-    frame = frame.filter(pl.col("us") >= start_us)
-    union = np.unique(frame["us"].to_numpy())
-    symbols = sorted(bars["symbol"].unique().to_list())
-    gap, body = np.zeros((union.size, len(symbols))), np.zeros((union.size, len(symbols)))
-    col = {s: i for i, s in enumerate(symbols)}
-    t = np.searchsorted(union, frame["us"].to_numpy())
-    j = np.array([col[s] for s in frame["symbol"].to_list()], dtype=np.intp)
-    gap[t, j], body[t, j] = frame["gap"].to_numpy(), frame["body"].to_numpy()
-    return union, symbols, gap, body
-
-
-def paper_book(bars: pl.DataFrame, trades: pl.DataFrame, strategies: pl.DataFrame, returns_history: pl.DataFrame,
-               *, start: datetime, cost_rate: float, equity: float = 1.0, peak: float = 1.0,
-               position_cap: float = POSITION_CAP, gross_cap: float = GROSS_CAP, var_limit: float = VAR_LIMIT,
-               drawdown_breaker: float = DRAWDOWN_BREAKER) -> pl.DataFrame:
-    """The paper book's orders (TRADE_SCHEMA + BOOK_COLUMNS, strategy_id PAPER_BOOK) over the new bars.
-
-    The book holds the S promoted strategies in equal weight, netted per symbol: target weight of a
-    symbol = sum over strategies of position / (S x K). At every fill time (bar, open/close) of any
-    strategy the targets pass through ``book_limits`` with the book's current weights and its
-    drawdown from ``peak`` (equity marked at that instant: at the open after the overnight/bar gap,
-    at the close after the bar); ``cost_rate`` (fee + slippage, a fraction) is paid on |order|.
-    One row per symbol whose weight changes or whose order a rule cut.
-    """
-    ids = strategies["strategy_id"].to_list()
-    s_count = len(ids)
-    start_us = int(start.timestamp() * 1_000_000)
-    union, symbols, gap, body = _symbol_arrays(bars, start_us)
-    k = len(symbols)
-    if not trades.height or not s_count or not k:
-        return pl.DataFrame(schema={**TRADE_SCHEMA, **BOOK_COLUMNS})
-    col = {s: i for i, s in enumerate(symbols)}
-    row = {sid: i for i, sid in enumerate(ids)}
-    pos = np.zeros((s_count, k))
-    first = trades.sort("ts", pl.col("mark") == "close").unique(["strategy_id", "symbol"], keep="first")
-    for sid, sym, before in first.select("strategy_id", "symbol", "position_before").iter_rows():
-        pos[row[sid], col[sym]] = before
-    w = pos.sum(axis=0) / (s_count * k)  # carried in (hold_overnight strategies only)
-    tr = trades.with_columns(pl.col("ts").dt.epoch("us").alias("_us"), pl.col("decision_ts").dt.epoch("us")
-                             .alias("_dus")).sort("_us", pl.col("mark") == "close")
-    events: dict[tuple[int, str], list[tuple[int, int, float, int]]] = {}
-    for sid, sym, after, us, dus, mark in tr.select("strategy_id", "symbol", "position_after", "_us", "_dus",
-                                                    "mark").iter_rows():
-        events.setdefault((us, mark), []).append((row[sid], col[sym], after, dus))
-    sym_series = pl.Series("symbol", symbols, dtype=pl.Utf8)
-    out: list[dict] = []
-
-    def decide(t_us: int, mark: str, eq: float, pk: float) -> float:
-        nonlocal w
-        changes = events[(t_us, mark)]
-        for i, j, after, _ in changes:
-            pos[i, j] = after
-        target = pos.sum(axis=0) / (s_count * k)
-        limited = book_limits(pl.DataFrame({"symbol": sym_series, "weight": target}), returns_history,
-                              current_weights=pl.DataFrame({"symbol": sym_series, "weight": w}),
-                              drawdown=max(0.0, 1.0 - eq / pk), position_cap=position_cap, gross_cap=gross_cap,
-                              var_limit=var_limit, drawdown_breaker=drawdown_breaker)
-        new_w = limited["weight"].to_numpy()
-        decision_us = changes[0][3]
-        for r in limited.filter((pl.col("order").abs() > 1e-15) | (pl.col("action") != "accepted")).iter_rows(
-                named=True):
-            j = col[r["symbol"]]
-            change = (new_w[j] - w[j]) * k
-            out.append({"strategy_id": PAPER_BOOK, "symbol": r["symbol"], "decision_ts": decision_us, "ts": t_us,
-                        "mark": mark, "side": "buy" if r["target_weight"] > r["current_weight"] else "sell",
-                        "position_before": w[j] * k, "position_after": new_w[j] * k, "position_change": change,
-                        "weight_change": change / k, "price": None, "cost": cost_rate * abs(change),
-                        "reason": "book", "target_weight": r["target_weight"], "weight": r["weight"],
-                        "action": r["action"], "limited_by": r["limited_by"], "by": r["by"]})
-        cost = cost_rate * np.abs(new_w - w).sum()
-        w = new_w
-        return cost
-
-    eq, pk = equity, peak
-    for t, t_us in enumerate(union.tolist()):
-        q = w.copy()
-        at_open = eq * (1.0 + float(q @ gap[t]))
-        c_open = np.zeros(k)
-        if (t_us, "open") in events:
-            before = w.copy()
-            decide(t_us, "open", at_open, max(pk, at_open))
-            c_open = cost_rate * np.abs(w - before) * k
-        h = w.copy()
-        at_close = eq * (1.0 + float(np.sum((1 + q * k * gap[t]) * (1 - c_open) * (1 + h * k * body[t]) - 1) / k))
-        c_close = np.zeros(k)
-        if (t_us, "close") in events:
-            before = w.copy()
-            decide(t_us, "close", at_close, max(pk, at_close))
-            c_close = cost_rate * np.abs(w - before) * k
-        r = np.sum((1 + q * k * gap[t]) * (1 - c_open) * (1 + h * k * body[t]) * (1 - c_close) - 1) / k
-        eq *= 1.0 + r
-        pk = max(pk, eq)
-    if not out:
-        return pl.DataFrame(schema={**TRADE_SCHEMA, **BOOK_COLUMNS})
-    frame = pl.DataFrame(out, schema_overrides={"decision_ts": pl.Int64, "ts": pl.Int64, "price": pl.Float64})
-    return frame.with_columns(
-        pl.from_epoch("decision_ts", time_unit="us").dt.replace_time_zone("UTC"),
-        pl.from_epoch("ts", time_unit="us").dt.replace_time_zone("UTC"),
-    ).select(list({**TRADE_SCHEMA, **BOOK_COLUMNS})).cast({**TRADE_SCHEMA, **BOOK_COLUMNS})
-
-
 def _previous_book(warehouse: WarehouseResource, session: str) -> tuple[float, float]:
     """(equity, peak) of the paper book before ``session`` (1, 1 before its first session)."""
     if not warehouse.table_exists("paper_equity"):
@@ -468,13 +354,6 @@ def book_outcomes(rows: pl.DataFrame, strategies: pl.DataFrame) -> list[RuleOutc
     ]
 
 
-def _session_automation() -> dg.AutomationCondition:
-    """After the close, as the day's layers; yesterday's promotion does not have to be new since the tick."""
-    return (dg.AutomationCondition.on_cron(AFTER_CLOSE_CRON, AFTER_CLOSE_TZ) & SessionClosed()).ignore(
-        OUTSIDE_TABLES | dg.AssetSelection.assets(PROMOTED_KEY)).with_label(
-        f"after the close ({AFTER_CLOSE_CRON}, {AFTER_CLOSE_TZ})")
-
-
 PREVIOUS_NIGHT = dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1)
 
 
@@ -486,7 +365,7 @@ PREVIOUS_NIGHT = dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1)
     owners=[QUANT],
     tags=layer_tags("paper"),
     metadata=duckdb_table_metadata("paper_trades"),
-    automation_condition=_session_automation(),
+    automation_condition=after_the_close(also_ignore=dg.AssetSelection.assets(PROMOTED_KEY)),
     partitions_def=daily_partitions,
     pool=WRITER_POOL,
     kinds={"duckdb"},
@@ -647,7 +526,7 @@ def _curves_plot(warehouse: WarehouseResource, review: dict, session: str):
     owners=[QUANT],
     tags=layer_tags("paper"),
     metadata=duckdb_table_metadata("paper_equity"),
-    automation_condition=_session_automation(),
+    automation_condition=after_the_close(also_ignore=dg.AssetSelection.assets(PROMOTED_KEY)),
     partitions_def=daily_partitions,
     pool=WRITER_POOL,
     kinds={"duckdb"},
@@ -687,4 +566,4 @@ def paper_equity(context: dg.AssetExecutionContext, warehouse: WarehouseResource
 
 PAPER_ASSETS = [promoted_strategies, paper_trades, paper_equity]
 
-__all__ = ["PAPER_ASSETS", "paper_book", "promoted_strategies", "paper_trades", "paper_equity"]
+__all__ = ["PAPER_ASSETS", "promoted_strategies", "paper_trades", "paper_equity"]

@@ -57,6 +57,12 @@ from quant.backtest import DEFAULT_SESSION_GAP, DEFAULT_SESSION_TZ, engine_posit
 from quant.schema import TS_DTYPE
 from quant.strategies import parse_strategies
 
+# the paper book's limits, written once (book_limits' defaults and the assets' checks)
+POSITION_CAP = 0.20
+GROSS_CAP = 1.0
+VAR_LIMIT = 0.02
+DRAWDOWN_BREAKER = 0.15
+
 PAPER_BOOK = "PAPER_BOOK"  # strategy_id of the book's rows in ``paper_equity``
 
 TRADE_SCHEMA: dict[str, pl.DataType] = {
@@ -357,9 +363,10 @@ def _history_matrix(returns_history: pl.DataFrame, symbols: list[str]) -> tuple[
 
 
 def book_limits(target_weights: pl.DataFrame, returns_history: pl.DataFrame, *,
-                current_weights: pl.DataFrame | None = None, drawdown: float = 0.0, position_cap: float = 0.20,
-                gross_cap: float = 1.0, correlation_threshold: float = 0.8, correlation_budget: float | None = None,
-                var_limit: float = 0.02, var_level: float = 0.95, drawdown_breaker: float = 0.15) -> pl.DataFrame:
+                current_weights: pl.DataFrame | None = None, drawdown: float = 0.0, position_cap: float = POSITION_CAP,
+                gross_cap: float = GROSS_CAP, correlation_threshold: float = 0.8, correlation_budget: float | None = None,
+                var_limit: float = VAR_LIMIT, var_level: float = 0.95, drawdown_breaker: float = DRAWDOWN_BREAKER
+                ) -> pl.DataFrame:
     """Apply the paper book's risk rules to one decision's target weights: BOOK_LIMIT_SCHEMA.
 
     ``target_weights``: symbol, weight (signed fractions of book equity; the complete book: a
@@ -447,3 +454,118 @@ def book_limits(target_weights: pl.DataFrame, returns_history: pl.DataFrame, *,
         pl.Series("by", np.abs(target) - np.abs(w)), pl.Series("action", action, dtype=pl.Utf8),
         pl.Series("group", groups, dtype=pl.Int64), *[pl.Series(k, v) for k, v in cut_cols.items()],
     ).select(list(BOOK_LIMIT_SCHEMA)).cast(BOOK_LIMIT_SCHEMA)
+
+
+# the paper book over time: the promoted strategies netted, book_limits at every decision
+BOOK_COLUMNS: dict[str, pl.DataType] = {"target_weight": pl.Float64, "weight": pl.Float64, "action": pl.Utf8,
+                                        "limited_by": pl.Utf8, "by": pl.Float64}
+
+
+def _symbol_arrays(bars: pl.DataFrame, start_us: int) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
+    """Union timeline (int64 us, >= start) and per-symbol gap/body returns on it (0 where a symbol has no bar)."""
+    ts = pl.col("ts")
+    if bars.schema["ts"].time_zone is None:
+        ts = ts.dt.replace_time_zone("UTC")
+    frame = bars.select(pl.col("symbol").cast(pl.Utf8), ts.dt.convert_time_zone("UTC").dt.epoch("us").alias("us"),
+                        pl.col("open").cast(pl.Float64), pl.col("close").cast(pl.Float64)).sort("symbol", "us")
+    frame = frame.with_columns(prev=pl.col("close").shift(1).over("symbol")).with_columns(
+        gap=pl.col("open") / pl.col("prev").fill_null(pl.col("open")) - 1.0, body=pl.col("close") / pl.col("open") - 1.0)
+    frame = frame.filter(pl.col("us") >= start_us)
+    union = np.unique(frame["us"].to_numpy())
+    symbols = sorted(bars["symbol"].unique().to_list())
+    gap, body = np.zeros((union.size, len(symbols))), np.zeros((union.size, len(symbols)))
+    col = {s: i for i, s in enumerate(symbols)}
+    t = np.searchsorted(union, frame["us"].to_numpy())
+    j = np.array([col[s] for s in frame["symbol"].to_list()], dtype=np.intp)
+    gap[t, j], body[t, j] = frame["gap"].to_numpy(), frame["body"].to_numpy()
+    return union, symbols, gap, body
+
+
+def paper_book(bars: pl.DataFrame, trades: pl.DataFrame, strategies: pl.DataFrame, returns_history: pl.DataFrame,
+               *, start: datetime, cost_rate: float, equity: float = 1.0, peak: float = 1.0,
+               position_cap: float = POSITION_CAP, gross_cap: float = GROSS_CAP, var_limit: float = VAR_LIMIT,
+               drawdown_breaker: float = DRAWDOWN_BREAKER) -> pl.DataFrame:
+    """The paper book's orders (TRADE_SCHEMA + BOOK_COLUMNS, strategy_id PAPER_BOOK) over the new bars.
+
+    The book holds the S promoted strategies in equal weight, netted per symbol: target weight of a
+    symbol = sum over strategies of position / (S x K). At every fill time (bar, open/close) of any
+    strategy the targets pass through ``book_limits`` with the book's current weights and its
+    drawdown from ``peak`` (equity marked at that instant: at the open after the overnight/bar gap,
+    at the close after the bar); ``cost_rate`` (fee + slippage, a fraction) is paid on |order|.
+    One row per symbol whose weight changes or whose order a rule cut.
+    """
+    ids = strategies["strategy_id"].to_list()
+    s_count = len(ids)
+    start_us = int(start.timestamp() * 1_000_000)
+    union, symbols, gap, body = _symbol_arrays(bars, start_us)
+    k = len(symbols)
+    if not trades.height or not s_count or not k:
+        return pl.DataFrame(schema={**TRADE_SCHEMA, **BOOK_COLUMNS})
+    col = {s: i for i, s in enumerate(symbols)}
+    row = {sid: i for i, sid in enumerate(ids)}
+    pos = np.zeros((s_count, k))
+    first = trades.sort("ts", pl.col("mark") == "close").unique(["strategy_id", "symbol"], keep="first")
+    for sid, sym, before in first.select("strategy_id", "symbol", "position_before").iter_rows():
+        pos[row[sid], col[sym]] = before
+    w = pos.sum(axis=0) / (s_count * k)  # carried in (hold_overnight strategies only)
+    tr = trades.with_columns(pl.col("ts").dt.epoch("us").alias("_us"), pl.col("decision_ts").dt.epoch("us")
+                             .alias("_dus")).sort("_us", pl.col("mark") == "close")
+    events: dict[tuple[int, str], list[tuple[int, int, float, int]]] = {}
+    for sid, sym, after, us, dus, mark in tr.select("strategy_id", "symbol", "position_after", "_us", "_dus",
+                                                    "mark").iter_rows():
+        events.setdefault((us, mark), []).append((row[sid], col[sym], after, dus))
+    sym_series = pl.Series("symbol", symbols, dtype=pl.Utf8)
+    out: list[dict] = []
+
+    def decide(t_us: int, mark: str, eq: float, pk: float) -> float:
+        nonlocal w
+        changes = events[(t_us, mark)]
+        for i, j, after, _ in changes:
+            pos[i, j] = after
+        target = pos.sum(axis=0) / (s_count * k)
+        limited = book_limits(pl.DataFrame({"symbol": sym_series, "weight": target}), returns_history,
+                              current_weights=pl.DataFrame({"symbol": sym_series, "weight": w}),
+                              drawdown=max(0.0, 1.0 - eq / pk), position_cap=position_cap, gross_cap=gross_cap,
+                              var_limit=var_limit, drawdown_breaker=drawdown_breaker)
+        new_w = limited["weight"].to_numpy()
+        decision_us = changes[0][3]
+        for r in limited.filter((pl.col("order").abs() > 1e-15) | (pl.col("action") != "accepted")).iter_rows(
+                named=True):
+            j = col[r["symbol"]]
+            change = (new_w[j] - w[j]) * k
+            out.append({"strategy_id": PAPER_BOOK, "symbol": r["symbol"], "decision_ts": decision_us, "ts": t_us,
+                        "mark": mark, "side": "buy" if r["target_weight"] > r["current_weight"] else "sell",
+                        "position_before": w[j] * k, "position_after": new_w[j] * k, "position_change": change,
+                        "weight_change": change / k, "price": None, "cost": cost_rate * abs(change),
+                        "reason": "book", "target_weight": r["target_weight"], "weight": r["weight"],
+                        "action": r["action"], "limited_by": r["limited_by"], "by": r["by"]})
+        cost = cost_rate * np.abs(new_w - w).sum()
+        w = new_w
+        return cost
+
+    eq, pk = equity, peak
+    for t, t_us in enumerate(union.tolist()):
+        q = w.copy()
+        at_open = eq * (1.0 + float(q @ gap[t]))
+        c_open = np.zeros(k)
+        if (t_us, "open") in events:
+            before = w.copy()
+            decide(t_us, "open", at_open, max(pk, at_open))
+            c_open = cost_rate * np.abs(w - before) * k
+        h = w.copy()
+        at_close = eq * (1.0 + float(np.sum((1 + q * k * gap[t]) * (1 - c_open) * (1 + h * k * body[t]) - 1) / k))
+        c_close = np.zeros(k)
+        if (t_us, "close") in events:
+            before = w.copy()
+            decide(t_us, "close", at_close, max(pk, at_close))
+            c_close = cost_rate * np.abs(w - before) * k
+        r = np.sum((1 + q * k * gap[t]) * (1 - c_open) * (1 + h * k * body[t]) * (1 - c_close) - 1) / k
+        eq *= 1.0 + r
+        pk = max(pk, eq)
+    if not out:
+        return pl.DataFrame(schema={**TRADE_SCHEMA, **BOOK_COLUMNS})
+    frame = pl.DataFrame(out, schema_overrides={"decision_ts": pl.Int64, "ts": pl.Int64, "price": pl.Float64})
+    return frame.with_columns(
+        pl.from_epoch("decision_ts", time_unit="us").dt.replace_time_zone("UTC"),
+        pl.from_epoch("ts", time_unit="us").dt.replace_time_zone("UTC"),
+    ).select(list({**TRADE_SCHEMA, **BOOK_COLUMNS})).cast({**TRADE_SCHEMA, **BOOK_COLUMNS})

@@ -7,7 +7,7 @@ costs (next-open fills, 1 bp fee + 1 bp slippage). ``quick=True``: 3 strategies 
 
 Timed (in this process, after a warm-up, not timed: bar synthesis and the symbols' daily return
 history): ``quant.paper.paper_trades`` over history + session, and the paper book
-(``assets.paper.paper_book``: ``quant.paper.book_limits`` at every decision). ``value`` = that
+(``quant.paper.paper_book``: ``quant.paper.book_limits`` at every decision). ``value`` = that
 wall time in seconds for the whole day; ``share_of_budget`` = value / the 1 s micro-batch
 compute budget. ``window_s`` = the same work for one live one-minute window (history + the
 session's last minute, the book at that minute's decisions) and ``window_share_of_budget`` its
@@ -31,7 +31,7 @@ def _workload(quick: bool) -> dict:
 
 
 def _timed(bars: pl.DataFrame, strategies: pl.DataFrame, history: pl.DataFrame, start: datetime) -> tuple[float, int, int]:
-    from assets.paper import paper_book
+    from quant.paper import paper_book
     from quant.paper import paper_trades
 
     t0 = time.perf_counter()

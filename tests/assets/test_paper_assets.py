@@ -23,6 +23,7 @@ from quant.paper import PAPER_BOOK, TRADE_SCHEMA
 from quant.paper import paper_trades as replay_trades
 from quant.schema import BAR_SCHEMA
 from resources.warehouse_schema import table_columns
+from tests.sessions import trend_bars
 
 N_BACKTEST, N_PAPER = 20, 10
 SYMBOLS = ["PA", "PB", "PC"]
@@ -37,25 +38,11 @@ def sessions(first: str, n: int) -> list[str]:
 
 def minute_bars(days: list[str], seed: int, trend: float, n_trend: int, sigma: float = 4e-4) -> pl.DataFrame:
     """390 bars from 14:30 UTC per session; +-``trend`` drift in ~90-minute regimes in the first ``n_trend``."""
-    rng = np.random.default_rng(seed)
-    opens = [datetime.combine(date.fromisoformat(d), datetime.min.time(), tzinfo=timezone.utc) + timedelta(hours=14,
-                                                                                                        minutes=30)
-             for d in days]
-    ts = [o + timedelta(minutes=i) for o in opens for i in range(390)]
-    n, cut, frames = len(ts), 390 * n_trend, []
-    for s, sym in enumerate(SYMBOLS):
-        drift, t = np.zeros(n), 0
-        while trend and t < cut:
-            length = int(rng.exponential(90.0)) + 10
-            drift[t:min(t + length, cut)] = trend * rng.choice([-1.0, 1.0])
-            t += length
-        close = 100 * np.exp(np.cumsum(drift + rng.normal(0, sigma, n)))
-        open_ = np.r_[close[0], close[:-1]]
-        frames.append(pl.DataFrame({
-            "symbol": sym, "ts": ts, "open": open_, "high": np.maximum(open_, close) * 1.0002,
-            "low": np.minimum(open_, close) * 0.9998, "close": close, "volume": 1000.0, "vwap": close,
-            "trade_count": 10, "buy_volume": 500.0, "sell_volume": 500.0}))
-    return pl.concat(frames).with_columns(pl.col("ts").dt.cast_time_unit("us")).select(list(BAR_SCHEMA)).cast(
+    opens = [datetime.combine(date.fromisoformat(d), datetime.min.time(), tzinfo=timezone.utc)
+             + timedelta(hours=14, minutes=30) for d in days]
+    bars = trend_bars(opens, SYMBOLS, seed=seed, trend=trend, trend_minutes=390 * n_trend, sigma=sigma)
+    return bars.with_columns(volume=pl.lit(1000.0), vwap=pl.col("close"), trade_count=pl.lit(10),
+                             buy_volume=pl.lit(500.0), sell_volume=pl.lit(500.0)).select(list(BAR_SCHEMA)).cast(
         BAR_SCHEMA)
 
 

@@ -12,7 +12,6 @@ without an edge are never promoted.
 from __future__ import annotations
 
 import random
-from datetime import timedelta
 
 import numpy as np
 import polars as pl
@@ -24,7 +23,7 @@ from quant.nightly import SweepSettings, bars_per_year_of, evaluate_chunk, gathe
 from quant.paper import paper_returns, paper_trades
 from quant.promotion import daily_returns, promote
 from quant.strategies import generate_strategies, make_strategies
-from tests.sessions import weekday_opens
+from tests.sessions import trend_bars, weekday_opens
 
 BACKTEST = np.random.default_rng(11).normal(0.002, 0.01, 120)
 
@@ -89,23 +88,8 @@ def minute_bars(seed: int, trend: float, n_trend_sessions: int, n_sessions: int,
                 sigma: float = 4e-4) -> pl.DataFrame:
     """Minute bars; a +-``trend`` drift in regimes of ~90 minutes during the first
     ``n_trend_sessions`` sessions, a pure random walk afterwards."""
-    rng = np.random.default_rng(seed)
-    days = weekday_opens(n_sessions)
-    ts = [d + timedelta(minutes=i) for d in days for i in range(390)]
-    n, cut, frames = len(ts), 390 * n_trend_sessions, []
-    for s in range(n_symbols):
-        drift = np.zeros(n)
-        t = 0
-        while trend and t < cut:
-            length = int(rng.exponential(90.0)) + 10
-            drift[t:min(t + length, cut)] = trend * rng.choice([-1.0, 1.0])
-            t += length
-        close = 100 * np.exp(np.cumsum(drift + rng.normal(0, sigma, n)))
-        open_ = np.r_[close[0], close[:-1]]
-        frames.append(pl.DataFrame({"symbol": f"S{s}", "ts": ts, "open": open_, "close": close,
-                                    "high": np.maximum(open_, close) * 1.0002,
-                                    "low": np.minimum(open_, close) * 0.9998}))
-    return pl.concat(frames).with_columns(pl.col("ts").dt.cast_time_unit("us"))
+    return trend_bars(weekday_opens(n_sessions), [f"S{s}" for s in range(n_symbols)], seed=seed, trend=trend,
+                      trend_minutes=390 * n_trend_sessions, sigma=sigma)
 
 
 def nightly(bars: pl.DataFrame, settings: SweepSettings):

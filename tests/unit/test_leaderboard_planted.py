@@ -10,7 +10,6 @@ PBO gates are what stops them).
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import polars as pl
@@ -19,7 +18,7 @@ import pytest
 from quant.backtest import split_work
 from quant.nightly import ChunkResult, SweepSettings, bars_per_year_of, evaluate_chunk, gather
 from quant.strategies import generate_strategies, make_strategies
-from tests.sessions import weekday_opens
+from tests.sessions import trend_bars, weekday_opens
 
 PLANTED = make_strategies([("sma_cross", {"fast": 10, "slow": 60}), ("sma_cross", {"fast": 15, "slow": 90})])
 STRATEGIES = pl.concat([PLANTED, generate_strategies(60, physics=False)]).unique(
@@ -29,26 +28,10 @@ MEAN_REVERSION = ("rsi_reversion", "bb_reversion")
 
 def minute_bars(seed: int, trend: float, n_symbols: int = 3, n_sessions: int = 20, sigma: float = 4e-4,
                 mean_regime: float = 90.0) -> pl.DataFrame:
-    """Regular-hours minute bars (390 a session). Log returns = drift + N(0, sigma); the drift
-    is +-``trend`` per minute in regimes of ~``mean_regime`` minutes (exponential lengths, sign
-    drawn at random), or 0 everywhere (a pure random walk) when ``trend`` is 0."""
-    rng = np.random.default_rng(seed)
-    days = weekday_opens(n_sessions)
-    ts = [d + timedelta(minutes=i) for d in days for i in range(390)]
-    n, frames = len(ts), []
-    for s in range(n_symbols):
-        drift = np.zeros(n)
-        t = 0
-        while trend and t < n:
-            length = int(rng.exponential(mean_regime)) + 10
-            drift[t:t + length] = trend * rng.choice([-1.0, 1.0])
-            t += length
-        close = 100 * np.exp(np.cumsum(drift + rng.normal(0, sigma, n)))
-        open_ = np.r_[close[0], close[:-1]]
-        frames.append(pl.DataFrame({"symbol": f"S{s}", "ts": ts, "open": open_, "close": close,
-                                    "high": np.maximum(open_, close) * 1.0002,
-                                    "low": np.minimum(open_, close) * 0.9998}))
-    return pl.concat(frames).with_columns(pl.col("ts").dt.cast_time_unit("us"))
+    """Regular-hours minute bars (390 a session) with a planted +-``trend`` drift throughout
+    (``tests.sessions.trend_bars``), or a pure random walk when ``trend`` is 0."""
+    return trend_bars(weekday_opens(n_sessions), [f"S{s}" for s in range(n_symbols)], seed=seed, trend=trend,
+                      sigma=sigma, mean_regime=mean_regime)
 
 
 def chunks_of(bars: pl.DataFrame, settings: SweepSettings, n_chunks: int = 1) -> list[ChunkResult]:
