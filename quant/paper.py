@@ -163,7 +163,8 @@ def paper_trades(bars: pl.DataFrame, strategies: pl.DataFrame, *, fill: str = "n
     start_us = _ts_us(start)
     k = max(len(positions), 1)
     ids = np.array([s.strategy_id for s in plan.specs], dtype=object)
-    frames = []
+    parts: dict[str, list[np.ndarray]] = {c: [] for c in ("j", "symbol", "decision", "t", "mark", "before", "after",
+                                                          "price", "reason")}
     for sb, w in positions:
         q, h, a = _sleeve_marks(w, sb.session_end, plan.overnight, fill)
         n = sb.n
@@ -174,7 +175,6 @@ def paper_trades(bars: pl.DataFrame, strategies: pl.DataFrame, *, fill: str = "n
                 continue
             t = t + first
             b, f = before[t, j], after[t, j]
-            change = f - b
             if mark == "open":
                 decision = np.maximum(t - 1, 0)
                 reason = np.full(t.size, "signal", dtype=object)
@@ -183,15 +183,22 @@ def paper_trades(bars: pl.DataFrame, strategies: pl.DataFrame, *, fill: str = "n
                 session = sb.session_end[t] & ~plan.overnight[j] & (f == 0)
                 last = (t == n - 1) & (f == 0)
                 reason = np.where(session, "session_end", np.where(last, "end_of_data", "signal")).astype(object)
-            frames.append(pl.DataFrame({
-                "strategy_id": ids[j], "symbol": sb.symbol, "decision_ts": sb.ts[decision], "ts": sb.ts[t],
-                "mark": mark, "side": np.where(change > 0, "buy", "sell"), "position_before": b,
-                "position_after": f, "position_change": change, "weight_change": change / k,
-                "price": (sb.open if mark == "open" else sb.close)[t], "cost": cost * np.abs(change),
-                "reason": reason}, schema_overrides={"strategy_id": pl.Utf8, "reason": pl.Utf8}))
-    if not frames:
+            for key, value in (("j", j), ("symbol", np.full(t.size, sb.symbol, dtype=object)),
+                               ("decision", sb.ts[decision]), ("t", sb.ts[t]),
+                               ("mark", np.full(t.size, mark, dtype=object)), ("before", b), ("after", f),
+                               ("price", (sb.open if mark == "open" else sb.close)[t]), ("reason", reason)):
+                parts[key].append(value)
+    if not parts["j"]:
         return pl.DataFrame(schema=TRADE_SCHEMA)
-    out = pl.concat(frames).with_columns(
+    cat = {key: np.concatenate(values) for key, values in parts.items()}
+    change = cat["after"] - cat["before"]
+    out = pl.DataFrame({
+        "strategy_id": pl.Series(ids[cat["j"]], dtype=pl.Utf8), "symbol": pl.Series(cat["symbol"], dtype=pl.Utf8),
+        "decision_ts": cat["decision"], "ts": cat["t"], "mark": pl.Series(cat["mark"], dtype=pl.Utf8),
+        "side": pl.Series(np.where(change > 0, "buy", "sell"), dtype=pl.Utf8), "position_before": cat["before"],
+        "position_after": cat["after"], "position_change": change, "weight_change": change / k,
+        "price": cat["price"], "cost": cost * np.abs(change), "reason": pl.Series(cat["reason"], dtype=pl.Utf8),
+    }).with_columns(
         pl.from_epoch(pl.col("decision_ts"), time_unit="us").dt.replace_time_zone("UTC"),
         pl.from_epoch(pl.col("ts"), time_unit="us").dt.replace_time_zone("UTC"))
     return out.select(list(TRADE_SCHEMA)).cast(TRADE_SCHEMA).sort(
@@ -362,6 +369,86 @@ def _history_matrix(returns_history: pl.DataFrame, symbols: list[str]) -> tuple[
     return mat, has
 
 
+class BookRisk:
+    """The inputs of the VaR and correlation rules for one symbol order, computed once.
+
+    ``hist`` (T, K) float64: the returns history pivoted to ``symbols`` (missing cells 0);
+    ``has`` bool (K,): the symbol has any history; ``groups`` int64 (K,): ``correlation_groups``
+    of ``hist`` (each symbol alone without history rows). The history ends before the decision
+    day (``book_limits``), so one ``BookRisk`` serves every decision of a session: the paper book
+    builds it once per day instead of re-pivoting the history at each decision.
+    """
+
+    __slots__ = ("symbols", "hist", "has", "groups")
+
+    def __init__(self, returns_history: pl.DataFrame, symbols: list[str], correlation_threshold: float = 0.8):
+        self.symbols = list(symbols)
+        self.hist, self.has = _history_matrix(returns_history, self.symbols)
+        self.groups = (correlation_groups(self.hist, correlation_threshold) if self.hist.shape[0]
+                       else np.arange(len(self.symbols), dtype=np.int64))
+
+    def apply(self, target: np.ndarray, held: np.ndarray, *, drawdown: float, position_cap: float,
+              gross_cap: float, budget: float, var_limit: float, var_level: float, drawdown_breaker: float
+              ) -> tuple[np.ndarray, np.ndarray]:
+        """The rules of ``book_limits`` on weight vectors in ``symbols`` order: (weight (K,), cut (R, K)),
+        cut[i] = |weight| before rule ``BOOK_RULES[i]`` - |weight| after it (not yet rounded)."""
+        hist, has, groups = self.hist, self.has, self.groups
+
+        def shrink_only(w, where):
+            return np.where(where, np.clip(w, np.minimum(held, 0.0), np.maximum(held, 0.0)), w)
+
+        w = target.copy()
+        cuts = np.empty((len(BOOK_RULES), w.shape[0]))
+        for i, rule in enumerate(BOOK_RULES):
+            before = w
+            if rule == "no_history":
+                w = shrink_only(w, ~has)
+            elif rule == "drawdown_breaker":
+                w = shrink_only(w, np.full(w.shape, drawdown >= drawdown_breaker))
+            elif rule == "position_cap":
+                w = np.clip(w, -position_cap, position_cap)
+            elif rule == "correlation":
+                gross = np.bincount(groups, weights=np.abs(w), minlength=int(groups.max(initial=-1)) + 1)
+                scale = np.divide(budget, gross, out=np.ones_like(gross), where=gross > budget)
+                w = w * scale[groups]
+            elif rule == "gross_cap":
+                gross = np.abs(w).sum()
+                w = w * (gross_cap / gross) if gross > gross_cap else w
+            elif rule == "var":
+                var = historical_var(w, hist, var_level) if hist.shape[0] else 0.0
+                w = w * (var_limit / var) if var > var_limit else w
+            cuts[i] = np.abs(before) - np.abs(w)
+        return w, cuts
+
+
+def _check_limits(position_cap: float, gross_cap: float, var_limit: float, var_level: float) -> None:
+    if position_cap <= 0 or gross_cap <= 0 or var_limit <= 0:
+        raise PaperInputError("position_cap, gross_cap and var_limit must be positive")
+    if not 0.0 < var_level < 1.0:
+        raise PaperInputError(f"var_level must be in (0, 1), got {var_level!r}")
+
+
+def _rounded_cuts(cuts: np.ndarray) -> np.ndarray:
+    return np.where(np.abs(cuts) > 1e-15, cuts, 0.0)
+
+
+_LIMITED_BY = np.array(["+".join(r for i, r in enumerate(BOOK_RULES) if code >> i & 1)
+                        for code in range(1 << len(BOOK_RULES))], dtype=object)
+
+
+def _limited_by(cut: np.ndarray) -> np.ndarray:
+    """object (K,): the rules whose (rounded) cut is > 0, in BOOK_RULES order, joined by "+"."""
+    code = ((cut > 0).astype(np.int64) << np.arange(len(BOOK_RULES))[:, None]).sum(axis=0)
+    return _LIMITED_BY[code]
+
+
+def _actions(w: np.ndarray, target: np.ndarray, held: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    order, wanted = w - held, target - held
+    action = np.where(np.abs(w - target) <= 1e-15, "accepted",
+                      np.where((np.abs(order) <= 1e-15) & (np.abs(wanted) > 1e-15), "refused", "limited"))
+    return order, action
+
+
 def book_limits(target_weights: pl.DataFrame, returns_history: pl.DataFrame, *,
                 current_weights: pl.DataFrame | None = None, drawdown: float = 0.0, position_cap: float = POSITION_CAP,
                 gross_cap: float = GROSS_CAP, correlation_threshold: float = 0.8, correlation_budget: float | None = None,
@@ -395,10 +482,7 @@ def book_limits(target_weights: pl.DataFrame, returns_history: pl.DataFrame, *,
     order (weight - current_weight) is "refused" when the rules cut it to nothing, "limited"
     when cut partly, else "accepted". Rows sorted by symbol.
     """
-    if position_cap <= 0 or gross_cap <= 0 or var_limit <= 0:
-        raise PaperInputError("position_cap, gross_cap and var_limit must be positive")
-    if not 0.0 < var_level < 1.0:
-        raise PaperInputError(f"var_level must be in (0, 1), got {var_level!r}")
+    _check_limits(position_cap, gross_cap, var_limit, var_level)
     for name, frame in (("target_weights", target_weights), ("current_weights", current_weights)):
         if frame is not None and not {"symbol", "weight"} <= set(frame.columns):
             raise PaperInputError(f"{name} needs columns symbol, weight")
@@ -416,39 +500,15 @@ def book_limits(target_weights: pl.DataFrame, returns_history: pl.DataFrame, *,
     target, held = merged["target_weight"].to_numpy().copy(), merged["current_weight"].to_numpy()
     if not (np.isfinite(target).all() and np.isfinite(held).all()):
         raise PaperInputError("weights must be finite")
-    hist, has = _history_matrix(returns_history, symbols)
+    risk = BookRisk(returns_history, symbols, correlation_threshold)
     budget = position_cap if correlation_budget is None else correlation_budget
-    groups = correlation_groups(hist, correlation_threshold) if hist.shape[0] else np.arange(len(symbols))
-
-    def shrink_only(w, where):
-        return np.where(where, np.clip(w, np.minimum(held, 0.0), np.maximum(held, 0.0)), w)
-
-    w = target.copy()
-    cuts = {}
-    for rule in BOOK_RULES:
-        before = w
-        if rule == "no_history":
-            w = shrink_only(w, ~has)
-        elif rule == "drawdown_breaker":
-            w = shrink_only(w, np.full(w.shape, drawdown >= drawdown_breaker))
-        elif rule == "position_cap":
-            w = np.clip(w, -position_cap, position_cap)
-        elif rule == "correlation":
-            gross = np.bincount(groups, weights=np.abs(w), minlength=int(groups.max(initial=-1)) + 1)
-            scale = np.divide(budget, gross, out=np.ones_like(gross), where=gross > budget)
-            w = w * scale[groups]
-        elif rule == "gross_cap":
-            gross = np.abs(w).sum()
-            w = w * (gross_cap / gross) if gross > gross_cap else w
-        elif rule == "var":
-            var = historical_var(w, hist, var_level) if hist.shape[0] else 0.0
-            w = w * (var_limit / var) if var > var_limit else w
-        cuts[rule] = np.abs(before) - np.abs(w)
-    cut_cols = {f"cut_{r}": np.where(np.abs(c) > 1e-15, c, 0.0) for r, c in cuts.items()}
-    limited_by = ["+".join(r for r in BOOK_RULES if cut_cols[f"cut_{r}"][i] > 0) for i in range(len(symbols))]
-    order, wanted = w - held, target - held
-    action = np.where(np.abs(w - target) <= 1e-15, "accepted",
-                      np.where((np.abs(order) <= 1e-15) & (np.abs(wanted) > 1e-15), "refused", "limited"))
+    w, cuts = risk.apply(target, held, drawdown=drawdown, position_cap=position_cap, gross_cap=gross_cap,
+                         budget=budget, var_limit=var_limit, var_level=var_level, drawdown_breaker=drawdown_breaker)
+    cuts = _rounded_cuts(cuts)
+    cut_cols = {f"cut_{r}": cuts[i] for i, r in enumerate(BOOK_RULES)}
+    limited_by = _limited_by(cuts).tolist()
+    order, action = _actions(w, target, held)
+    groups = risk.groups
     return merged.with_columns(
         pl.Series("weight", w), pl.Series("order", order), pl.Series("limited_by", limited_by, dtype=pl.Utf8),
         pl.Series("by", np.abs(target) - np.abs(w)), pl.Series("action", action, dtype=pl.Utf8),
@@ -514,34 +574,27 @@ def paper_book(bars: pl.DataFrame, trades: pl.DataFrame, strategies: pl.DataFram
     for sid, sym, after, us, dus, mark in tr.select("strategy_id", "symbol", "position_after", "_us", "_dus",
                                                     "mark").iter_rows():
         events.setdefault((us, mark), []).append((row[sid], col[sym], after, dus))
-    sym_series = pl.Series("symbol", symbols, dtype=pl.Utf8)
-    out: list[dict] = []
+    # the VaR and correlation inputs depend on the history before the session only: built once
+    risk = BookRisk(returns_history, symbols)
+    _check_limits(position_cap, gross_cap, var_limit, 0.95)
+    out: list[tuple] = []
 
-    def decide(t_us: int, mark: str, eq: float, pk: float) -> float:
+    def decide(t_us: int, mark: str, eq: float, pk: float) -> None:
         nonlocal w
         changes = events[(t_us, mark)]
         for i, j, after, _ in changes:
             pos[i, j] = after
         target = pos.sum(axis=0) / (s_count * k)
-        limited = book_limits(pl.DataFrame({"symbol": sym_series, "weight": target}), returns_history,
-                              current_weights=pl.DataFrame({"symbol": sym_series, "weight": w}),
-                              drawdown=max(0.0, 1.0 - eq / pk), position_cap=position_cap, gross_cap=gross_cap,
-                              var_limit=var_limit, drawdown_breaker=drawdown_breaker)
-        new_w = limited["weight"].to_numpy()
-        decision_us = changes[0][3]
-        for r in limited.filter((pl.col("order").abs() > 1e-15) | (pl.col("action") != "accepted")).iter_rows(
-                named=True):
-            j = col[r["symbol"]]
-            change = (new_w[j] - w[j]) * k
-            out.append({"strategy_id": PAPER_BOOK, "symbol": r["symbol"], "decision_ts": decision_us, "ts": t_us,
-                        "mark": mark, "side": "buy" if r["target_weight"] > r["current_weight"] else "sell",
-                        "position_before": w[j] * k, "position_after": new_w[j] * k, "position_change": change,
-                        "weight_change": change / k, "price": None, "cost": cost_rate * abs(change),
-                        "reason": "book", "target_weight": r["target_weight"], "weight": r["weight"],
-                        "action": r["action"], "limited_by": r["limited_by"], "by": r["by"]})
-        cost = cost_rate * np.abs(new_w - w).sum()
+        new_w, cuts = risk.apply(target, w, drawdown=max(0.0, 1.0 - eq / pk), position_cap=position_cap,
+                                 gross_cap=gross_cap, budget=position_cap, var_limit=var_limit, var_level=0.95,
+                                 drawdown_breaker=drawdown_breaker)
+        order, action = _actions(new_w, target, w)
+        rows = np.flatnonzero((np.abs(order) > 1e-15) | (action != "accepted"))
+        if rows.size:
+            cuts = _rounded_cuts(cuts[:, rows])
+            out.append((changes[0][3], t_us, mark, rows, w[rows], new_w[rows], target[rows], action[rows],
+                        _limited_by(cuts), np.abs(target[rows]) - np.abs(new_w[rows])))
         w = new_w
-        return cost
 
     eq, pk = equity, peak
     for t, t_us in enumerate(union.tolist()):
@@ -564,7 +617,24 @@ def paper_book(bars: pl.DataFrame, trades: pl.DataFrame, strategies: pl.DataFram
         pk = max(pk, eq)
     if not out:
         return pl.DataFrame(schema={**TRADE_SCHEMA, **BOOK_COLUMNS})
-    frame = pl.DataFrame(out, schema_overrides={"decision_ts": pl.Int64, "ts": pl.Int64, "price": pl.Float64})
+    sizes = [len(o[3]) for o in out]
+    rows = np.concatenate([o[3] for o in out])
+    before, after, target = (np.concatenate([o[i] for o in out]) for i in (4, 5, 6))
+    change = (after - before) * k
+    frame = pl.DataFrame({
+        "strategy_id": pl.Series([PAPER_BOOK] * rows.size, dtype=pl.Utf8),
+        "symbol": pl.Series(np.array(symbols, dtype=object)[rows], dtype=pl.Utf8),
+        "decision_ts": np.repeat(np.array([o[0] for o in out], dtype=np.int64), sizes),
+        "ts": np.repeat(np.array([o[1] for o in out], dtype=np.int64), sizes),
+        "mark": pl.Series(np.repeat(np.array([o[2] for o in out], dtype=object), sizes), dtype=pl.Utf8),
+        "side": pl.Series(np.where(target > before, "buy", "sell"), dtype=pl.Utf8),
+        "position_before": before * k, "position_after": after * k, "position_change": change,
+        "weight_change": change / k, "price": pl.Series([None] * rows.size, dtype=pl.Float64),
+        "cost": cost_rate * np.abs(change), "reason": pl.Series(["book"] * rows.size, dtype=pl.Utf8),
+        "target_weight": target, "weight": after,
+        "action": pl.Series(np.concatenate([o[7] for o in out]), dtype=pl.Utf8),
+        "limited_by": pl.Series(np.concatenate([o[8] for o in out]), dtype=pl.Utf8),
+        "by": np.concatenate([o[9] for o in out])})
     return frame.with_columns(
         pl.from_epoch("decision_ts", time_unit="us").dt.replace_time_zone("UTC"),
         pl.from_epoch("ts", time_unit="us").dt.replace_time_zone("UTC"),

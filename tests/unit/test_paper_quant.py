@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import numpy as np
 import polars as pl
@@ -18,11 +18,19 @@ import pytest
 
 from quant.backtest import equity_curves, run_sweep, strategy_returns
 from quant.paper import (
+    BOOK_COLUMNS,
+    DRAWDOWN_BREAKER,
+    GROSS_CAP,
     PAPER_BOOK,
+    POSITION_CAP,
+    TRADE_SCHEMA,
+    VAR_LIMIT,
+    _symbol_arrays,
     book_limits,
     correlation_groups,
     historical_var,
     lookback_bars,
+    paper_book,
     paper_equity,
     paper_returns,
     paper_trades,
@@ -251,3 +259,127 @@ def test_correlation_groups_chain_and_var_is_the_numpy_quantile():
     assert labels[0] == labels[1] and len({labels[0], labels[2], labels[3]}) == 3
     w = np.array([0.1, -0.2, 0.3, 0.0])
     assert historical_var(w, r, 0.95) == -np.quantile(r @ w, 0.05)
+
+
+# --------------------------------------------------------------------------------------------
+# the paper book over time: the incremental book (risk inputs built once per call) against the
+# straightforward one (book_limits with the whole history frame at every decision, as first written)
+
+def reference_book(bars: pl.DataFrame, trades: pl.DataFrame, strategies: pl.DataFrame,
+                   returns_history: pl.DataFrame, *, start: datetime, cost_rate: float, equity: float = 1.0,
+                   peak: float = 1.0, position_cap: float = POSITION_CAP, gross_cap: float = GROSS_CAP,
+                   var_limit: float = VAR_LIMIT, drawdown_breaker: float = DRAWDOWN_BREAKER) -> pl.DataFrame:
+    """The paper book as first written: ``book_limits`` (history pivoted again) at every decision."""
+    ids = strategies["strategy_id"].to_list()
+    s_count = len(ids)
+    start_us = int(start.timestamp() * 1_000_000)
+    union, symbols, gap, body = _symbol_arrays(bars, start_us)
+    k = len(symbols)
+    if not trades.height or not s_count or not k:
+        return pl.DataFrame(schema={**TRADE_SCHEMA, **BOOK_COLUMNS})
+    col = {s: i for i, s in enumerate(symbols)}
+    row = {sid: i for i, sid in enumerate(ids)}
+    pos = np.zeros((s_count, k))
+    first = trades.sort("ts", pl.col("mark") == "close").unique(["strategy_id", "symbol"], keep="first")
+    for sid, sym, before in first.select("strategy_id", "symbol", "position_before").iter_rows():
+        pos[row[sid], col[sym]] = before
+    w = pos.sum(axis=0) / (s_count * k)  # carried in (hold_overnight strategies only)
+    tr = trades.with_columns(pl.col("ts").dt.epoch("us").alias("_us"), pl.col("decision_ts").dt.epoch("us")
+                             .alias("_dus")).sort("_us", pl.col("mark") == "close")
+    events: dict[tuple[int, str], list[tuple[int, int, float, int]]] = {}
+    for sid, sym, after, us, dus, mark in tr.select("strategy_id", "symbol", "position_after", "_us", "_dus",
+                                                    "mark").iter_rows():
+        events.setdefault((us, mark), []).append((row[sid], col[sym], after, dus))
+    sym_series = pl.Series("symbol", symbols, dtype=pl.Utf8)
+    out: list[dict] = []
+
+    def decide(t_us: int, mark: str, eq: float, pk: float) -> float:
+        nonlocal w
+        changes = events[(t_us, mark)]
+        for i, j, after, _ in changes:
+            pos[i, j] = after
+        target = pos.sum(axis=0) / (s_count * k)
+        limited = book_limits(pl.DataFrame({"symbol": sym_series, "weight": target}), returns_history,
+                              current_weights=pl.DataFrame({"symbol": sym_series, "weight": w}),
+                              drawdown=max(0.0, 1.0 - eq / pk), position_cap=position_cap, gross_cap=gross_cap,
+                              var_limit=var_limit, drawdown_breaker=drawdown_breaker)
+        new_w = limited["weight"].to_numpy()
+        decision_us = changes[0][3]
+        for r in limited.filter((pl.col("order").abs() > 1e-15) | (pl.col("action") != "accepted")).iter_rows(
+                named=True):
+            j = col[r["symbol"]]
+            change = (new_w[j] - w[j]) * k
+            out.append({"strategy_id": PAPER_BOOK, "symbol": r["symbol"], "decision_ts": decision_us, "ts": t_us,
+                        "mark": mark, "side": "buy" if r["target_weight"] > r["current_weight"] else "sell",
+                        "position_before": w[j] * k, "position_after": new_w[j] * k, "position_change": change,
+                        "weight_change": change / k, "price": None, "cost": cost_rate * abs(change),
+                        "reason": "book", "target_weight": r["target_weight"], "weight": r["weight"],
+                        "action": r["action"], "limited_by": r["limited_by"], "by": r["by"]})
+        cost = cost_rate * np.abs(new_w - w).sum()
+        w = new_w
+        return cost
+
+    eq, pk = equity, peak
+    for t, t_us in enumerate(union.tolist()):
+        q = w.copy()
+        at_open = eq * (1.0 + float(q @ gap[t]))
+        c_open = np.zeros(k)
+        if (t_us, "open") in events:
+            before = w.copy()
+            decide(t_us, "open", at_open, max(pk, at_open))
+            c_open = cost_rate * np.abs(w - before) * k
+        h = w.copy()
+        at_close = eq * (1.0 + float(np.sum((1 + q * k * gap[t]) * (1 - c_open) * (1 + h * k * body[t]) - 1) / k))
+        c_close = np.zeros(k)
+        if (t_us, "close") in events:
+            before = w.copy()
+            decide(t_us, "close", at_close, max(pk, at_close))
+            c_close = cost_rate * np.abs(w - before) * k
+        r = np.sum((1 + q * k * gap[t]) * (1 - c_open) * (1 + h * k * body[t]) * (1 - c_close) - 1) / k
+        eq *= 1.0 + r
+        pk = max(pk, eq)
+    if not out:
+        return pl.DataFrame(schema={**TRADE_SCHEMA, **BOOK_COLUMNS})
+    frame = pl.DataFrame(out, schema_overrides={"decision_ts": pl.Int64, "ts": pl.Int64, "price": pl.Float64})
+    return frame.with_columns(
+        pl.from_epoch("decision_ts", time_unit="us").dt.replace_time_zone("UTC"),
+        pl.from_epoch("ts", time_unit="us").dt.replace_time_zone("UTC"),
+    ).select(list({**TRADE_SCHEMA, **BOOK_COLUMNS})).cast({**TRADE_SCHEMA, **BOOK_COLUMNS})
+
+
+def risk_history(symbols: list[str], seed: int = 3, t: int = 60) -> pl.DataFrame:
+    """Daily returns of ``symbols``: the first two correlated (one group), the last one without history."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(0, 0.01, t)
+    cols = [base + rng.normal(0, 0.001, t), base + rng.normal(0, 0.001, t)]
+    cols += [rng.normal(0, 0.01 * (1 + i), t) for i in range(len(symbols) - 3)]
+    dates = pl.date_range(pl.date(2024, 1, 1), pl.date(2024, 1, 1) + timedelta(days=t - 1), eager=True)
+    have = symbols[:-1]
+    return pl.DataFrame({"date": np.repeat(dates.to_numpy(), len(have)), "symbol": have * t,
+                         "return": np.column_stack(cols).reshape(-1)})
+
+
+@pytest.mark.parametrize(("limits", "binding"), [
+    ({"var_limit": 0.003}, {"no_history", "correlation", "var"}),
+    ({"var_limit": 0.0015, "position_cap": 0.05, "gross_cap": 0.08}, {"position_cap", "gross_cap", "var"}),
+    ({"equity": 0.9, "peak": 1.0, "drawdown_breaker": 0.1}, {"drawdown_breaker"}),
+])
+def test_paper_book_equals_book_limits_at_every_decision(limits, binding):
+    bars = bars_of(5, n_symbols=5)
+    trades = paper_trades(bars, STRATEGIES, fee_bps=1.0, slippage_bps=1.0, start=START)
+    symbols = sorted(bars["symbol"].unique().to_list())
+    hist = risk_history(symbols)
+    fast = paper_book(bars, trades, STRATEGIES, hist, start=START, cost_rate=2e-4, **limits)
+    slow = reference_book(bars, trades, STRATEGIES, hist, start=START, cost_rate=2e-4, **limits)
+    assert fast.height > 100 and fast.equals(slow)
+    rules = set("+".join(fast["limited_by"].to_list()).split("+")) - {""}
+    assert binding <= rules, rules  # the rules the case sets up bind somewhere
+    # by hand (pandas): the book's weights after each decision keep the cap and the one-day 95% VaR
+    wide = hist.to_pandas().pivot(index="date", columns="symbol", values="return").reindex(columns=symbols).fillna(0.0)
+    book = (fast.to_pandas().pivot_table(index=["ts", "mark"], columns="symbol", values="weight", aggfunc="last")
+            .reindex(columns=symbols))
+    book = book.reset_index().assign(close=lambda d: d["mark"] == "close").sort_values(["ts", "close"])[symbols]
+    weights = book.ffill().fillna(0.0).to_numpy()
+    var = -np.quantile(wide.to_numpy() @ weights.T, 0.05, axis=0)
+    assert (var <= limits.get("var_limit", 0.02) + 1e-12).all()
+    assert (np.abs(weights) <= limits.get("position_cap", 0.2) + 1e-12).all()

@@ -224,7 +224,8 @@ def test_rolling_mean_var_is_per_symbol():
 
 
 @pytest.mark.parametrize(("n", "w", "broadcast"), [(5, 3, False), (130, 4, False), (64 * 40 + 17, 9, False),
-                                                  (64 * 64 * 3 + 5, 6, True)])
+                                                  (64 * 64 * 3 + 5, 6, True), (1170, 1, True), (1170, 2, False),
+                                                  (3000, 20, False)])  # small (index form) and slab sizes
 def test_latch_scan_matches_a_loop(n, w, broadcast):
     rng = np.random.default_rng(n)
     keep = rng.random((n, 1 if broadcast else w)) < 0.9
