@@ -1,8 +1,13 @@
 """Promotion of the nightly sweep's best strategies, their paper trading and their decay (issue #18).
 
-Daily partitions only. This pass covers the exchange-session partitions; paper trading on *live
-windows* (the micro-batch path) is out of scope here: the pure core (``quant.paper``) runs on any
-window, but no micro-batch asset calls it yet (``feynman bench paper`` measures what one would cost).
+Daily partitions and live windows through the one pipeline: ``paper_trades`` and ``paper_equity`` are one
+step (``paper_trading``, a multi-asset) of the daily after-close run and of every micro-batch window
+(``sensors/live/job.py``). A window recomputes the session so far with the same functions over the bars
+stored so far and replaces the session's rows, so after the day's last window the paper rows equal a
+daily materialisation (the engine treats the newest bar as the end of the data: a window's last bar shows
+provisional end_of_data exits that the next window replaces). A window writes nothing when no strategy is
+promoted for the session (both outputs skipped), and it never judges decay: the verdict (demotion, alert)
+needs whole sessions and comes with the daily run.
 
 * ``duckdb/promoted_strategies`` (partition = the nightly run date, built by the nightly_backtest job
   right after the leaderboard): ``quant.promotion.promote`` over the night's PORTFOLIO rows of
@@ -12,7 +17,7 @@ window, but no micro-batch asset calls it yet (``feynman bench paper`` measures 
   at promotion, the strategy's spec, and later ``demoted_at`` / ``demoted_session`` /
   ``demoted_reason``. The decay band of each new promotion (``quant.decay.decay_band`` of its backtest
   daily returns, horizons 1..``DECAY_HORIZON``) goes to ``strategy_decay_bands``.
-* ``duckdb/paper_trades`` (partition = a session): the strategies promoted on a night *before* the
+* ``duckdb/paper_trades`` (partition = a session; a live window: the session so far): the strategies promoted on a night *before* the
   session and not demoted before it run over the session's bars_1m with the look-back
   ``quant.paper.lookback_bars`` asks for, with the nightly fill/fee/slippage (BacktestConfig). Rows:
   every strategy fill (``quant.paper.TRADE_SCHEMA``) and the paper book's orders (strategy_id
@@ -60,6 +65,7 @@ from quant.quality import ERROR, WARN, RuleOutcome
 from quant.strategies import parse_strategies
 from resources.alerts import AlertingResource
 from resources.backtest_config import BacktestConfig
+from resources.live_window import LiveWindow, WindowConfigError
 from resources.warehouse import WRITER_POOL, WarehouseResource
 
 PROMOTED_KEY = dg.AssetKey(["duckdb", "promoted_strategies"])
@@ -253,16 +259,24 @@ def strategy_frame(promotions: pl.DataFrame) -> pl.DataFrame:
 
 
 def paper_bars(warehouse: WarehouseResource, session: str, strategies: pl.DataFrame) -> tuple[pl.DataFrame, int, int]:
-    """bars_1m of ``session`` with enough earlier sessions for ``lookback_bars``: (bars, look-back bars, sessions)."""
+    """bars_1m of ``session`` with enough earlier sessions for ``lookback_bars``: (bars, look-back bars, sessions).
+
+    The earlier sessions are the fewest most recent days before ``session`` whose bars (the busiest
+    symbol's count per day) add up to the look-back (at most ``MAX_HISTORY_SESSIONS``): a property of the
+    history alone, so every live window of the session and its daily run read the same history."""
     need = max(lookback_bars(strategies).values()) if strategies.height else 0
     start = session_start(session)
-    per_session = warehouse.query(
-        "SELECT count(*) AS n FROM bars_1m WHERE ts >= ? AND ts < ? GROUP BY symbol ORDER BY n DESC LIMIT 1",
-        [start, start + timedelta(days=1)])
-    n = int(per_session["n"][0]) if per_session.height else 0
-    if not n:
+    today = warehouse.query("SELECT count(*) AS n FROM bars_1m WHERE ts >= ? AND ts < ? LIMIT 1",
+                            [start, start + timedelta(days=1)])
+    if not int(today["n"][0]):
         return pl.DataFrame(), need, 0
-    sessions = min(MAX_HISTORY_SESSIONS, math.ceil(need / n)) + 1
+    per_day = warehouse.query(
+        "SELECT d, max(n) AS n FROM (SELECT CAST(ts AS DATE) AS d, symbol, count(*) AS n FROM bars_1m "
+        "WHERE ts < ? AND ts >= ? GROUP BY ALL) GROUP BY d ORDER BY d DESC LIMIT ?",
+        [start, start - timedelta(days=int(MAX_HISTORY_SESSIONS * 1.6) + 5), MAX_HISTORY_SESSIONS])
+    covered = np.cumsum(per_day["n"].to_numpy()) if per_day.height else np.zeros(0)
+    history_days = min(int(np.searchsorted(covered, need)) + 1, per_day.height) if need > 0 else 0
+    sessions = history_days + 1
     return load_backtest_bars(warehouse, date.fromisoformat(session), sessions), need, sessions
 
 
@@ -357,31 +371,9 @@ def book_outcomes(rows: pl.DataFrame, strategies: pl.DataFrame) -> list[RuleOutc
 PREVIOUS_NIGHT = dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1)
 
 
-@dg.asset(
-    key=PAPER_TRADES_KEY,
-    deps=[BARS_KEY, dg.AssetDep(PROMOTED_KEY, partition_mapping=PREVIOUS_NIGHT)],
-    group_name="paper",
-    code_version=CODE_VERSION,
-    owners=[QUANT],
-    tags=layer_tags("paper"),
-    metadata=duckdb_table_metadata("paper_trades"),
-    automation_condition=after_the_close(also_ignore=dg.AssetSelection.assets(PROMOTED_KEY)),
-    partitions_def=daily_partitions,
-    pool=WRITER_POOL,
-    kinds={"duckdb"},
-    check_specs=check_specs(PAPER_TRADES_KEY, BOOK_CHECKS, blocking=set(), descriptions=BOOK_CHECK_DESCRIPTIONS),
-    description=(
-        "Paper fills of the promoted strategies (promoted on an earlier night, not demoted) over the session's "
-        "bars_1m with the backtest engine's timing (decision at bar t's close, fill at t+1's open, forced exits at "
-        "the close, nightly fee + slippage), with the look-back quant.paper.lookback_bars needs; and the paper "
-        "book's orders (strategy_id PAPER_BOOK, equal weight of the strategies, netted per symbol) after "
-        f"the book limits ({POSITION_CAP:.0%} per position, correlation budget, gross {GROSS_CAP:.0%}, one-day 95% "
-        f"VaR {VAR_LIMIT:.0%}, {DRAWDOWN_BREAKER:.0%} drawdown breaker): limited_by names the rule, by the cut, "
-        "action accepted/limited/refused. Daily partitions only (live windows: not yet)."),
-)
-def paper_trades(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
-                 backtest: BacktestConfig) -> dg.MaterializeResult:
-    session = context.partition_key
+def trades_result(warehouse: WarehouseResource, backtest: BacktestConfig, session: str,
+                  window: dict) -> dg.MaterializeResult:
+    """Compute and write the session's paper_trades rows (replacing the session): its materialisation."""
     out = session_paper(warehouse, backtest, session)
     rows = pl.concat([out["trades"].with_columns(*[pl.lit(None, dtype=t).alias(c) for c, t in BOOK_COLUMNS.items()]),
                       out["book"]], how="vertical_relaxed").with_columns(pl.lit(session).alias("session")).select(
@@ -394,7 +386,8 @@ def paper_trades(context: dg.AssetExecutionContext, warehouse: WarehouseResource
                .group_by("limited_by", "action").agg(pl.len().alias("orders"), pl.col("by").sum().alias("total_cut"))
                .sort("orders", descending=True)) if cut.height else cut
     return dg.MaterializeResult(
-        metadata={"dagster/row_count": rows.height, "strategies": out["strategies"].height,
+        asset_key=PAPER_TRADES_KEY,
+        metadata={**window, "dagster/row_count": rows.height, "strategies": out["strategies"].height,
                   "strategy_fills": out["trades"].height, "book_orders": book.height,
                   "book_orders_limited": book.filter(pl.col("action") == "limited").height,
                   "book_orders_refused": book.filter(pl.col("action") == "refused").height,
@@ -518,38 +511,21 @@ def _curves_plot(warehouse: WarehouseResource, review: dict, session: str):
                                                 f"{review['run_date']})")
 
 
-@dg.asset(
-    key=PAPER_EQUITY_KEY,
-    deps=[PAPER_TRADES_KEY, BARS_KEY],
-    group_name="paper",
-    code_version=CODE_VERSION,
-    owners=[QUANT],
-    tags=layer_tags("paper"),
-    metadata=duckdb_table_metadata("paper_equity"),
-    automation_condition=after_the_close(also_ignore=dg.AssetSelection.assets(PROMOTED_KEY)),
-    partitions_def=daily_partitions,
-    pool=WRITER_POOL,
-    kinds={"duckdb"},
-    description=(
-        "Per-bar return and equity of each paper strategy and of the paper book (PAPER_BOOK), marked from the "
-        "paper_trades fills (quant.paper.paper_returns); equity compounds across sessions since promotion. Then "
-        f"the decay verdict (quant.decay): after {DECAY_MIN_SESSIONS} sessions a strategy whose cumulative paper "
-        f"return is below the {DECAY_LEVEL:.0%} bootstrap band of its own backtest daily returns is demoted "
-        "(promoted_strategies.demoted_reason) and raises one strategy_decay alert. Daily partitions only."),
-)
-def paper_equity(context: dg.AssetExecutionContext, warehouse: WarehouseResource, backtest: BacktestConfig,
-                 alerting: AlertingResource) -> dg.MaterializeResult:
-    session = context.partition_key
+def equity_result(warehouse: WarehouseResource, backtest: BacktestConfig, alerting: AlertingResource, session: str,
+                  run_id: str, window: dict) -> dg.MaterializeResult:
+    """Write the session's paper_equity rows; on a daily run (``window`` empty) the decay verdict and demotions."""
     frame, promotions = session_equity(warehouse, backtest, session)
     warehouse.replace_where("paper_equity", frame, equals={"session": session})
-    reviews = decay_reviews(warehouse, promotions, session) if frame.height else []
+    # the verdict judges whole sessions: a live window (part of a session) marks the equity only
+    reviews = decay_reviews(warehouse, promotions, session) if frame.height and not window else []
     demoted = []
     for review in reviews:
         if review["decayed"] and not review["already_demoted"]:
-            demote(warehouse, alerting, review, session, context.run.run_id)
+            demote(warehouse, alerting, review, session, run_id)
             demoted.append(review["strategy_id"])
     summary = pl.DataFrame(reviews, schema_overrides={"band_lower": pl.Float64}) if reviews else pl.DataFrame()
-    meta: dict = {"dagster/row_count": frame.height, "strategies": promotions.height, "demoted": len(demoted)}
+    meta: dict = {**window, "dagster/row_count": frame.height, "strategies": promotions.height,
+                  "demoted": len(demoted)}
     if summary.height:
         book = frame.filter(pl.col("strategy_id") == PAPER_BOOK)
         meta["book_session_return"] = float(np.prod(1 + book["return"].to_numpy()) - 1) if book.height else 0.0
@@ -559,11 +535,87 @@ def paper_equity(context: dg.AssetExecutionContext, warehouse: WarehouseResource
                                             "decayed", "reason")))
         for review in reviews[:MAX_PROMOTED]:
             meta[f"equity_{review['strategy_id']}"] = _curves_plot(warehouse, review, session)
+    elif window:
+        meta["summary"] = "live window: equity of the session so far (the verdict comes with the daily run)"
     else:
         meta["summary"] = "no promoted strategy for this session"
-    return dg.MaterializeResult(metadata=meta)
+    return dg.MaterializeResult(asset_key=PAPER_EQUITY_KEY, metadata=meta)
 
 
-PAPER_ASSETS = [promoted_strategies, paper_trades, paper_equity]
+def window_metadata(live_window: LiveWindow, session: str) -> dict:
+    """{} on a daily run; on a live window its bounds and revision (the window must lie in the session's day)."""
+    if not live_window.is_window:
+        return {}
+    try:
+        start, end = live_window.bounds()
+    except WindowConfigError as exc:
+        raise dg.Failure(str(exc)) from None
+    day = session_start(session)
+    if not (day <= start and end <= day + timedelta(days=1)):
+        raise dg.Failure(f"window [{live_window.start}, {live_window.end}) is not inside partition {session}")
+    return {"window_start": start.isoformat(), "window_end": end.isoformat(), "window_revision": live_window.revision}
 
-__all__ = ["PAPER_ASSETS", "promoted_strategies", "paper_trades", "paper_equity"]
+
+TRADES_DESCRIPTION = (
+    "Paper fills of the promoted strategies (promoted on an earlier night, not demoted) over the session's "
+    "bars_1m with the backtest engine's timing (decision at bar t's close, fill at t+1's open, forced exits at "
+    "the close, nightly fee + slippage), with the look-back quant.paper.lookback_bars needs; and the paper "
+    "book's orders (strategy_id PAPER_BOOK, equal weight of the strategies, netted per symbol) after "
+    f"the book limits ({POSITION_CAP:.0%} per position, correlation budget, gross {GROSS_CAP:.0%}, one-day 95% "
+    f"VaR {VAR_LIMIT:.0%}, {DRAWDOWN_BREAKER:.0%} drawdown breaker): limited_by names the rule, by the cut, "
+    "action accepted/limited/refused. Daily partitions and live windows (the session so far, recomputed).")
+
+EQUITY_DESCRIPTION = (
+    "Per-bar return and equity of each paper strategy and of the paper book (PAPER_BOOK), marked from the "
+    "paper_trades fills (quant.paper.paper_returns); equity compounds across sessions since promotion. Then "
+    f"the decay verdict (quant.decay): after {DECAY_MIN_SESSIONS} sessions a strategy whose cumulative paper "
+    f"return is below the {DECAY_LEVEL:.0%} bootstrap band of its own backtest daily returns is demoted "
+    "(promoted_strategies.demoted_reason) and raises one strategy_decay alert (daily runs only: a live window "
+    "marks the session so far).")
+
+PAPER_AUTOMATION = after_the_close(also_ignore=dg.AssetSelection.assets(PROMOTED_KEY))
+
+
+@dg.multi_asset(
+    name="paper_trading",
+    specs=[
+        dg.AssetSpec(
+            PAPER_TRADES_KEY, deps=[BARS_KEY, dg.AssetDep(PROMOTED_KEY, partition_mapping=PREVIOUS_NIGHT)],
+            group_name="paper", code_version=CODE_VERSION, owners=[QUANT], tags=layer_tags("paper"),
+            metadata=duckdb_table_metadata("paper_trades"), automation_condition=PAPER_AUTOMATION, kinds={"duckdb"},
+            skippable=True,
+            description=TRADES_DESCRIPTION),
+        dg.AssetSpec(
+            PAPER_EQUITY_KEY, deps=[PAPER_TRADES_KEY, BARS_KEY], group_name="paper", code_version=CODE_VERSION,
+            owners=[QUANT], tags=layer_tags("paper"), metadata=duckdb_table_metadata("paper_equity"),
+            automation_condition=PAPER_AUTOMATION, kinds={"duckdb"}, skippable=True,
+            description=EQUITY_DESCRIPTION),
+    ],
+    check_specs=check_specs(PAPER_TRADES_KEY, BOOK_CHECKS, blocking=set(), descriptions=BOOK_CHECK_DESCRIPTIONS),
+    partitions_def=daily_partitions,
+    pool=WRITER_POOL,
+    can_subset=True,  # the checks' outputs are then optional: a window without promotions yields nothing
+)
+def paper_trading(context: dg.AssetExecutionContext, warehouse: WarehouseResource, backtest: BacktestConfig,
+                  alerting: AlertingResource, live_window: LiveWindow):
+    """paper_trades then paper_equity of one session, in one step: a daily partition, or a live window of it
+    (the same functions over the session's bars stored so far, replacing the session's rows)."""
+    session = context.partition_key
+    window = window_metadata(live_window, session)
+    if window and not active_promotions(history(warehouse), session).height:
+        context.log.info(f"no promoted strategy trades in {session}: the window's paper step writes nothing")
+        return  # both outputs skipped: nothing written, nothing recorded
+    selected = context.selected_asset_keys
+    if PAPER_TRADES_KEY in selected:
+        result = trades_result(warehouse, backtest, session, window)
+        checks = context.selected_asset_check_keys
+        yield result._replace(check_results=[c for c in result.check_results or []
+                                             if dg.AssetCheckKey(PAPER_TRADES_KEY, c.check_name) in checks])
+    if PAPER_EQUITY_KEY in selected:  # alone, it marks the stored paper_trades of the session
+        yield equity_result(warehouse, backtest, alerting, session, context.run.run_id, window)
+
+
+PAPER_ASSETS = [promoted_strategies, paper_trading]
+PAPER_ASSET_KEYS = [PAPER_TRADES_KEY, PAPER_EQUITY_KEY]
+
+__all__ = ["PAPER_ASSETS", "PAPER_ASSET_KEYS", "promoted_strategies", "paper_trading"]

@@ -1,7 +1,8 @@
 """The ``microbatch`` job: the layer assets themselves, run on one closed minute window.
 
 It is an asset job over the same assets as the daily ``main`` job (ticks -> bars_1m -> features
--> physics_states -> forecasts -> market_state_embeddings -> signals, with their checks). The
+-> physics_states -> forecasts -> market_state_embeddings -> signals, and the paper book's one step
+paper_trades/paper_equity, with their checks). The
 sensor's run request sets the ``live_window`` resource to the window and the partition to the
 window's UTC day, so each asset computes, writes and checks only that window and the
 materialisations land on the day's partition. In-process executor: one process, resources set up
@@ -17,15 +18,20 @@ LIVE_ASSET_KEYS = [dg.AssetKey(k) for k in (
     ["duckdb", "ticks"], ["duckdb", "bars_1m"], ["duckdb", "features"], ["duckdb", "physics_states"],
     ["duckdb", "forecasts"], ["lancedb", "market_state_embeddings"], ["duckdb", "signals"])]
 
+# the paper book (assets/paper.py: paper_trades and paper_equity, one step): each window recomputes the
+# session so far; skipped when no strategy is promoted
+PAPER_ASSET_KEYS = [dg.AssetKey(["duckdb", "paper_trades"]), dg.AssetKey(["duckdb", "paper_equity"])]
+
 # freshness checks (assets/freshness.py, Dagster's factory name) are run by their own sensor, not per window
 FRESHNESS_CHECKS = dg.AssetSelection.checks(*(dg.AssetCheckKey(key, "freshness_check") for key in LIVE_ASSET_KEYS))
 
 microbatch_job = dg.define_asset_job(
     MICROBATCH_JOB,
-    selection=dg.AssetSelection.assets(*LIVE_ASSET_KEYS) - FRESHNESS_CHECKS,
+    selection=dg.AssetSelection.assets(*LIVE_ASSET_KEYS, *PAPER_ASSET_KEYS) - FRESHNESS_CHECKS,
     executor_def=dg.in_process_executor,
     tags={"feynman/kind": "microbatch"},
     description="One closed minute of the live stream through the same layer assets as a daily run: "
                 "ticks -> bars_1m -> features -> physics -> forecasts/embeddings on their cadence -> signals, "
-                "with every asset check; recorded on the window's daily partition.",
+                "and the paper book of the session so far (paper_trades, paper_equity; skipped when no strategy "
+                "is promoted), with every asset check; recorded on the window's daily partition.",
 )

@@ -30,7 +30,10 @@ def test_tables_read_by_assets_are_assets():
 def test_the_microbatch_job_is_the_layer_assets():
     job = defs.resolve_job_def("microbatch")
     selected = {k.to_user_string() for k in job.asset_layer.executable_asset_keys}
-    assert selected == {"duckdb/ticks", "duckdb/bars_1m", "duckdb/features", "duckdb/physics_states",
-                        "duckdb/forecasts", "lancedb/market_state_embeddings", "duckdb/signals"}
+    layers = {"duckdb/ticks", "duckdb/bars_1m", "duckdb/features", "duckdb/physics_states",
+              "duckdb/forecasts", "lancedb/market_state_embeddings", "duckdb/signals"}
+    assert selected == layers | {"duckdb/paper_trades", "duckdb/paper_equity"}
     main = defs.resolve_job_def("main")
-    assert selected <= {k.to_user_string() for k in main.asset_layer.executable_asset_keys}
+    assert layers <= {k.to_user_string() for k in main.asset_layer.executable_asset_keys}
+    # the paper book is one step (one multi-asset): one more step per window, not two
+    assert len(job.graph.nodes) == len(layers) + 1
