@@ -166,3 +166,60 @@ def test_no_edge_promotes_nothing(instance):
                                                                          run_config=CONFIG)
     assert result.success
     assert not warehouse().query("SELECT * FROM promoted_strategies WHERE run_date = ?", [days[-1]]).height
+
+
+def test_decay_mart_band_is_an_independent_bootstrap_and_shows_the_demotion(story):
+    """mart_strategy_decay built by dbt-duckdb on the story's paper data: paper figures from paper_equity by
+    hand, the band at the paper horizon equal to a bootstrap drawn here with numpy (the documented draws:
+    default_rng(seed).integers(0, T, (n_boot, horizon)) over the backtest's daily returns), and each promotion
+    flagged below its band and demoted after M = 10 sessions."""
+    import pandas as pd
+
+    from assets.backtest import load_backtest_bars
+    from assets.dbt_models import dbt_resource, dbt_warehouse_models
+    from assets.paper import DECAY_HORIZON, DECAY_LEVEL, DECAY_MIN_SESSIONS, DECAY_N_BOOT, DECAY_SEED
+    from resources.backtest_config import BacktestConfig
+
+    days, night, _, _ = story
+    wh = warehouse()
+    mart_key = dg.AssetKey(["duckdb", "mart_strategy_decay"])
+    result = dg.materialize([dbt_warehouse_models], selection=[mart_key], resources={"dbt": dbt_resource(),
+                                                                                     "warehouse": wh})
+    assert result.success
+    mart = wh.query("SELECT * FROM mart_strategy_decay WHERE run_date = ? ORDER BY strategy_id", [night])
+    promoted = wh.query("SELECT * FROM promoted_strategies WHERE run_date = ? ORDER BY strategy_id", [night])
+    assert mart["strategy_id"].to_list() == promoted["strategy_id"].to_list() and mart.height >= 1
+
+    # the backtest's daily returns of each promoted strategy, from the engine over the night's bars (pandas)
+    s = BacktestConfig(**CONFIG["resources"]["backtest"]["config"]).settings()
+    bars = load_backtest_bars(wh, date.fromisoformat(night), N_BACKTEST)
+    specs = promoted.select("strategy_id", "family", "params")
+    ts, r = strategy_returns(bars, specs, s.fill, s.fee_bps, s.slippage_bps)
+    frame = pd.DataFrame(r, columns=specs["strategy_id"].to_list())
+    frame["date"] = pd.DatetimeIndex(ts).tz_localize("UTC").tz_convert("America/New_York").date
+    backtest_daily = (1 + frame.set_index("date")).groupby(level=0).prod() - 1
+    assert len(backtest_daily) == N_BACKTEST
+
+    equity = wh.query("SELECT strategy_id, session, ts, \"return\" FROM paper_equity").to_pandas()
+    for row in mart.iter_rows(named=True):
+        sid = row["strategy_id"]
+        mine = equity[equity.strategy_id == sid].sort_values("ts")
+        sessions = (1 + mine.set_index("session")["return"]).groupby(level=0).prod() - 1
+        assert row["paper_sessions"] == len(sessions) == N_PAPER == DECAY_MIN_SESSIONS
+        assert row["paper_return"] == pytest.approx(np.prod(1 + sessions.to_numpy()) - 1, rel=1e-9)
+        # an independent bootstrap of the backtest daily returns at the paper horizon
+        daily = backtest_daily[sid].to_numpy()
+        idx = np.random.default_rng(DECAY_SEED).integers(0, daily.size, size=(DECAY_N_BOOT, DECAY_HORIZON))
+        paths = daily[idx][:, :N_PAPER]
+        cum = np.prod(1 + paths, axis=1) - 1
+        with np.errstate(divide="ignore", invalid="ignore"):  # constant paths have no Sharpe (NaN, left out)
+            sharpe = paths.mean(axis=1) / paths.std(axis=1, ddof=1)
+        assert row["band_horizon"] == N_PAPER and row["band_level"] == DECAY_LEVEL
+        assert row["band_return_lower"] == pytest.approx(np.quantile(cum, DECAY_LEVEL), rel=1e-9, abs=1e-12)
+        assert row["band_return_median"] == pytest.approx(np.quantile(cum, 0.5), rel=1e-9, abs=1e-12)
+        assert row["band_sharpe_lower_per_session"] == pytest.approx(
+            np.nanquantile(sharpe, DECAY_LEVEL), rel=1e-6)
+        # the demotion row: below the band after M sessions, demoted on the M-th paper session
+        assert row["paper_return"] < row["band_return_lower"] and row["below_band_flag"]
+        assert row["demoted_session"] == days[N_BACKTEST + DECAY_MIN_SESSIONS - 1]
+        assert "below the 5% band" in row["demoted_reason"]
