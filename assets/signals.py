@@ -30,7 +30,7 @@ from resources.warehouse import WRITER_POOL, WarehouseResource
 
 SIGNALS_KEY = dg.AssetKey(["duckdb", "signals"])
 # code version: bump by hand when what this asset computes changes (docs/metadata.md)
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: similar states by exact search (the IVF index broke ties at random)
 GROSS_CAP = 1.0
 MAX_DRAWDOWN = 0.15
 
@@ -39,9 +39,10 @@ def similar_outcomes(states: pl.DataFrame, vector_store: Any, embedder: Any,
                      closes_in: Callable[[pl.DataFrame], pl.DataFrame]) -> pl.DataFrame:
     """Per state (symbol, ts): mean realised return, ups and count of its k nearest *past* states.
 
-    States that share a ts (every symbol at one issue bar) are looked up in one batched LanceDB
-    query and scored in one ``quant.retrieval.attach_outcomes`` call, which keeps outcomes not
-    yet realised at that ts out. The closes of every match are read once for all issue times,
+    Every state's k nearest states strictly before its ts come from one exact search over the
+    store (``nearest_past_states``); states that share a ts (every symbol at one issue bar) are
+    scored in one ``quant.retrieval.attach_outcomes`` call, which keeps outcomes not yet realised
+    at that ts out. The closes of every match are read once for all issue times,
     through ``closes_in(intervals)`` (intervals: symbol, lo = the match's ts, hi = lo + horizon;
     returns symbol, ts, close of the bars inside them)."""
     from quant.retrieval import attach_outcomes
@@ -61,21 +62,20 @@ def similar_outcomes(states: pl.DataFrame, vector_store: Any, embedder: Any,
     if stored:
         model.remember(stored)
     vectors = model.embed(texts)
+    # every issue state's k nearest past states, exact, in one read of the store (each ts is its own cut-off)
+    found = vector_store.nearest_past_states(vectors, valid["ts"].to_list(), k=embedder.k_similar)
     lookups = []
     for (ts,), group in valid.partition_by("ts", as_dict=True, maintain_order=True).items():
-        rows = group["_state"].to_numpy()
-        lookups.append((ts, group, rows, vector_store.similar_states_many(vectors[rows], before=ts,
-                                                                           k=embedder.k_similar)))
+        lookups.append((ts, group, found.filter(pl.col("query_index").is_in(group["_state"].cast(pl.Int64)))))
     matched = [m.select("symbol", pl.col("ts").alias("lo")) for *_, m in lookups if m.height]
     closes = closes_in(pl.concat(matched).unique().with_columns(hi=pl.col("lo") + timedelta(minutes=horizon))) \
         if matched else pl.DataFrame()
     parts = []
-    for ts, group, rows, matches in lookups:
+    for ts, group, matches in lookups:
         scored = pl.DataFrame(schema={"_state": pl.UInt32, column: pl.Float64})
         if matches.height and closes.height:
             known = attach_outcomes(matches, closes, horizon, ts).filter(pl.col("outcome_status") == "ok")
-            scored = known.select(pl.Series("_state", rows[known["query_index"].to_numpy()], dtype=pl.UInt32),
-                                  known[column])
+            scored = known.select(pl.col("query_index").cast(pl.UInt32).alias("_state"), column)
         parts.append(group.select("_state", "symbol", "ts").join(
             scored.group_by("_state").agg(pl.col(column).mean().alias("mean_return"),
                                           (pl.col(column) > 0).sum().cast(pl.Int64).alias("n_up"),

@@ -14,6 +14,12 @@ symbol) *before* the ANN search, so k past states come back even when the neares
 are all in the future of the query; ``minimum_nprobes`` is a floor and LanceDB probes further
 partitions when the filter leaves fewer than k candidates.
 
+The signals' lookups (:meth:`nearest_past_states`: every issue state of a day, each with its own
+cut-off) are answered exactly from one read of the rows instead: distances once per distinct
+vector (states share texts), ties broken by storage order as LanceDB's flat search breaks them.
+An IVF index would make them depend on its unseeded k-means training (two indexes of the same
+rows pick different rows among equally near states) and cost one query per cut-off.
+
 Index (:meth:`ensure_index`), chosen by measurement (``orchestration.benchmarks.vectors``;
 k = 5 with a ``ts < before`` prefilter, recall@5 against exact numpy search over the same
 filtered rows, 150-200 queries, shared 2-core CPU with a load average of 3-7 from other jobs,
@@ -484,6 +490,55 @@ class VectorStoreResource(dg.ConfigurableResource):
             .sort("query_index", "distance", "ts")
             .select(list(schema))
         )
+
+    def nearest_past_states(self, vectors: np.ndarray, befores: list[datetime], k: int = 5) -> pl.DataFrame:
+        """Exact nearest past states for many queries, each with its own ``before`` (e.g. every issue
+        state of a day), from one read of the store: what LanceDB's exact (flat) search answers per
+        query, ties between equal distances broken by storage order as it does, without an ANN
+        index's randomness (IVF training is not seeded, so two indexes of the same rows break ties
+        differently) and without one LanceDB query per cut-off.
+
+        vectors: (n, 384) finite floats; befores: n tz-aware datetimes. Reads symbol, ts, state_key
+        and vector of the rows before the latest cut-off; rows with bit-identical vectors (one
+        state text) share one distance (:func:`quant.retrieval.nearest_past`). Returns
+        query_index, state_key, symbol, ts, distance: per query the k nearest rows with
+        ts < its before, nearest first (equal distances by ts, as :meth:`similar_states_many`), fewer
+        only if fewer past states exist.
+        """
+        from quant.retrieval import nearest_past
+
+        if k <= 0:
+            raise VectorStoreError(f"k must be positive, got {k}")
+        queries = np.asarray(vectors, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != VECTOR_DIM or not np.isfinite(queries).all():
+            raise VectorStoreError(f"query vectors must be (n, {VECTOR_DIM}) finite floats, got {queries.shape}")
+        if len(befores) != len(queries):
+            raise VectorStoreError(f"{len(queries)} query vectors need {len(queries)} befores, got {len(befores)}")
+        cuts = [_utc(b, "before") for b in befores]
+        schema = {"query_index": pl.Int64, "state_key": pl.Utf8, "symbol": pl.Utf8, "ts": TS_DTYPE,
+                  "distance": pl.Float32}
+        table = self._table()
+        if table is None or not len(queries):
+            return pl.DataFrame(schema=schema)
+        cols = ["state_key", "symbol", "ts", "vector"]
+        rows = pl.from_arrow(table.search().where(f"ts < {_ts_literal(max(cuts))}").select(cols).with_row_id(True)
+                             .limit(table.count_rows() + 1).to_arrow().select([*cols, "_rowid"]))
+        rows = rows.sort("_rowid").with_columns(pl.col("ts").cast(TS_DTYPE))  # storage order: the tie-break
+        if not rows.height:
+            return pl.DataFrame(schema=schema)
+        stored = rows["vector"].cast(pl.Array(pl.Float32, VECTOR_DIM)).to_numpy()
+        # one entry per distinct vector (states share texts, hence vectors), checked bit for bit
+        _, first, row_vector = np.unique(rows["vector"].hash().to_numpy(), return_index=True, return_inverse=True)
+        distinct = stored[first]
+        if not np.array_equal(stored, distinct[row_vector]):  # a hash collision: every row its own entry
+            distinct, row_vector = stored, np.arange(rows.height)
+        row_ts = rows["ts"].dt.epoch("us").to_numpy()
+        epoch = datetime(1970, 1, 1, tzinfo=UTC)
+        before_us = np.array([(c - epoch) // timedelta(microseconds=1) for c in cuts], dtype=np.int64)
+        qi, ri, di = nearest_past(queries, before_us, row_ts, row_vector, distinct, k)
+        return rows.drop("vector", "_rowid")[ri].select(
+            pl.Series("query_index", qi, dtype=pl.Int64), "state_key", "symbol", "ts",
+            pl.Series("distance", di, dtype=pl.Float32)).sort("query_index", "distance", "ts")
 
     def _query_vector(self, query: Any, embedder: Any) -> np.ndarray:
         if isinstance(query, Mapping):

@@ -290,6 +290,31 @@ def test_batched_lookups_equal_one_query_each(tmp_path):
         store.similar_states_many(queries[:, :10], before=before)
 
 
+def test_nearest_past_states_equal_lancedb_exact_search_per_query(tmp_path):
+    """One read, many cut-offs: the same rows as LanceDB's flat search for each query, ties included
+    (rows share vectors as states share texts; LanceDB breaks them by storage order), none at or after
+    the query's own before."""
+    store = VectorStoreResource(uri=str(tmp_path))
+    rng = np.random.default_rng(5)
+    distinct = _unit(rng, 25)
+    late = distinct[rng.integers(0, 25, 300)]
+    early = distinct[rng.integers(0, 25, 300)]
+    store.upsert_states(_rows(late, start=300, text="late"))  # stored first, stamped later
+    store.upsert_states(_rows(early, start=0, text="early"))
+    queries = np.vstack([distinct[rng.integers(0, 25, 12)], _unit(rng, 8)])
+    befores = [T0 + timedelta(minutes=int(m)) for m in rng.choice([0, 3, 150, 299, 300, 450, 700], len(queries))]
+    got = store.nearest_past_states(queries, befores, k=5)
+    assert (got["ts"] < pl.Series([befores[i] for i in got["query_index"]], dtype=TS)).all()
+    for i, (q, before) in enumerate(zip(queries, befores)):
+        mine = got.filter(pl.col("query_index") == i)
+        ref = store.similar_states(q, before=before, k=5)
+        assert set(mine["state_key"]) == set(ref["state_key"]), i
+        np.testing.assert_allclose(mine["distance"].to_numpy(), ref["distance"].to_numpy(), atol=1e-5)
+    assert store.nearest_past_states(queries[:0], [], k=5).height == 0
+    with pytest.raises(VectorStoreError, match="befores"):
+        store.nearest_past_states(queries, befores[:-1])
+
+
 def test_similar_outcomes_equal_the_per_state_reference(tmp_path):
     from assets.signals import similar_outcomes
     from orchestration.benchmarks.vectors import synthetic_states

@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from quant.retrieval import OutcomeInputError, attach_outcomes
+from quant.retrieval import OutcomeInputError, attach_outcomes, nearest_past
 
 T0 = datetime(2024, 3, 4, 14, 30, tzinfo=UTC)
 TS = pl.Datetime("us", "UTC")
@@ -82,3 +82,45 @@ def test_bad_arguments():
         attach_outcomes(frame, _closes().drop("close"), 15, T0)
     with pytest.raises(OutcomeInputError, match="positive"):
         attach_outcomes(frame, _closes(), 0, T0)
+
+
+def _nearest_reference(queries, before, row_ts, row_vector, vectors, k):
+    """Per query: every past row's cosine distance (one per distinct vector: rows that share it tie),
+    stable-sorted (storage order breaks ties), first k."""
+    out = []
+    for i, q in enumerate(queries):
+        past = np.flatnonzero(row_ts < before[i])
+        per_vector = np.array([1 - v @ q / (np.linalg.norm(v) * np.linalg.norm(q)) for v in vectors])
+        dist = per_vector[row_vector[past]]
+        best = np.argsort(dist, kind="stable")[:k]
+        out += [(i, int(past[j]), float(dist[j])) for j in best]
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_nearest_past_equals_a_stable_sort_of_every_past_row(seed):
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((40, 8))  # few distinct vectors: rows tie in groups, as repeated state texts do
+    n_rows = 600
+    row_vector = rng.integers(0, 40, n_rows)
+    row_ts = rng.integers(0, 1_000, n_rows)  # storage order is not time order
+    queries = np.vstack([vectors[rng.integers(0, 40, 30)], rng.standard_normal((30, 8))])
+    before = rng.choice([0, 5, 300, 301, 999, 2_000], len(queries))  # shared and own cut-offs, one before every row
+    for k in (1, 5, 50):
+        qi, ri, di = nearest_past(queries, before, row_ts, row_vector, vectors, k)
+        ref = _nearest_reference(queries, before, row_ts, row_vector, vectors, k)
+        assert list(zip(qi.tolist(), ri.tolist())) == [(q, r) for q, r, _ in ref]
+        np.testing.assert_allclose(di, [d for *_, d in ref], atol=1e-12)
+        assert (row_ts[ri] < before[qi]).all()  # never a row at or after the query's cut-off
+
+
+def test_nearest_past_edge_cases():
+    vectors = np.eye(3)
+    qi, ri, _ = nearest_past(vectors[:1], np.array([10]), np.array([5, 5, 20]), np.array([0, 0, 0]), vectors, 5)
+    assert qi.tolist() == [0, 0] and ri.tolist() == [0, 1]  # only two past rows: fewer than k
+    assert all(len(a) == 0 for a in nearest_past(vectors[:1], np.array([5]), np.array([5]), np.array([0]), vectors, 5))
+    assert all(len(a) == 0 for a in nearest_past(np.zeros((0, 3)), np.zeros(0), np.array([1]), np.array([0]), vectors, 5))
+    with pytest.raises(ValueError, match="k must be positive"):
+        nearest_past(vectors, np.zeros(3), np.zeros(1), np.zeros(1), vectors, 0)
+    with pytest.raises(ValueError, match="shapes"):
+        nearest_past(vectors, np.zeros(3), np.zeros(1), np.array([3]), vectors, 1)
