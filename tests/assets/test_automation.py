@@ -115,3 +115,24 @@ def test_a_holiday_requests_nothing_not_even_the_next_session(tmp_path):
         after = dg.evaluate_automation_conditions(defs, instance, evaluation_time=friday, cursor=holiday.cursor)
         requested = {key: p for key, p in _requested(after).items() if key in _layer_keys()}
         assert set(requested) == _layer_keys() and all(p == {"2026-11-27"} for p in requested.values())
+
+
+def test_live_windows_of_the_day_do_not_replace_the_after_close_paper_run(tmp_path):
+    """Windows materialise the day's layers and paper book during the session (provisional rows, no decay
+    verdict); the close tick still requests the paper book with the day's layers (it reads bars_1m, so it runs
+    after them)."""
+    paper = {dg.AssetKey(["duckdb", "paper_trades"]), dg.AssetKey(["duckdb", "paper_equity"])}
+    graph = defs.resolve_asset_graph()
+    assert all(dg.AssetKey(["duckdb", "bars_1m"]) in graph.get(key).parent_keys for key in paper)
+    assert {node.name for node in defs.resolve_job_def("microbatch").graph.nodes} >= {"paper_trading"}
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        first = dg.evaluate_automation_conditions(defs, instance, evaluation_time=BEFORE_TICK)
+        for key in _layer_keys():  # what the day's windows recorded before the tick
+            instance.report_runless_asset_event(dg.AssetMaterialization(
+                asset_key=key, partition=DAY, metadata={"window_start": "2026-12-03T20:59:00+00:00"}))
+        during = dg.evaluate_automation_conditions(defs, instance, evaluation_time=BEFORE_TICK, cursor=first.cursor)
+        assert not paper & set(_requested(during)), "windows never trigger the after-close run"
+        after = dg.evaluate_automation_conditions(defs, instance, evaluation_time=AFTER_TICK, cursor=during.cursor)
+        requested = _requested(after)
+        assert paper <= set(requested) and all(requested[key] == {DAY} for key in paper)
+        assert set(requested) == _layer_keys(), "the paper book with the day's layers, in the after-close run"
