@@ -79,11 +79,35 @@ def _naive_quantiles(
         windows = np.lib.stride_tricks.sliding_window_view(returns, window)[issue_pos[rows]]
         counts = np.count_nonzero(~np.isnan(windows), axis=1)
         full, partial = counts == window, (counts >= min_returns) & (counts < window)
-        for chosen, quantile in ((full, np.quantile), (partial, np.nanquantile)):  # nanquantile is ~5x slower
+        for chosen, quantile in ((full, np.quantile), (partial, _nanquantile_rows)):
             if chosen.any():
                 q = quantile(windows[chosen], [QUANTILES[0], QUANTILES[2]], axis=1)
                 low[rows[chosen]], high[rows[chosen]] = q[0], q[1]
     return low, high
+
+
+def _nanquantile_rows(windows: np.ndarray, quantiles: list[float], axis: int = 1) -> np.ndarray:
+    """``np.nanquantile(windows, quantiles, axis=1)`` (linear method) to the bit, for 2-D ``windows`` whose
+    rows each hold at least one number, without numpy's Python loop over rows (apply_along_axis: ~0.2 ms
+    a row). Rows sorted (NaN last), then numpy's own arithmetic on each row's n numbers: virtual index
+    (n - 1) q, floor and floor + 1 (the last number from n - 1 on), and its lerp a + (b - a) t, or
+    b - (b - a)(1 - t) where t >= 0.5."""
+    assert axis == 1 and windows.ndim == 2
+    ordered = np.sort(windows, axis=1)
+    n = np.count_nonzero(~np.isnan(windows), axis=1)
+    rows = np.arange(len(windows))
+    out = np.empty((len(quantiles), len(windows)))
+    for i, q in enumerate(np.asarray(quantiles, dtype=np.float64)):
+        virtual = (n - 1) * q
+        previous = np.floor(virtual)
+        last = virtual >= n - 1
+        lo = np.where(last, n - 1, previous).astype(np.intp)
+        hi = np.where(last, n - 1, previous + 1).astype(np.intp)
+        t = virtual - np.where(last, -1.0, previous)  # numpy's gamma: its previous index is -1 there
+        a, b = ordered[rows, lo], ordered[rows, hi]
+        diff = b - a
+        out[i] = np.where(t >= 0.5, b - diff * (1 - t), a + diff * t)
+    return out
 
 
 def score_forecasts(
