@@ -114,7 +114,7 @@ def market_state_embeddings(context: dg.AssetExecutionContext, market_data: Mark
 def embedding_checks(vector_store: VectorStoreResource, embedder: EmbedderResource, expected: pl.DataFrame,
                      scope: Scope, probe_times: int = 3) -> list[RuleOutcome]:
     """The stored vectors of ``scope``: exactly one per expected (symbol, ts), 384 finite floats of unit
-    norm, and nearest-neighbour lookups at up to ``probe_times`` issue times that return only past states."""
+    norm, and the signals' nearest-neighbour lookups at up to ``probe_times`` issue times return only past states."""
     import numpy as np
 
     stored = vector_store.read_range(scope.start, scope.end, scope.symbols)
@@ -133,11 +133,12 @@ def embedding_checks(vector_store: VectorStoreResource, embedder: EmbedderResour
     shape_ok = vectors.ndim == 2 and (not len(vectors) or vectors.shape[1] == 384)
     dim = RuleOutcome("vectors_384_unit_norm", ERROR, bad_vec + (0 if shape_ok else len(vectors)),
                       "stored vectors have 384 finite floats and unit norm (|norm - 1| <= 1e-3)")
-    future = []
-    for ts in mine["ts"].unique().sort().to_list()[-probe_times:]:
-        at = mine.filter(pl.col("ts") == ts)
-        found = vector_store.similar_states_many(at["vector"].to_numpy(), before=ts, k=embedder.k_similar)
-        future += [{"query_ts": ts.isoformat(), "neighbour_ts": t.isoformat()} for t in found["ts"] if t >= ts]
+    # the lookup the signals make (nearest_past_states), for the states at the last probe_times times
+    probes = mine.filter(pl.col("ts").is_in(mine["ts"].unique().sort().tail(probe_times).implode()))
+    found = vector_store.nearest_past_states(probes["vector"].to_numpy(), probes["ts"].to_list(),
+                                             k=embedder.k_similar) if probes.height else pl.DataFrame()
+    future = [{"query_ts": q.isoformat(), "neighbour_ts": t.isoformat()}
+              for q, t in zip(probes["ts"].gather(found["query_index"]), found["ts"]) if t >= q] if found.height else []
     no_future = RuleOutcome("no_future_neighbours", ERROR, len(future),
                             "similar-state lookups at a state's time return only states strictly before it",
                             future[:5])

@@ -66,7 +66,7 @@ def similar_outcomes(states: pl.DataFrame, vector_store: Any, embedder: Any,
     found = vector_store.nearest_past_states(vectors, valid["ts"].to_list(), k=embedder.k_similar)
     lookups = []
     for (ts,), group in valid.partition_by("ts", as_dict=True, maintain_order=True).items():
-        lookups.append((ts, group, found.filter(pl.col("query_index").is_in(group["_state"].cast(pl.Int64)))))
+        lookups.append((ts, group, found.filter(pl.col("query_index").is_in(group["_state"].cast(pl.Int64).implode()))))
     matched = [m.select("symbol", pl.col("ts").alias("lo")) for *_, m in lookups if m.height]
     closes = closes_in(pl.concat(matched).unique().with_columns(hi=pl.col("lo") + timedelta(minutes=horizon))) \
         if matched else pl.DataFrame()

@@ -75,3 +75,34 @@ def test_embeddings_and_signals(warehouse, embedded_redis, tiny_chronos, data_di
     assert set(messages[0]) == {"symbol", "ts", "side", "size", "strength", "confidence", "regime", "alpha", "reason"}
     latest = json.loads(embedded_redis.client().get("signals:last:AAA"))
     assert latest["ts"] == sigs.filter(pl.col("symbol") == "AAA")["ts"].max().isoformat()
+
+
+def test_no_future_neighbours_asks_the_signals_lookup_and_fails_on_a_later_state():
+    from datetime import UTC, datetime, timedelta
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from assets.embeddings import embedding_checks
+
+    t0 = datetime(2024, 3, 4, 14, 30, tzinfo=UTC)
+    times = [t0 + timedelta(minutes=15 * i) for i in range(4)]
+    stored = pl.DataFrame({"symbol": ["AAA"] * 4, "ts": pl.Series(times, dtype=pl.Datetime("us", "UTC")),
+                           "vector": pl.Series(np.eye(4, 384, dtype=np.float32), dtype=pl.Array(pl.Float32, 384))})
+
+    class Store:
+        asked: list = []
+
+        def read_range(self, start, end, symbols):
+            return stored
+
+        def nearest_past_states(self, vectors, befores, k):
+            self.asked.append(list(befores))
+            # every probe's neighbour is the last state: later than two probes, at the third's own ts
+            return pl.DataFrame({"query_index": list(range(len(befores))), "ts": [times[-1]] * len(befores)},
+                                schema={"query_index": pl.Int64, "ts": pl.Datetime("us", "UTC")})
+
+    scope = SimpleNamespace(start=t0, end=t0 + timedelta(hours=1), symbols=["AAA"])
+    outcomes = {o.name: o for o in embedding_checks(Store(), EmbedderResource(), stored.select("symbol", "ts"), scope)}
+    assert Store.asked == [times[1:]]  # one lookup: the states at the last 3 times, each before its own time
+    assert outcomes["no_future_neighbours"].n_flagged == 3
