@@ -40,9 +40,9 @@ def similar_outcomes(states: pl.DataFrame, vector_store: Any, embedder: Any,
     """Per state (symbol, ts): mean realised return, ups and count of its k nearest *past* states.
 
     Every state's k nearest states strictly before its ts come from one exact search over the
-    store (``nearest_past_states``); states that share a ts (every symbol at one issue bar) are
-    scored in one ``quant.retrieval.attach_outcomes`` call, which keeps outcomes not yet realised
-    at that ts out. The closes of every match are read once for all issue times,
+    store (``nearest_past_states``) and are scored in one ``quant.retrieval.attach_outcomes`` call;
+    a match counts only when its outcome was realised by its own query's ts. The closes of every
+    match are read once for all issue times,
     through ``closes_in(intervals)`` (intervals: symbol, lo = the match's ts, hi = lo + horizon;
     returns symbol, ts, close of the bars inside them)."""
     from quant.retrieval import attach_outcomes
@@ -64,24 +64,23 @@ def similar_outcomes(states: pl.DataFrame, vector_store: Any, embedder: Any,
     vectors = model.embed(texts)
     # every issue state's k nearest past states, exact, in one read of the store (each ts is its own cut-off)
     found = vector_store.nearest_past_states(vectors, valid["ts"].to_list(), k=embedder.k_similar)
-    lookups = []
-    for (ts,), group in valid.partition_by("ts", as_dict=True, maintain_order=True).items():
-        lookups.append((ts, group, found.filter(pl.col("query_index").is_in(group["_state"].cast(pl.Int64).implode()))))
-    matched = [m.select("symbol", pl.col("ts").alias("lo")) for *_, m in lookups if m.height]
-    closes = closes_in(pl.concat(matched).unique().with_columns(hi=pl.col("lo") + timedelta(minutes=horizon))) \
-        if matched else pl.DataFrame()
-    parts = []
-    for ts, group, matches in lookups:
-        scored = pl.DataFrame(schema={"_state": pl.UInt32, column: pl.Float64})
-        if matches.height and closes.height:
-            known = attach_outcomes(matches, closes, horizon, ts).filter(pl.col("outcome_status") == "ok")
-            scored = known.select(pl.col("query_index").cast(pl.UInt32).alias("_state"), column)
-        parts.append(group.select("_state", "symbol", "ts").join(
-            scored.group_by("_state").agg(pl.col(column).mean().alias("mean_return"),
-                                          (pl.col(column) > 0).sum().cast(pl.Int64).alias("n_up"),
-                                          pl.len().cast(pl.Int64).alias("n")),
-            on="_state", how="left"))
-    out = pl.concat(parts).sort("_state").with_columns(pl.col("n_up").fill_null(0), pl.col("n").fill_null(0))
+    closes = closes_in(found.select("symbol", pl.col("ts").alias("lo")).unique()
+                       .with_columns(hi=pl.col("lo") + timedelta(minutes=horizon))) if found.height else pl.DataFrame()
+    scored = pl.DataFrame(schema={"_state": pl.UInt32, column: pl.Float64})
+    if found.height and closes.height:
+        # one pass as of the last issue time; a match counts only where its outcome was known at its own
+        # query's ts (ts + horizon <= that ts): those rows read no bar after it, so they equal a pass as of it
+        asked_at = valid.select(pl.col("_state").cast(pl.Int64).alias("query_index"), pl.col("ts").alias("_asked_at"))
+        matches = found.join(asked_at, on="query_index", how="left", maintain_order="left")
+        known = attach_outcomes(matches, closes, horizon, valid["ts"].max()).filter(
+            (pl.col("outcome_status") == "ok") & (pl.col("ts") + timedelta(minutes=horizon) <= pl.col("_asked_at")))
+        scored = known.select(pl.col("query_index").cast(pl.UInt32).alias("_state"), column)
+    out = valid.select("_state", "symbol", "ts").join(
+        scored.group_by("_state").agg(pl.col(column).mean().alias("mean_return"),
+                                      (pl.col(column) > 0).sum().cast(pl.Int64).alias("n_up"),
+                                      pl.len().cast(pl.Int64).alias("n")),
+        on="_state", how="left", maintain_order="left")
+    out = out.sort("_state").with_columns(pl.col("n_up").fill_null(0), pl.col("n").fill_null(0))
     return out.select("symbol", pl.col("ts").cast(pl.Datetime("us", "UTC")), "mean_return", "n_up", "n").cast(schema)
 
 
