@@ -47,9 +47,9 @@ def stacked_histories(bars: pl.DataFrame, issues: pl.DataFrame, context_length: 
         lengths = ends - starts
         idx = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends)]) if len(ends) else np.array([], int)
         series_ids = np.repeat(np.arange(len(ends)), lengths)
-        picked = sym_bars[idx.tolist()] if idx.size else sym_bars.clear()
+        picked = sym_bars[idx] if idx.size else sym_bars.clear()
         parts.append(picked.with_columns(
-            (pl.lit(f"{symbol}{SERIES_SEPARATOR}") + pl.Series(series_ids.astype(str))).alias("series")
+            (pl.lit(f"{symbol}{SERIES_SEPARATOR}") + pl.Series(series_ids).cast(pl.Utf8)).alias("series")
             if idx.size else pl.lit(None, dtype=pl.Utf8).alias("series")))
     if not parts:
         return pl.DataFrame(schema={"symbol": pl.Utf8, "ts": bars.schema.get("ts", pl.Datetime("us", "UTC")),
