@@ -107,6 +107,7 @@ VECTOR_DIM = 384
 INDEX_MIN_ROWS = 5_000
 ROWS_PER_PARTITION = 400
 MIN_NPROBES = 12
+FLAT_QUERY_CUTOFFS = 2  # nearest_past_states: up to this many cut-offs, one flat LanceDB search each
 ENV_URI = "FEYNMAN_LANCEDB"
 
 SCHEMA = pa.schema(
@@ -503,7 +504,9 @@ class VectorStoreResource(dg.ConfigurableResource):
         state text) share one distance (:func:`quant.retrieval.nearest_past`). Returns
         query_index, state_key, symbol, ts, distance: per query the k nearest rows with
         ts < its before, nearest first (equal distances by ts, as :meth:`similar_states_many`), fewer
-        only if fewer past states exist.
+        only if fewer past states exist. With at most ``FLAT_QUERY_CUTOFFS`` distinct cut-offs (a live
+        window) it asks LanceDB's flat search instead, index bypassed: the same rows, without reading
+        the whole store.
         """
         from quant.retrieval import nearest_past
 
@@ -520,6 +523,8 @@ class VectorStoreResource(dg.ConfigurableResource):
         table = self._table()
         if table is None or not len(queries):
             return pl.DataFrame(schema=schema)
+        if len(set(cuts)) <= FLAT_QUERY_CUTOFFS:  # a live window's one issue time: LanceDB's own flat search
+            return self._flat_nearest(table, queries, cuts, k, schema)
         cols = ["state_key", "symbol", "ts", "vector"]
         rows = pl.from_arrow(table.search().where(f"ts < {_ts_literal(max(cuts))}").select(cols).with_row_id(True)
                              .limit(table.count_rows() + 1).to_arrow().select([*cols, "_rowid"]))
@@ -539,6 +544,26 @@ class VectorStoreResource(dg.ConfigurableResource):
         return rows.drop("vector", "_rowid")[ri].select(
             pl.Series("query_index", qi, dtype=pl.Int64), "state_key", "symbol", "ts",
             pl.Series("distance", di, dtype=pl.Float32)).sort("query_index", "distance", "ts")
+
+    def _flat_nearest(self, table: Any, queries: np.ndarray, cuts: list[datetime], k: int,
+                      schema: dict) -> pl.DataFrame:
+        """:meth:`nearest_past_states` by one exact LanceDB search per distinct cut-off (the vector index
+        bypassed): cheaper than reading the store when there are only one or two cut-offs."""
+        parts = []
+        for cut in sorted(set(cuts)):
+            which = [i for i, c in enumerate(cuts) if c == cut]
+            found = pl.from_arrow(
+                table.search([queries[i] for i in which] if len(which) > 1 else queries[which[0]],
+                             vector_column_name="vector")
+                .distance_type("cosine").where(f"ts < {_ts_literal(cut)}", prefilter=True).bypass_vector_index()
+                .limit(k).select(_RESULT_COLUMNS).to_arrow())
+            if not found.height:
+                continue
+            local = found["query_index"] if "query_index" in found.columns else pl.Series([0] * found.height)
+            parts.append(found.select(pl.Series("query_index", np.asarray(which)[local.to_numpy()], dtype=pl.Int64),
+                                      "state_key", "symbol", pl.col("ts").cast(TS_DTYPE),
+                                      pl.col("_distance").cast(pl.Float32).alias("distance")))
+        return pl.concat(parts).sort("query_index", "distance", "ts") if parts else pl.DataFrame(schema=schema)
 
     def _query_vector(self, query: Any, embedder: Any) -> np.ndarray:
         if isinstance(query, Mapping):

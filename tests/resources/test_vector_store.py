@@ -290,7 +290,7 @@ def test_batched_lookups_equal_one_query_each(tmp_path):
         store.similar_states_many(queries[:, :10], before=before)
 
 
-def test_nearest_past_states_equal_lancedb_exact_search_per_query(tmp_path):
+def test_nearest_past_states_equal_lancedb_exact_search_per_query(tmp_path, monkeypatch):
     """One read, many cut-offs: the same rows as LanceDB's flat search for each query, ties included
     (rows share vectors as states share texts; LanceDB breaks them by storage order), none at or after
     the query's own before."""
@@ -303,13 +303,27 @@ def test_nearest_past_states_equal_lancedb_exact_search_per_query(tmp_path):
     store.upsert_states(_rows(early, start=0, text="early"))
     queries = np.vstack([distinct[rng.integers(0, 25, 12)], _unit(rng, 8)])
     befores = [T0 + timedelta(minutes=int(m)) for m in rng.choice([0, 3, 150, 299, 300, 450, 700], len(queries))]
-    got = store.nearest_past_states(queries, befores, k=5)
+    got = store.nearest_past_states(queries, befores, k=5)  # 7 cut-offs: one read of the store
     assert (got["ts"] < pl.Series([befores[i] for i in got["query_index"]], dtype=TS)).all()
     for i, (q, before) in enumerate(zip(queries, befores)):
         mine = got.filter(pl.col("query_index") == i)
         ref = store.similar_states(q, before=before, k=5)
         assert set(mine["state_key"]) == set(ref["state_key"]), i
         np.testing.assert_allclose(mine["distance"].to_numpy(), ref["distance"].to_numpy(), atol=1e-5)
+    # with an IVF index: the read ignores it, one or two cut-offs ask LanceDB's flat search (index bypassed)
+    assert store.ensure_index(min_rows=100)["action"] == "trained"
+    assert store.nearest_past_states(queries, befores, k=5).equals(got)
+    for i, (q, before) in enumerate(zip(queries, befores)):
+        flat = store.nearest_past_states(np.vstack([q, q]), [before, before + timedelta(minutes=1)], k=5)
+        assert set(flat.filter(pl.col("query_index") == 0)["state_key"]) == \
+            set(got.filter(pl.col("query_index") == i)["state_key"]), i
+        assert (flat["ts"] < before + timedelta(minutes=1)).all() and \
+            (flat.filter(pl.col("query_index") == 0)["ts"] < before).all()
+    one_cut = [befores[0]] * len(queries)  # every query at one time: one flat search for all of them
+    flat = store.nearest_past_states(queries, one_cut, k=5)
+    monkeypatch.setattr("resources.vector_store.FLAT_QUERY_CUTOFFS", 0)  # the same through the read
+    read = store.nearest_past_states(queries, one_cut, k=5)
+    assert flat.select("query_index", "state_key").sort(pl.all()).equals(read.select("query_index", "state_key").sort(pl.all()))
     assert store.nearest_past_states(queries[:0], [], k=5).height == 0
     with pytest.raises(VectorStoreError, match="befores"):
         store.nearest_past_states(queries, befores[:-1])
