@@ -4,7 +4,8 @@ Empty (the default, as in the ``main`` job and the Launchpad) means the whole da
 A micro-batch run sets ``start``/``end`` to one closed minute window [start, end) inside its
 partition's day, so the same asset functions compute, write and check only that window. While a
 window run holds this resource it also holds the live lock: window runs never interleave their
-read-compute-write sequences (the physics of minute t reads the features of minute t-1).
+read-compute-write sequences (the physics of minute t reads the features of minute t-1), and
+its warehouse operations share one DuckDB connection (opened once, closed at the run's end).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pydantic import Field, PrivateAttr
 
 from resources.file_lock import acquire
 from resources.paths import data_dir
+from resources.warehouse import hold_connections, release_held_connections
 
 
 class WindowConfigError(ValueError):
@@ -65,8 +67,10 @@ class LiveWindow(dg.ConfigurableResource):
 
             prepare()  # once per run process, like a model load: the window's steps then only validate
             self._fd = acquire(_lock_path(), timeout_s=self.lock_timeout_s, what="the micro-batch run lock")
+            hold_connections()  # the window's warehouse operations share one connection, opened after this lock
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         if self._fd is not None:
+            release_held_connections()
             os.close(self._fd)  # closing releases the flock
             self._fd = None

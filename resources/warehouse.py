@@ -14,8 +14,10 @@ caller-supplied text is ever formatted into SQL.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import re
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -28,7 +30,7 @@ import polars as pl
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from resources.file_lock import LockTimeout, file_lock
+from resources.file_lock import LockTimeout, acquire, file_lock
 from resources.paths import duckdb_path
 from resources.warehouse_schema import CORE_DDL, KNOWN_TABLES
 
@@ -39,6 +41,37 @@ _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 class WarehouseError(RuntimeError):
     """A warehouse operation failed after its retries; the message says which and why."""
+
+
+# A live window run keeps one connection per database file from a step's first warehouse operation to
+# the step's end (opening DuckDB costs ~17 ms and a window makes ~35 operations in 8 steps), shared by
+# every resource object in the process, because a second flock in the same process would wait for the
+# first. Released between steps: the next step claims its Dagster pool slot without holding the lock,
+# so a run of another job holding that slot and waiting for the lock never deadlocks with it.
+# See docs/live_path.md.
+_holding = False
+_held: dict[str, tuple[duckdb.DuckDBPyConnection, int]] = {}  # database -> (connection, lock fd)
+_held_guard = threading.RLock()
+
+
+def hold_connections() -> None:
+    """From now on, this process keeps one warehouse connection (and its exclusive lock) per file."""
+    global _holding
+    with _held_guard:
+        _holding = True
+
+
+def release_held_connections(stop_holding: bool = True) -> None:
+    """Close the held connections and release their locks; ``stop_holding``: operations open per call
+    again (else the next operation opens a new held connection)."""
+    global _holding
+    with _held_guard:
+        _holding = _holding and not stop_holding
+        held = list(_held.values())
+        _held.clear()
+    for conn, fd in held:
+        conn.close()
+        os.close(fd)  # releases the flock
 
 
 def checked_table(name: str) -> str:
@@ -88,6 +121,38 @@ class WarehouseResource(DuckDBResource):
     lock_timeout_s: float = Field(default=600.0, description="Longest wait for the write lock.")
     max_retries: int = Field(default=8, description="Retries on a DuckDB lock error.")
 
+    def _held_key(self) -> str:
+        return os.path.realpath(self.database)
+
+    @contextmanager
+    def _held_cursor(self) -> Iterator[duckdb.DuckDBPyConnection | None]:
+        """A cursor of this process's held connection, or None when no run holds one."""
+        key = self._held_key()
+        with _held_guard:
+            held = _held.get(key)
+            if held is None and _holding:
+                fd = self._acquire_exclusive()
+                try:
+                    held = _held[key] = (self._connect(read_only=False), fd)
+                except BaseException:
+                    os.close(fd)
+                    raise
+        if held is None:
+            yield None
+            return
+        cursor = held[0].cursor()
+        try:
+            cursor.execute("SET TimeZone = 'UTC'")
+            yield cursor
+        finally:
+            cursor.close()
+
+    def _acquire_exclusive(self) -> int:
+        try:
+            return acquire(self.lock_path, exclusive=True, timeout_s=self.lock_timeout_s, what="the warehouse lock")
+        except LockTimeout as exc:
+            raise WarehouseError(str(exc)) from None
+
     # ---- locking -------------------------------------------------------------------------
     @property
     def lock_path(self) -> Path:
@@ -108,6 +173,8 @@ class WarehouseResource(DuckDBResource):
         flock is per open file, so inside this block the same process must not use this
         resource's connections (they would wait for the lock it holds itself).
         """
+        if _holding:
+            raise WarehouseError("this run holds the warehouse connection: an outside writer cannot take the lock")
         with self._file_lock(exclusive=True):
             yield
 
@@ -129,6 +196,10 @@ class WarehouseResource(DuckDBResource):
     @contextmanager
     def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """A read-write connection under the exclusive lock (keep the block short)."""
+        with self._held_cursor() as cursor:
+            if cursor is not None:
+                yield cursor
+                return
         with self._file_lock(exclusive=True):
             conn = self._connect(read_only=False)
             try:
@@ -139,6 +210,10 @@ class WarehouseResource(DuckDBResource):
     @contextmanager
     def read_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """A read-only connection under the shared lock; creates the schema on first use."""
+        with self._held_cursor() as cursor:
+            if cursor is not None:
+                yield cursor
+                return
         if not Path(self.database).exists():
             self.ensure_schema()
         with self._file_lock(exclusive=False):

@@ -11,6 +11,7 @@ once, no per-step process start.
 
 import dagster as dg
 
+from resources.warehouse import release_held_connections
 from sensors.live.coordinator import MICROBATCH_JOB
 
 # the keys of the layer assets (assets/*.py define them; sensors do not import assets)
@@ -25,10 +26,24 @@ PAPER_ASSET_KEYS = [dg.AssetKey(["duckdb", "paper_trades"]), dg.AssetKey(["duckd
 # freshness checks (assets/freshness.py, Dagster's factory name) are run by their own sensor, not per window
 FRESHNESS_CHECKS = dg.AssetSelection.checks(*(dg.AssetCheckKey(key, "freshness_check") for key in LIVE_ASSET_KEYS))
 
+
+# a window step keeps one warehouse connection (resources/warehouse.py); it is closed when the step ends,
+# before the next step waits for its pool slot (the order every other run takes: slot, then lock)
+@dg.success_hook(name="release_warehouse_after_step")
+def _release_after_success(_context) -> None:
+    release_held_connections(stop_holding=False)
+
+
+@dg.failure_hook(name="release_warehouse_after_failed_step")
+def _release_after_failure(_context) -> None:
+    release_held_connections(stop_holding=False)
+
+
 microbatch_job = dg.define_asset_job(
     MICROBATCH_JOB,
     selection=dg.AssetSelection.assets(*LIVE_ASSET_KEYS, *PAPER_ASSET_KEYS) - FRESHNESS_CHECKS,
     executor_def=dg.in_process_executor,
+    hooks={_release_after_success, _release_after_failure},
     tags={"feynman/kind": "microbatch"},
     description="One closed minute of the live stream through the same layer assets as a daily run: "
                 "ticks -> bars_1m -> features -> physics -> forecasts/embeddings on their cadence -> signals, "

@@ -5,12 +5,14 @@ from __future__ import annotations
 import multiprocessing as mp
 from datetime import datetime, timedelta, timezone
 
+import dagster as dg
 import duckdb
 import polars as pl
 import pytest
 
 from quant.schema import BAR_SCHEMA
-from resources.warehouse import WarehouseResource, checked_table
+from resources.live_window import LiveWindow
+from resources.warehouse import WarehouseError, WarehouseResource, checked_table
 
 T0 = datetime(2024, 3, 4, 14, 30, tzinfo=timezone.utc)
 
@@ -152,3 +154,64 @@ def test_read_intervals_equals_a_polars_filter_and_never_repeats_a_row(warehouse
     assert warehouse.read_intervals("bars_1m", intervals.clear(), ("symbol", "ts", "close")).height == 0
     with pytest.raises(ValueError, match="bad column"):
         warehouse.read_intervals("bars_1m", intervals, ("close; DROP TABLE bars_1m",))
+
+
+def _lock_is_free(lock_path: str) -> bool:
+    import fcntl
+    import os
+
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_a_live_window_run_opens_duckdb_once_and_releases_the_lock(warehouse: WarehouseResource, monkeypatch,
+                                                                     tmp_path, fail):
+    """A window run's operations share one connection; the lock is held only during the run, even when
+    a step fails; results are those of separate connections (UTC, rollback of a failed write)."""
+    monkeypatch.setenv("FEYNMAN_MICROBATCH_LOCK", str(tmp_path / "window.lock"))
+    warehouse.ensure_schema()
+    opened = []
+    real_connect = WarehouseResource._connect
+    monkeypatch.setattr(WarehouseResource, "_connect",
+                        lambda self, read_only: opened.append(read_only) or real_connect(self, read_only))
+    seen = {}
+
+    @dg.op
+    def write_and_read(wh: WarehouseResource, live_window: LiveWindow):
+        wh.replace_window("bars_1m", _bars("AAA", 10), start=T0, end=T0 + timedelta(hours=1))
+        seen["lock_free_during_run"] = _lock_is_free(str(wh.lock_path))
+        with pytest.raises(WarehouseError, match="NOT NULL"):  # a failed write inside the held connection rolls back
+            wh.replace_window("bars_1m", _bars("AAA", 10).with_columns(pl.lit(None).alias("open")),
+                              start=T0, end=T0 + timedelta(hours=1))
+        other = WarehouseResource(database=wh.database)  # another resource object of the same file shares it
+        seen["rows"] = other.read_window("bars_1m", T0, T0 + timedelta(hours=1), ["AAA"]).height
+        seen["tz"] = other.query("SELECT current_setting('TimeZone') AS tz")["tz"][0]
+        if live_window.is_window:
+            with pytest.raises(WarehouseError, match="holds the warehouse connection"):
+                with wh.exclusive_lock():
+                    pass
+        if fail:
+            raise RuntimeError("planted step failure")
+
+    def run(window: LiveWindow) -> bool:
+        job = dg.GraphDefinition(name="held", node_defs=[write_and_read]).to_job(
+            resource_defs={"wh": warehouse, "live_window": window})
+        return job.execute_in_process(raise_on_error=False).success
+
+    assert run(LiveWindow(start=T0.isoformat(), end=(T0 + timedelta(minutes=1)).isoformat())) is (not fail)
+    assert opened == [False], f"one read-write open for the window's step, got {opened}"
+    assert seen == {"lock_free_during_run": False, "rows": 10, "tz": "UTC"}
+    assert _lock_is_free(str(warehouse.lock_path)), "the run's end releases the lock"
+    assert warehouse.read_window("bars_1m", T0, T0 + timedelta(hours=1), ["AAA"]).height == 10
+    # a daily run (no window) opens per operation and leaves the lock free between them
+    opened.clear()
+    seen.clear()
+    assert run(LiveWindow()) is (not fail)
+    assert seen["lock_free_during_run"] is True and len(opened) > 3
