@@ -242,7 +242,7 @@ def scan_duckdb(path: str | Path, what: str) -> dict[str, dict[str, Any]]:
     try:
         conn.execute("SET enable_progress_bar = false")
         names = [r[0] for r in conn.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main' "
+            "SELECT table_name FROM information_schema.tables WHERE table_catalog = current_database() AND table_schema = 'main' "
             "AND table_type = 'BASE TABLE' ORDER BY table_name").fetchall()]
         for n in names:
             table = n

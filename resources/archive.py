@@ -181,7 +181,7 @@ def resolve_layout(conn: duckdb.DuckDBPyConnection, spec: ArchiveSpec) -> TableL
     """The layout of ``spec.table`` in ``conn``, or None when the table does not exist yet."""
     rows = conn.execute(
         "SELECT column_name, data_type FROM information_schema.columns "
-        "WHERE table_schema = 'main' AND table_name = ? ORDER BY ordinal_position", [spec.table]).fetchall()
+        "WHERE table_catalog = current_database() AND table_schema = 'main' AND table_name = ? ORDER BY ordinal_position", [spec.table]).fetchall()
     if not rows:
         return None
     types = {name: kind for name, kind in rows}
@@ -971,7 +971,7 @@ class ArchiveResource(dg.ConfigurableResource):
                 conn.execute("BEGIN TRANSACTION")
                 try:
                     conn.register("restored_rows", incoming)
-                    exists = conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?",
+                    exists = conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_catalog = current_database() AND table_name = ?",
                                           [table]).fetchone()[0]
                     if not exists:
                         conn.execute(f"CREATE TABLE {table} AS SELECT * EXCLUDE (date) FROM restored_rows LIMIT 0")

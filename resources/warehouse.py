@@ -3,7 +3,9 @@
 DuckDB allows a single writing process, and while one process holds the file read-write no
 other process can open it at all. Dagster runs, multiprocess steps, the CLI and dbt are separate
 processes, so every connection here is short and taken under a cross-process file lock next to
-the database (``<db>.lock``): shared for readers, exclusive for writers. A DuckDB lock error from
+the database (``<db>.lock``): shared for readers, exclusive for writers. A connection is the file
+attached to this process's one DuckDB instance (``resources/duckdb_host.py``: ~3 ms instead of
+~35 ms for ``duckdb.connect``), detached when the operation ends. A DuckDB lock error from
 a process that does not use this lock (a user's DuckDB shell) is retried with jittered backoff.
 Writer assets additionally carry the Dagster pool ``duckdb_writer`` so the UI shows the queue.
 
@@ -30,7 +32,8 @@ import polars as pl
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from resources.file_lock import LockTimeout, acquire, file_lock
+from resources.duckdb_host import close_cursor, open_cursor
+from resources.file_lock import LockTimeout, acquire
 from resources.paths import duckdb_path
 from resources.warehouse_schema import CORE_DDL, KNOWN_TABLES
 
@@ -44,13 +47,13 @@ class WarehouseError(RuntimeError):
 
 
 # A live window run keeps one connection per database file from a step's first warehouse operation to
-# the step's end (opening DuckDB costs ~17 ms and a window makes ~35 operations in 8 steps), shared by
+# the step's end (a lock and an ATTACH per operation, and a window makes ~35 operations in 8 steps), shared by
 # every resource object in the process, because a second flock in the same process would wait for the
 # first. Released between steps: the next step claims its Dagster pool slot without holding the lock,
 # so a run of another job holding that slot and waiting for the lock never deadlocks with it.
 # See docs/live_path.md.
 _holding = False
-_held: dict[str, tuple[duckdb.DuckDBPyConnection, int]] = {}  # database -> (connection, lock fd)
+_held: dict[str, tuple[tuple[str, duckdb.DuckDBPyConnection], int]] = {}  # path -> ((database, cursor), lock fd)
 _held_guard = threading.RLock()
 
 
@@ -69,9 +72,11 @@ def release_held_connections(stop_holding: bool = True) -> None:
         _holding = _holding and not stop_holding
         held = list(_held.values())
         _held.clear()
-    for conn, fd in held:
-        conn.close()
-        os.close(fd)  # releases the flock
+    for (database, conn), fd in held:
+        try:
+            close_cursor(database, conn)
+        finally:
+            os.close(fd)  # releases the flock
 
 
 def checked_table(name: str) -> str:
@@ -79,6 +84,14 @@ def checked_table(name: str) -> str:
     if name not in KNOWN_TABLES or not _IDENTIFIER.match(name):
         raise ValueError(f"unknown warehouse table {name!r}")
     return name
+
+
+def _checked_columns(columns: Sequence[str]) -> list[str]:
+    """``columns`` if every name is a plain identifier, else raise ValueError."""
+    bad = [c for c in columns if not _IDENTIFIER.match(c)]
+    if bad:
+        raise ValueError(f"bad column name(s) {bad}")
+    return list(columns)
 
 
 def _cause(exc: BaseException) -> str:
@@ -131,25 +144,25 @@ class WarehouseResource(DuckDBResource):
         with _held_guard:
             held = _held.get(key)
             if held is None and _holding:
-                fd = self._acquire_exclusive()
+                fd = self._acquire(exclusive=True)
                 try:
-                    held = _held[key] = (self._connect(read_only=False), fd)
+                    held = _held[key] = ((self.database, self._connect(read_only=False)), fd)
                 except BaseException:
                     os.close(fd)
                     raise
         if held is None:
             yield None
             return
-        cursor = held[0].cursor()
+        cursor = open_cursor(self.database, False, dict(self.connection_config))  # already attached: no lock wait
         try:
-            cursor.execute("SET TimeZone = 'UTC'")
             yield cursor
         finally:
-            cursor.close()
+            close_cursor(self.database, cursor)
 
-    def _acquire_exclusive(self) -> int:
+    def _acquire(self, exclusive: bool) -> int:
+        """The warehouse lock's descriptor (closing it releases the lock); WarehouseError on timeout."""
         try:
-            return acquire(self.lock_path, exclusive=True, timeout_s=self.lock_timeout_s, what="the warehouse lock")
+            return acquire(self.lock_path, exclusive=exclusive, timeout_s=self.lock_timeout_s, what="the warehouse lock")
         except LockTimeout as exc:
             raise WarehouseError(str(exc)) from None
 
@@ -160,11 +173,11 @@ class WarehouseResource(DuckDBResource):
 
     @contextmanager
     def _file_lock(self, exclusive: bool) -> Iterator[None]:
+        fd = self._acquire(exclusive)
         try:
-            with file_lock(self.lock_path, exclusive=exclusive, timeout_s=self.lock_timeout_s, what="the warehouse lock"):
-                yield
-        except LockTimeout as exc:
-            raise WarehouseError(str(exc)) from None
+            yield
+        finally:
+            os.close(fd)
 
     @contextmanager
     def exclusive_lock(self) -> Iterator[None]:
@@ -182,10 +195,7 @@ class WarehouseResource(DuckDBResource):
         delay = 0.05
         for attempt in range(self.max_retries + 1):
             try:
-                conn = duckdb.connect(self.database, read_only=read_only, config=dict(self.connection_config))
-                # TIMESTAMPTZ renders in the session zone: pin UTC so a laptop's local zone never leaks in
-                conn.execute("SET TimeZone = 'UTC'")
-                return conn
+                return open_cursor(self.database, read_only, dict(self.connection_config))
             except (duckdb.IOException, duckdb.ConnectionException) as exc:
                 if not _is_lock_error(exc) or attempt == self.max_retries:
                     raise WarehouseError(f"cannot open warehouse {self.database}: {exc}".splitlines()[0]) from None
@@ -205,7 +215,7 @@ class WarehouseResource(DuckDBResource):
             try:
                 yield conn
             finally:
-                conn.close()
+                close_cursor(self.database, conn)
 
     @contextmanager
     def read_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -221,7 +231,7 @@ class WarehouseResource(DuckDBResource):
             try:
                 yield conn
             finally:
-                conn.close()
+                close_cursor(self.database, conn)
 
     # ---- schema --------------------------------------------------------------------------
     def ensure_schema(self) -> None:
@@ -239,7 +249,7 @@ class WarehouseResource(DuckDBResource):
         """``query`` over ``table``, or an empty frame while the table does not exist (one connection)."""
         table = checked_table(table)
         with self.read_connection() as conn:
-            if not conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?",
+            if not conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_catalog = current_database() AND table_name = ?",
                                 [table]).fetchall()[0][0]:
                 return pl.DataFrame()
             return pl.from_arrow(conn.sql(sql, params=list(params or [])).to_arrow_table())  # type: ignore[return-value]
@@ -247,7 +257,7 @@ class WarehouseResource(DuckDBResource):
     def table_exists(self, table: str) -> bool:
         table = checked_table(table)
         found = self.query(
-            "SELECT count(*) AS n FROM information_schema.tables WHERE table_name = ?", [table]
+            "SELECT count(*) AS n FROM information_schema.tables WHERE table_catalog = current_database() AND table_name = ?", [table]
         )
         return bool(found["n"][0])
 
@@ -271,14 +281,12 @@ class WarehouseResource(DuckDBResource):
         """Distinct rows of ``table`` (``columns``) whose symbol and ts fall in one of ``intervals``
         (symbol, lo, hi; lo <= ts <= hi), sorted by symbol, ts: one query for many small windows."""
         table = checked_table(table)
-        bad = [c for c in columns if not _IDENTIFIER.match(c)]
-        if bad:
-            raise ValueError(f"bad column name(s) {bad}")
+        _checked_columns(columns)
         if not intervals.height:
             return pl.DataFrame()
         wanted = ", ".join(f"t.{c}" for c in columns)
         with self.read_connection() as conn:
-            if not conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?",
+            if not conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_catalog = current_database() AND table_name = ?",
                                 [table]).fetchall()[0][0]:
                 return pl.DataFrame()
             conn.register("wanted_intervals", intervals.select("symbol", "lo", "hi").to_arrow())
@@ -290,24 +298,27 @@ class WarehouseResource(DuckDBResource):
                 conn.unregister("wanted_intervals")
 
     def read_with_lookback(self, table: str, start: datetime, end: datetime, symbols: Sequence[str],
-                           lookback_rows: int) -> pl.DataFrame:
-        """Rows of ``table`` in ``[start, end)`` plus, per symbol, the last ``lookback_rows`` rows before ``start``.
+                           lookback_rows: int, columns: Sequence[str] | None = None) -> pl.DataFrame:
+        """Rows of ``table`` in ``[start, end)`` plus, per symbol, the last ``lookback_rows`` rows before ``start``
+        (``columns`` only, when given).
 
         The look-back is counted in rows (bars), not time, so sparse symbols and weekends still get a
         full warm-up. Sorted by symbol, ts.
         """
         table = checked_table(table)
         if lookback_rows <= 0:
-            return self.read_window(table, start, end, symbols)
+            frame = self.read_window(table, start, end, symbols)
+            return frame.select(columns) if columns is not None and frame.height else frame
+        names = ["*"] if columns is None else _checked_columns(columns)
         # per symbol the ts of its lookback_rows-th newest row before start (a top-n aggregate: ~4x
         # faster here than numbering every row with a window function), then the rows from it on
         return self.query_table(
             table,
             f"WITH cut AS (SELECT symbol, list_min(max(ts, ?)) AS first_ts FROM {table} "
             f"WHERE list_contains(?, symbol) AND ts < ? GROUP BY symbol) "
-            f"SELECT t.* FROM {table} t SEMI JOIN cut ON t.symbol = cut.symbol AND t.ts >= cut.first_ts "
+            f"SELECT {', '.join('t.' + c for c in names)} FROM {table} t SEMI JOIN cut ON t.symbol = cut.symbol AND t.ts >= cut.first_ts "
             f"WHERE t.ts < ? "
-            f"UNION ALL SELECT * FROM {table} WHERE list_contains(?, symbol) AND ts >= ? AND ts < ? "
+            f"UNION ALL SELECT {', '.join(names)} FROM {table} WHERE list_contains(?, symbol) AND ts >= ? AND ts < ? "
             f"ORDER BY symbol, ts",
             [lookback_rows, list(symbols), start, start, list(symbols), start, end],
         )
@@ -316,7 +327,7 @@ class WarehouseResource(DuckDBResource):
         """Row count of every table in the warehouse."""
         with self.read_connection() as conn:
             names = [r[0] for r in conn.execute(
-                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main' "
+                "SELECT table_name FROM information_schema.tables WHERE table_catalog = current_database() AND table_schema = 'main' "
                 "AND table_type = 'BASE TABLE' ORDER BY table_name"
             ).fetchall()]
             return {n: conn.execute(f'SELECT count(*) FROM "{n}"').fetchone()[0] for n in names}
@@ -366,7 +377,7 @@ class WarehouseResource(DuckDBResource):
         table = checked_table(table)
         clauses, params = self._window_clauses(start, end, symbols)
         with self.get_connection() as conn:
-            if conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?",
+            if conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_catalog = current_database() AND table_name = ?",
                             [table]).fetchall()[0][0]:
                 conn.execute(f"DELETE FROM {table} WHERE " + " AND ".join(clauses), params)
 
@@ -412,7 +423,7 @@ class WarehouseResource(DuckDBResource):
             try:
                 conn.register("incoming_frame", arrow)
                 exists = conn.execute(
-                    "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]
+                    "SELECT count(*) FROM information_schema.tables WHERE table_catalog = current_database() AND table_name = ?", [table]
                 ).fetchone()[0]
                 if not exists:
                     conn.execute(f"CREATE TABLE {table} AS SELECT * FROM incoming_frame LIMIT 0")
@@ -434,7 +445,7 @@ class WarehouseResource(DuckDBResource):
     def _add_new_columns(conn: duckdb.DuckDBPyConnection, table: str) -> None:
         """Additive schema evolution: columns a newer version writes are added (nullable) to the table."""
         have = {r[0] for r in conn.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_name = ?", [table]).fetchall()}
+            "SELECT column_name FROM information_schema.columns WHERE table_catalog = current_database() AND table_name = ?", [table]).fetchall()}
         for name, kind in conn.execute("SELECT column_name, column_type FROM (DESCRIBE incoming_frame)").fetchall():
             if name not in have:
                 if not _IDENTIFIER.match(name):

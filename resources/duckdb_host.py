@@ -1,0 +1,107 @@
+"""One in-memory DuckDB instance per process that attaches warehouse files for the length of an operation.
+
+Opening a DuckDB database builds the catalog of built-in functions first: ~30-45 ms per
+``duckdb.connect`` here, even for ``:memory:``, against ~3 ms to ``ATTACH`` a file to an instance
+that already has it (``DETACH`` ~1 ms, or ~8 ms with a checkpoint after writes). Detaching
+releases DuckDB's file lock exactly as closing did, so other processes see the same short
+connections as before. A forked child never touches its parent's instance (DuckDB's threads do not
+survive ``fork``): it builds its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from pathlib import Path
+
+import duckdb
+
+_guard = threading.Lock()
+_host: duckdb.DuckDBPyConnection | None = None
+_host_pid = 0
+# database path -> (alias, read_only, users)
+_attached: dict[str, tuple[str, bool, int]] = {}
+# instances inherited through fork: kept referenced so their destructor (joining threads that no
+# longer exist in the child) never runs
+_inherited: list[duckdb.DuckDBPyConnection] = []
+
+
+def _reset_after_fork() -> None:
+    global _guard, _host, _host_pid
+    if _host is not None:
+        _inherited.append(_host)
+    _guard = threading.Lock()
+    _host, _host_pid = None, 0
+    _attached.clear()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def _alias(database: str) -> str:
+    return "wh_" + hashlib.sha1(database.encode()).hexdigest()[:16]
+
+
+def _instance(config: dict, database: str) -> duckdb.DuckDBPyConnection:
+    global _host, _host_pid
+    if _host is None or _host_pid != os.getpid():
+        # spill files next to the first database, as DuckDB does for a file it opens itself
+        settings = {"temp_directory": database + ".tmp", **config}
+        _host, _host_pid = duckdb.connect(":memory:", config=settings), os.getpid()
+    return _host
+
+
+def open_cursor(database: str, read_only: bool, config: dict | None = None) -> duckdb.DuckDBPyConnection:
+    """A connection whose default catalog is ``database`` (attached now unless this process already has
+    it attached), with the session time zone pinned to UTC. Pair every call with :func:`close_cursor`.
+
+    A read may share a read-write attachment; asking for read-write while the file is attached
+    read-only raises ``duckdb.InvalidInputException`` (the caller's lock prevents it). Lock
+    conflicts with other processes raise DuckDB's own ``IOException`` as ``duckdb.connect`` does.
+    """
+    path = str(Path(database).resolve())
+    with _guard:
+        host = _instance(dict(config or {}), path)
+        alias, attached_ro, users = _attached.get(path, ("", read_only, 0))
+        if users and attached_ro and not read_only:
+            raise duckdb.InvalidInputException(f"{database} is attached read-only in this process")
+        if not users:
+            alias = _alias(path)
+            mode = " (READ_ONLY)" if read_only else ""
+            host.execute(f"DETACH DATABASE IF EXISTS {alias}")  # left by a DETACH that failed
+            host.execute(f"ATTACH '{_quoted(path)}' AS {alias}{mode}")
+        _attached[path] = (alias, attached_ro if users else read_only, users + 1)
+        try:
+            cursor = host.cursor()
+            cursor.execute(f"USE {alias}")
+            # TIMESTAMPTZ renders in the session zone: pin UTC so a laptop's local zone never leaks in
+            cursor.execute("SET TimeZone = 'UTC'")
+        except BaseException:
+            _release(path)
+            raise
+    return cursor
+
+
+def close_cursor(database: str, cursor: duckdb.DuckDBPyConnection) -> None:
+    """Close a cursor of :func:`open_cursor`; the last user of a file detaches it (releasing DuckDB's lock)."""
+    path = str(Path(database).resolve())
+    try:
+        cursor.close()
+    finally:
+        with _guard:
+            _release(path)
+
+
+def _release(path: str) -> None:
+    alias, read_only, users = _attached[path]
+    if users > 1:
+        _attached[path] = (alias, read_only, users - 1)
+        return
+    del _attached[path]
+    if _host is not None and _host_pid == os.getpid():
+        _host.execute(f"DETACH {alias}")
+
+
+def _quoted(path: str) -> str:
+    return path.replace("'", "''")

@@ -1,0 +1,86 @@
+"""resources.duckdb_host: warehouse files attached to one DuckDB instance per process.
+
+What must hold as before (when every operation opened and closed its own database): another
+process can open the file as soon as an operation ends, never while one is open; two files in one
+process never see each other's tables; a forked child works with its own instance.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pytest
+
+from resources.duckdb_host import close_cursor, open_cursor
+from resources.warehouse import WarehouseResource
+
+
+def _other_process_opens(path: Path) -> bool:
+    """Can a separate process open ``path`` read-write right now?"""
+    code = f"import duckdb; duckdb.connect({str(path)!r}).close()"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120).returncode == 0
+
+
+def test_the_file_is_free_between_operations_and_locked_during_one(tmp_path):
+    path = tmp_path / "w.duckdb"
+    warehouse = WarehouseResource(database=str(path))
+    warehouse.append("run_metrics", pl.DataFrame({"metric": ["a"], "message": ["m"]}))
+    assert _other_process_opens(path)
+
+    cursor = open_cursor(str(path), read_only=False)
+    try:
+        assert cursor.execute("SELECT count(*) FROM run_metrics").fetchone()[0] == 1
+        assert not _other_process_opens(path)
+    finally:
+        close_cursor(str(path), cursor)
+    assert _other_process_opens(path)
+
+
+def test_nested_reads_share_one_attachment_and_the_last_detaches(tmp_path):
+    path = tmp_path / "w.duckdb"
+    duckdb.connect(str(path)).execute("CREATE TABLE t AS SELECT 1 AS x").close()
+    outer = open_cursor(str(path), read_only=True)
+    inner = open_cursor(str(path), read_only=True)
+    assert inner.execute("SELECT x FROM t").fetchone() == (1,)
+    close_cursor(str(path), inner)
+    assert outer.execute("SELECT x FROM t").fetchone() == (1,)  # still attached for the outer user
+    with pytest.raises(duckdb.InvalidInputException, match="read-only"):
+        open_cursor(str(path), read_only=False)
+    close_cursor(str(path), outer)
+    assert _other_process_opens(path)
+
+
+def test_two_files_in_one_process_never_see_each_others_tables(tmp_path):
+    a = WarehouseResource(database=str(tmp_path / "a.duckdb"))
+    b = WarehouseResource(database=str(tmp_path / "b.duckdb"))
+    a.append("run_metrics", pl.DataFrame({"metric": ["only in a"]}))
+    b.ensure_schema()
+    held_a = open_cursor(a.database, read_only=False)  # a stays attached while b is used
+    try:
+        assert not b.table_exists("run_metrics")
+        b.append("run_metrics", pl.DataFrame({"metric": ["b1", "b2"]}))
+        assert held_a.execute("SELECT count(*) FROM run_metrics").fetchone()[0] == 1
+    finally:
+        close_cursor(a.database, held_a)
+    assert b.query("SELECT count(*) AS n FROM run_metrics")["n"][0] == 2
+    assert a.query("SELECT metric FROM run_metrics")["metric"].to_list() == ["only in a"]
+
+
+def _child_appends(database: str) -> None:
+    WarehouseResource(database=database).append("run_metrics", pl.DataFrame({"metric": ["from the child"]}))
+
+
+def test_a_forked_child_uses_its_own_instance(tmp_path):
+    warehouse = WarehouseResource(database=str(tmp_path / "w.duckdb"))
+    warehouse.append("run_metrics", pl.DataFrame({"metric": ["from the parent"]}))  # this process has an instance
+    child = multiprocessing.get_context("fork").Process(target=_child_appends, args=(warehouse.database,))
+    child.start()
+    child.join(120)
+    assert child.exitcode == 0
+    assert sorted(warehouse.query("SELECT metric FROM run_metrics")["metric"].to_list()) == [
+        "from the child", "from the parent"]
