@@ -10,7 +10,7 @@ from assets.metadata import QUANT, duckdb_table_metadata, frame_metadata, layer_
 from assets.partitions import daily_partitions
 from assets.quality import check_results, check_specs, store_outcomes, summary_table
 from quant.quality import ERROR, RuleOutcome, no_nan_after_warmup, within_range
-from quant.features import compute_features, warmup_bars
+from quant.features import VPIN_INPUT_COLUMNS, compute_features, core_warmup_bars, vpin_warmup_bars, warmup_bars
 from assets.scope import Scope, layer_scope
 from resources.live_window import LiveWindow
 from resources.market_data import MarketDataResource
@@ -19,9 +19,12 @@ from resources.warehouse import WRITER_POOL, WarehouseResource
 FEATURES_KEY = dg.AssetKey(["duckdb", "features"])
 # code version: bump by hand when what this asset computes changes (docs/metadata.md)
 CODE_VERSION = "1"
-# bars read before the partition, per symbol, so every window (VPIN's volume clock is the longest)
-# is warm at the partition's first bar: the result equals a full recompute
+# bars read before the partition, per symbol, so every window is warm at the partition's first bar
+# and the result equals a full recompute: VPIN's volume clock needs the longest look-back, of its
+# volume columns only (a live window reads 51k full bars + 431k volume rows instead of 431k full bars)
 WARMUP_BARS = warmup_bars()
+CORE_WARMUP_BARS = core_warmup_bars()
+VPIN_WARMUP_BARS = vpin_warmup_bars()
 
 
 def bars_with_warmup(warehouse: WarehouseResource, scope: Scope, lookback: int = WARMUP_BARS) -> pl.DataFrame:
@@ -56,15 +59,17 @@ FEATURE_CHECKS = ["no_nan_after_warmup", "rsi_14_in_range"]
         "Per symbol and minute: SMA/EMA/RSI/MACD/Bollinger/ATR (TA-Lib conventions), realised volatility, "
         "1/5/15-minute returns, tick imbalance, order-flow ratio, Kyle's lambda, VPIN, Amihud illiquidity, "
         "Hurst exponent and confirmed Williams fractals. Computed from bars_1m with a warm-up look-back of "
-        f"{WARMUP_BARS} bars per symbol, so a day (or a live window) equals a full recompute; nothing at minute t uses data after "
-        "the close of t."
+        f"{CORE_WARMUP_BARS} bars per symbol ({VPIN_WARMUP_BARS} of the volume columns for VPIN), so a day (or a live "
+        "window) equals a full recompute; nothing at minute t uses data after the close of t."
     ),
 )
 def features(context: dg.AssetExecutionContext, market_data: MarketDataResource, warehouse: WarehouseResource,
              live_window: LiveWindow) -> dg.MaterializeResult:
     scope = layer_scope(context, market_data, live_window, warehouse).through_newest_bar(warehouse)
-    bars = bars_with_warmup(warehouse, scope)
-    computed = compute_features(bars) if bars.height else bars
+    bars = bars_with_warmup(warehouse, scope, lookback=CORE_WARMUP_BARS)
+    vpin_bars = warehouse.read_with_lookback("bars_1m", scope.start, scope.end, scope.symbols, VPIN_WARMUP_BARS,
+                                             columns=VPIN_INPUT_COLUMNS) if bars.height else bars
+    computed = compute_features(bars, vpin_bars=vpin_bars) if bars.height else bars
     in_range_expr = (pl.col("ts") >= scope.start) & (pl.col("ts") < scope.end)
     in_range = computed.filter(in_range_expr) if computed.height else computed
     if scope.symbols:

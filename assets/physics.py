@@ -10,7 +10,7 @@ from assets.metadata import QUANT, duckdb_table_metadata, frame_metadata, layer_
 from assets.partitions import daily_partitions
 from assets.scope import Scope, layer_scope
 from assets.quality import check_results, check_specs, store_outcomes, summary_table
-from quant.physics import PHYSICS_COLUMNS, PHYSICS_WARMUP_BARS, compute_physics, regime_shares
+from quant.physics import PHYSICS_COLUMNS, PHYSICS_INPUT_COLUMNS, PHYSICS_WARMUP_BARS, compute_physics, regime_shares
 from quant.quality import (mostly_critical, mostly_warm_up, no_nan_after_warmup, regime_consistent,
                            within_range)
 from resources.alerts import AlertingResource
@@ -73,8 +73,8 @@ def physics_states(context: dg.AssetExecutionContext, market_data: MarketDataRes
                    live_window: LiveWindow) -> dg.MaterializeResult:
     scope = layer_scope(context, market_data, live_window, warehouse).through_newest_bar(warehouse)
     # the stored features of the range plus the physics look-back before it (features are warm there)
-    features = warehouse.read_with_lookback("features", scope.start, scope.end, scope.symbols, PHYSICS_WARMUP_BARS) \
-        if scope.symbols else pl.DataFrame()
+    features = warehouse.read_with_lookback("features", scope.start, scope.end, scope.symbols, PHYSICS_WARMUP_BARS,
+                                            columns=PHYSICS_INPUT_COLUMNS) if scope.symbols else pl.DataFrame()
     physics = compute_physics(features) if features.height else pl.DataFrame(schema=EMPTY_PHYSICS)
     in_range = physics.filter((pl.col("ts") >= scope.start) & (pl.col("ts") < scope.end)) if physics.height else physics
     if scope.symbols:

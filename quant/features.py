@@ -83,11 +83,16 @@ __all__ = [
     "FEATURE_COLUMNS",
     "FeatureInputError",
     "FeatureParams",
+    "VPIN_INPUT_COLUMNS",
     "compute_features",
     "compute_features_incremental",
+    "core_warmup_bars",
     "prepare_bars",
+    "vpin_warmup_bars",
     "warmup_bars",
 ]
+
+VPIN_INPUT_COLUMNS = ("symbol", "ts", "volume", "buy_volume", "sell_volume")
 
 REQUIRED_COLUMNS = ("symbol", "ts", "open", "high", "low", "close", "volume")
 OPTIONAL_FLOAT_COLUMNS = ("vwap", "buy_volume", "sell_volume")
@@ -180,12 +185,9 @@ def _stride_bars(stride_minutes: int | None) -> int:
     return 0 if stride_minutes is None else int(stride_minutes)
 
 
-def warmup_bars(**params) -> int:
-    """Bars of look-back per symbol that make features on [start, end) equal to a full
-    recompute (see the module docstring; assumes bars of one minute or longer). With the
-    defaults it is dominated by VPIN: ``vpin_max_age_bars + 2 x 1440``. Physics reads
-    converged features with its own look-back (``quant.physics.PHYSICS_WARMUP_BARS``).
-    """
+def core_warmup_bars(**params) -> int:
+    """Bars of look-back per symbol that make every feature but VPIN on [start, end) equal to a
+    full recompute (559 with the defaults: MACD's signal line decaying below the tolerance)."""
     p = FeatureParams.from_kwargs(params)
     recursive = max(
         p.ema_slow + _recursive_decay_bars(2.0 / (p.ema_slow + 1)),
@@ -199,8 +201,25 @@ def warmup_bars(**params) -> int:
     )
     windows = max(p.sma_window, p.bb_window, p.vol_window + 1, p.micro_window + 1, 16)
     hurst = p.hurst_window + 1 + _stride_bars(p.scaling_stride_minutes)
-    vpin = p.vpin_max_age_bars + 2 * BARS_PER_UTC_DAY_MAX
-    return int(max(recursive, windows, hurst, vpin))
+    return int(max(recursive, windows, hurst))
+
+
+def vpin_warmup_bars(**params) -> int:
+    """Bars of look-back per symbol that make VPIN on [start, end) equal to a full recompute:
+    ``vpin_max_age_bars + 2 x 1440`` (4,320 with the defaults; see the module docstring)."""
+    p = FeatureParams.from_kwargs(params)
+    return int(p.vpin_max_age_bars + 2 * BARS_PER_UTC_DAY_MAX)
+
+
+def warmup_bars(**params) -> int:
+    """Bars of look-back per symbol that make features on [start, end) equal to a full
+    recompute (see the module docstring; assumes bars of one minute or longer). With the
+    defaults it is dominated by VPIN (:func:`vpin_warmup_bars`); every other feature needs
+    :func:`core_warmup_bars`, so a caller may read the long look-back for VPIN's volume columns
+    only (``compute_features(bars, vpin_bars=...)``). Physics reads converged features with its
+    own look-back (``quant.physics.PHYSICS_WARMUP_BARS``).
+    """
+    return max(core_warmup_bars(**params), vpin_warmup_bars(**params))
 
 
 def prepare_bars(bars: pl.DataFrame, check_values: bool = True) -> pl.DataFrame:
@@ -260,8 +279,9 @@ def ts_microseconds(bars: pl.DataFrame) -> np.ndarray:
     return bars["ts"].dt.epoch("us").to_numpy()
 
 
-def _feature_arrays(col: dict[str, np.ndarray], seg: ind.Segments, p: FeatureParams) -> dict[str, np.ndarray]:
-    """All feature columns as float64 arrays (NaN = undefined) for one block of symbols."""
+def _feature_arrays(col: dict[str, np.ndarray], seg: ind.Segments, p: FeatureParams,
+                    with_vpin: bool = True) -> dict[str, np.ndarray]:
+    """All feature columns (VPIN only ``with_vpin``) as float64 arrays (NaN = undefined) for one block of symbols."""
     high, low, close, volume = col["high"], col["low"], col["close"], col["volume"]
     buy, sell, ts_us = col["buy_volume"], col["sell_volume"], col["ts_us"]
     out: dict[str, np.ndarray] = {}
@@ -290,9 +310,8 @@ def _feature_arrays(col: dict[str, np.ndarray], seg: ind.Segments, p: FeaturePar
     out["order_flow_ratio"] = ms.order_flow_ratio(buy, volume, w, seg)
     out["kyle_lambda"] = ms.kyle_lambda(close, buy, sell, w, seg)
     out["amihud"] = ms.amihud(ret_1, close, volume, w, seg)
-    out["vpin"] = ms.vpin(
-        ts_us, volume, buy, sell, seg, p.vpin_buckets_per_day, p.vpin_n_buckets, p.vpin_max_age_bars
-    )
+    if with_vpin:
+        out["vpin"] = _vpin(col, seg, p)["vpin"]
     anchor = sc.update_anchor(ts_us, seg, p.scaling_stride_minutes)
     out["hurst"] = sc.rolling_dfa_hurst(ret_1, seg, p.hurst_window, p.hurst_min_box, anchor)
     (
@@ -312,9 +331,45 @@ def arrays_to_frame(values: dict[str, np.ndarray], booleans: tuple[str, ...] = (
     )
 
 
-def compute_features(bars: pl.DataFrame, **params) -> pl.DataFrame:
+def _vpin(col: dict[str, np.ndarray], seg: ind.Segments, p: FeatureParams) -> dict[str, np.ndarray]:
+    return {"vpin": ms.vpin(col["ts_us"], col["volume"], col["buy_volume"], col["sell_volume"], seg,
+                            p.vpin_buckets_per_day, p.vpin_n_buckets, p.vpin_max_age_bars)}
+
+
+def _vpin_for(bars: pl.DataFrame, vpin_bars: pl.DataFrame, p: FeatureParams, threads: int) -> np.ndarray:
+    """VPIN computed over ``vpin_bars`` (a longer look-back of the volume columns), read off at
+    the rows of ``bars`` (prepared: sorted by symbol, ts). Shape (bars.height,)."""
+    missing = [c for c in ("symbol", "ts", "volume") if c not in vpin_bars.columns]
+    if missing:
+        raise FeatureInputError(f"vpin_bars are missing required column(s) {missing}")
+    vb = vpin_bars.select([c for c in VPIN_INPUT_COLUMNS if c in vpin_bars.columns]).sort(
+        ["symbol", "ts"], maintain_order=True)
+    volume = _column(vb, "volume")
+    if not np.all(np.isfinite(volume) & (volume >= 0)):
+        raise FeatureInputError("vpin_bars have a null, negative or non-finite volume")
+    arrays = {name: _column(vb, name) for name in ("volume", "buy_volume", "sell_volume")}
+    arrays["ts_us"] = ts_microseconds(vb)
+    values = ind.map_symbol_chunks(lambda col, seg: _vpin(col, seg, p), arrays, vb["symbol"].rle_id().to_numpy(),
+                                   threads)
+    marker = "__feynman_vpin_row__"
+    found = bars.select("symbol", "ts").join(
+        vb.select("symbol", "ts").with_columns(pl.Series("vpin", values["vpin"]), pl.lit(True).alias(marker)),
+        on=["symbol", "ts"], how="left", maintain_order="left")
+    if found.height != bars.height:
+        raise FeatureInputError("vpin_bars have duplicate (symbol, ts) rows")
+    absent = found[marker].null_count()
+    if absent:
+        raise FeatureInputError(f"{absent} bar(s) are missing from vpin_bars")
+    return found["vpin"].to_numpy().astype(np.float64, copy=False)
+
+
+def compute_features(bars: pl.DataFrame, vpin_bars: pl.DataFrame | None = None, **params) -> pl.DataFrame:
     """Bars -> bars + ``FEATURE_COLUMNS`` (see the module docstring for every definition).
 
+    ``vpin_bars``: optional longer history of the same symbols with only ``VPIN_INPUT_COLUMNS``
+    (must contain every row of ``bars``); VPIN is computed over it instead of over ``bars``. This
+    lets a caller read :func:`vpin_warmup_bars` of look-back for three columns and
+    :func:`core_warmup_bars` for the rest, and still equal a full recompute on [start, end).
     ``params``: overrides of :class:`FeatureParams` (e.g. ``scaling_stride_minutes=None``
     to evaluate Hurst at every bar, ``threads=1`` to stay on one core). Shape:
     (n_bars, n_input_columns + 24), sorted by (symbol, ts). Raises FeatureInputError on
@@ -326,9 +381,12 @@ def compute_features(bars: pl.DataFrame, **params) -> pl.DataFrame:
     arrays = {name: _column(bars, name) for name in names}
     arrays["ts_us"] = ts_microseconds(bars)
     threads = p.threads if p.threads is not None else ind.default_threads()
+    with_vpin = vpin_bars is None
     values = ind.map_symbol_chunks(
-        lambda col, seg: _feature_arrays(col, seg, p), arrays, bars["symbol"].rle_id().to_numpy(), threads
+        lambda col, seg: _feature_arrays(col, seg, p, with_vpin), arrays, bars["symbol"].rle_id().to_numpy(), threads
     )
+    if not with_vpin:
+        values["vpin"] = _vpin_for(bars, vpin_bars, p, threads)
     features = arrays_to_frame(
         {name: values[name] for name in FEATURE_COLUMNS},
         booleans=("fractal_up_confirmed", "fractal_down_confirmed"),

@@ -103,6 +103,7 @@ from quant.scaling import hill_alpha, hill_k, rolling_hill_alpha, update_anchor
 
 __all__ = [
     "PHYSICS_COLUMNS",
+    "PHYSICS_INPUT_COLUMNS",
     "PhysicsParams",
     "compute_physics",
     "hill_alpha",
@@ -129,6 +130,8 @@ PHYSICS_COLUMNS = (
     "regime",
 )
 _NEEDED = ("symbol", "ts", "high", "low", "close", "volume", "ret_1", "realized_vol_30", "atr_14", "amihud")
+# every column compute_physics reads (open and vwap are optional): a caller may read just these
+PHYSICS_INPUT_COLUMNS = (*_NEEDED, "open", "vwap")
 _FRICTION_SCALE = 1e10  # log-return per unit notional -> basis points per million
 
 
