@@ -255,18 +255,24 @@ def prepare_bars(bars: pl.DataFrame, check_values: bool = True) -> pl.DataFrame:
         raise FeatureInputError(f"{checks['bad_price']} bar(s) have a non-finite or non-positive price")
     if checks["bad_volume"]:
         raise FeatureInputError(f"{checks['bad_volume']} bar(s) have a negative or non-finite volume")
+    return _sorted_unique(out, "bars")
+
+
+def _sorted_unique(frame: pl.DataFrame, what: str) -> pl.DataFrame:
+    """``frame`` stable-sorted by (symbol, ts) (untouched when it already is); FeatureInputError on a
+    duplicate (symbol, ts)."""
     same_symbol = pl.col("symbol") == pl.col("symbol").shift(1)
-    ordered = out.select(
+    ordered = frame.select(
         (pl.col("symbol") >= pl.col("symbol").shift(1)).all()
         & (~same_symbol | (pl.col("ts") > pl.col("ts").shift(1))).all()
     ).item()
-    dup = 0
-    if not ordered:
-        out = out.sort(["symbol", "ts"], maintain_order=True)
-        dup = out.select((same_symbol & (pl.col("ts") == pl.col("ts").shift(1))).sum()).item()
+    if ordered:
+        return frame
+    frame = frame.sort(["symbol", "ts"], maintain_order=True)
+    dup = frame.select((same_symbol & (pl.col("ts") == pl.col("ts").shift(1))).sum()).item()
     if dup:
-        raise FeatureInputError(f"bars have {dup} duplicate (symbol, ts) row(s)")
-    return out
+        raise FeatureInputError(f"{what} have {dup} duplicate (symbol, ts) row(s)")
+    return frame
 
 
 def _column(bars: pl.DataFrame, name: str) -> np.ndarray:
@@ -342,25 +348,46 @@ def _vpin_for(bars: pl.DataFrame, vpin_bars: pl.DataFrame, p: FeatureParams, thr
     missing = [c for c in ("symbol", "ts", "volume") if c not in vpin_bars.columns]
     if missing:
         raise FeatureInputError(f"vpin_bars are missing required column(s) {missing}")
-    vb = vpin_bars.select([c for c in VPIN_INPUT_COLUMNS if c in vpin_bars.columns]).sort(
-        ["symbol", "ts"], maintain_order=True)
+    vb = _sorted_unique(vpin_bars.select([c for c in VPIN_INPUT_COLUMNS if c in vpin_bars.columns]), "vpin_bars")
     volume = _column(vb, "volume")
     if not np.all(np.isfinite(volume) & (volume >= 0)):
         raise FeatureInputError("vpin_bars have a null, negative or non-finite volume")
     arrays = {name: _column(vb, name) for name in ("volume", "buy_volume", "sell_volume")}
     arrays["ts_us"] = ts_microseconds(vb)
     values = ind.map_symbol_chunks(lambda col, seg: _vpin(col, seg, p), arrays, vb["symbol"].rle_id().to_numpy(),
-                                   threads)
+                                   threads)["vpin"]
+    rows = _suffix_rows(bars, vb)
+    if rows is not None:
+        return values[rows]
     marker = "__feynman_vpin_row__"
     found = bars.select("symbol", "ts").join(
-        vb.select("symbol", "ts").with_columns(pl.Series("vpin", values["vpin"]), pl.lit(True).alias(marker)),
+        vb.select("symbol", "ts").with_columns(pl.Series("vpin", values), pl.lit(True).alias(marker)),
         on=["symbol", "ts"], how="left", maintain_order="left")
-    if found.height != bars.height:
-        raise FeatureInputError("vpin_bars have duplicate (symbol, ts) rows")
     absent = found[marker].null_count()
     if absent:
         raise FeatureInputError(f"{absent} bar(s) are missing from vpin_bars")
     return found["vpin"].to_numpy().astype(np.float64, copy=False)
+
+
+def _suffix_rows(bars: pl.DataFrame, longer: pl.DataFrame) -> np.ndarray | None:
+    """Row of ``longer`` holding each row of ``bars`` when, per symbol, the rows of ``bars`` are the
+    last rows of ``longer`` (two look-back reads of one table: a ~1 ms check instead of a ~90 ms
+    join); None otherwise. Both sorted by (symbol, ts)."""
+    short_runs, long_runs = bars["symbol"].rle(), longer["symbol"].rle()
+    long_end = dict(zip(long_runs.struct.field("value").to_list(),
+                        np.cumsum(long_runs.struct.field("len").to_numpy()).tolist(), strict=True))
+    ends = [long_end.get(symbol, -1) for symbol in short_runs.struct.field("value").to_list()]
+    lengths = short_runs.struct.field("len").to_numpy().astype(np.int64)
+    if min(ends, default=0) < 0:
+        return None
+    first = np.asarray(ends, dtype=np.int64) - lengths  # row of longer where each symbol's suffix starts
+    starts = np.cumsum(lengths) - lengths
+    rows = np.arange(bars.height, dtype=np.int64) + np.repeat(first - starts, lengths)
+    if rows.shape[0] and rows.min() < 0:
+        return None
+    same = np.array_equal(ts_microseconds(longer)[rows], ts_microseconds(bars)) and \
+        longer["symbol"].gather(rows).equals(bars["symbol"])
+    return rows if same else None
 
 
 def compute_features(bars: pl.DataFrame, vpin_bars: pl.DataFrame | None = None, **params) -> pl.DataFrame:

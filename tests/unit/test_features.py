@@ -403,6 +403,23 @@ def test_short_lookback_with_long_vpin_columns_equals_full_recompute(source, rea
     assert not np.allclose(alone["vpin"].to_numpy(), full["vpin"].to_numpy(), equal_nan=True)
 
 
+def test_vpin_bars_in_any_order_or_reaching_later_give_the_same_values():
+    """Shuffled vpin_bars, or vpin_bars with later rows than the bars (not a per-symbol suffix: the
+    general lookup) give the values of the aligned case; later rows never change earlier VPIN."""
+    bars = synthetic_bars(3, vpin_warmup_bars() + 1500, seed=23, gap_fraction=0.1)
+    start_ts = bars.filter(pl.col("symbol") == "S000")["ts"][vpin_warmup_bars() + 200]
+    cut = bars.filter(pl.col("ts") < start_ts + pd.Timedelta(minutes=60))
+    core = _last_rows_before(cut, start_ts, core_warmup_bars())
+    long = _last_rows_before(cut, start_ts, vpin_warmup_bars()).select(VPIN_INPUT_COLUMNS)
+    aligned = compute_features(core, vpin_bars=long)["vpin"]
+    shuffled = compute_features(core, vpin_bars=long.sample(fraction=1.0, shuffle=True, seed=1))["vpin"]
+    later = _last_rows_before(bars, start_ts, vpin_warmup_bars()).select(VPIN_INPUT_COLUMNS)
+    assert later.height > long.height
+    reaching_later = compute_features(core, vpin_bars=later)["vpin"]
+    assert aligned.drop_nulls().len() > 0
+    assert shuffled.equals(aligned) and reaching_later.equals(aligned)
+
+
 def test_vpin_bars_must_cover_the_bars():
     bars = synthetic_bars(2, 300, seed=5)
     with pytest.raises(FeatureInputError, match="missing from vpin_bars"):
