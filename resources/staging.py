@@ -123,8 +123,12 @@ def prune_staged(warehouse: WarehouseResource, before: datetime) -> None:
 
 def window_symbols(warehouse: WarehouseResource, start: datetime) -> list[str]:
     """Valid symbols among the staged entries of the window starting at ``start`` (sorted)."""
-    staged = read_staged_window(warehouse, start)
-    return sorted({s for s in staged["symbol"].drop_nulls().unique().to_list() if is_valid_symbol(s)})
+    try:  # the distinct symbols only: every layer of a window asks, and the rows are ~100x more
+        staged = warehouse.query("SELECT DISTINCT symbol FROM staged_ticks WHERE window_start = ? AND symbol IS NOT NULL",
+                                 [start])
+    except duckdb.CatalogException:  # nothing was ever staged
+        return []
+    return sorted(s for s in staged["symbol"].to_list() if is_valid_symbol(s))
 
 
 TAG_STAGED_BATCH = "feynman/staged_batch"  # run tag: the newest staging batch a window run read
