@@ -126,6 +126,7 @@ from datetime import timedelta
 import numpy as np
 import polars as pl
 
+from quant.indicators import Segments
 from quant.risk import tail_lambda
 from quant.schema import TS_DTYPE, is_valid_symbol
 from quant.strategies import (
@@ -266,18 +267,53 @@ def _check_interval(bar_interval: timedelta | None) -> None:
         raise BacktestInputError(f"bar_interval must be a positive timedelta, got {bar_interval!r}")
 
 
-def _session_breaks(ts: np.ndarray, day: np.ndarray, interval_us: int,
-                    session_gap: timedelta | None) -> np.ndarray:
-    """bool (N,): bar t starts a new session (see Sessions in the module docstring)."""
+def _intervals_by_segment(ts: np.ndarray, starts: np.ndarray, ends: np.ndarray,
+                          bar_interval: timedelta | None) -> np.ndarray:
+    """int64 (n_symbols,): ``_interval_of`` of each symbol's rows ``ts[starts[i]:ends[i]]`` (sorted)."""
+    if bar_interval is not None:
+        return np.full(starts.shape[0], int(bar_interval / timedelta(microseconds=1)), dtype=np.int64)
+    d = np.diff(ts)
+    seg = np.repeat(np.arange(starts.shape[0]), ends - starts)[1:]
+    keep = (seg == np.repeat(np.arange(starts.shape[0]), ends - starts)[:-1]) & (d > 0)
+    d, seg = d[keep], seg[keep]
+    out = np.full(starts.shape[0], _US_PER_MINUTE, dtype=np.int64)
+    if not d.size:
+        return out
+    vals = np.sort(pl.Series(d).unique().to_numpy())  # few distinct spacings: count them per symbol
+    if vals.size * starts.shape[0] <= 1 << 22:
+        counts = np.bincount(seg * vals.size + np.searchsorted(vals, d), minlength=starts.shape[0] * vals.size)
+        counts = counts.reshape(starts.shape[0], vals.size)
+        has = counts.any(axis=1)
+        out[has] = vals[counts[has].argmax(axis=1)]  # the first maximum: the smallest spacing on a tie
+        return out
+    order = np.lexsort((d, seg))
+    d, seg = d[order], seg[order]
+    run = np.flatnonzero(np.r_[True, (d[1:] != d[:-1]) | (seg[1:] != seg[:-1])])
+    counts = np.diff(np.r_[run, d.size])
+    rseg, rval = seg[run], d[run]
+    # per symbol the most common spacing, the smallest on a tie (runs are sorted by value)
+    best = np.lexsort((rval, -counts, rseg))
+    firsts = best[np.r_[True, rseg[best][1:] != rseg[best][:-1]]]
+    out[rseg[firsts]] = rval[firsts]
+    return out
+
+
+def _session_breaks_all(ts: np.ndarray, day: np.ndarray, starts: np.ndarray, intervals: np.ndarray,
+                        seg: np.ndarray, session_gap: timedelta | None) -> np.ndarray:
+    """bool (N,): row t starts a new session (see Sessions in the module docstring), every symbol
+    at once (rows sorted by symbol, ts; each symbol's first row starts one)."""
     dt = np.diff(ts)
+    iv = intervals[seg[1:]]
     gap_us = None if session_gap is None else int(session_gap / timedelta(microseconds=1))
-    if interval_us >= _US_PER_DAY:  # daily bars: only a long hole ends a session
-        brk = dt > max(gap_us, DAILY_HOLE_BARS * interval_us) if gap_us is not None else np.zeros(dt.shape, bool)
+    daily = iv >= _US_PER_DAY
+    if gap_us is not None:
+        brk = np.where(daily, dt > np.maximum(gap_us, DAILY_HOLE_BARS * iv),
+                       (day[1:] != day[:-1]) | (dt > np.maximum(gap_us, 2 * iv)))
     else:
-        brk = day[1:] != day[:-1]
-        if gap_us is not None:
-            brk |= dt > max(gap_us, 2 * interval_us)
-    return np.r_[True, brk]
+        brk = ~daily & (day[1:] != day[:-1])
+    new = np.r_[True, brk]
+    new[starts] = True
+    return new
 
 
 def prepare_bars(bars: pl.DataFrame, *, need_high_low: bool = False, need_physics: bool = False,
@@ -332,33 +368,45 @@ def prepare_bars(bars: pl.DataFrame, *, need_high_low: bool = False, need_physic
     if n_dup:
         raise BacktestInputError(f"bars have {n_dup} duplicate (symbol, ts) row(s)")
 
-    frame = frame.with_columns(pl.col("ts").dt.convert_time_zone(session_tz).dt.date().cast(pl.Int32)
-                               .alias("_local_day"))
-
-    sym = frame["symbol"].to_numpy()
-    starts = np.flatnonzero(np.r_[True, sym[1:] != sym[:-1]])
-    ends = np.r_[starts[1:], len(sym)]
+    # All symbols at once (one pass per array, not per symbol: paper trading prepares a session's
+    # bars at every live window). The local date is computed once per distinct timestamp.
     ts_all = frame["ts"].dt.epoch("us").to_numpy()
-    arrays = {c: frame[c].to_numpy() for c in frame.columns if c not in ("symbol", "ts")}
+    uts = np.sort(pl.Series(ts_all).unique().to_numpy())  # a hash unique: few distinct bar times
+    local_day = (pl.Series(uts).cast(TS_DTYPE).dt.replace_time_zone("UTC").dt.convert_time_zone(session_tz)
+                 .dt.date().cast(pl.Int32).to_numpy()[np.searchsorted(uts, ts_all)])
+    n_all = ts_all.shape[0]
+    starts = np.flatnonzero(frame.select(pl.col("symbol") != pl.col("symbol").shift()).to_series()
+                            .fill_null(True).to_numpy())
+    ends = np.r_[starts[1:], n_all]
+    names = frame["symbol"].gather(starts).to_list()
+    sizes = ends - starts
+    seg = np.repeat(np.arange(starts.shape[0]), sizes)
+    arrays = {c: frame[c].to_numpy() for c in frame.columns if c not in ("symbol", "ts", "regime")}
+    intervals = _intervals_by_segment(ts_all, starts, ends, bar_interval)
+    new = _session_breaks_all(ts_all, local_day, starts, intervals, seg, session_gap)
+    gstart = np.maximum.accumulate(np.where(new, np.arange(n_all), 0))
+    sstart_all = (gstart - starts[seg]).astype(np.int32)  # index inside the symbol
+    send_all = np.r_[new[1:], True]
+    alpha_all = arrays["alpha"].astype(np.float64) if has_alpha else None
+    regime_all = None
+    if has_regime:
+        # labels through their codes: one object array of the few distinct names, not a string per row
+        labels = [x for x in frame["regime"].unique().to_list() if x is not None]
+        codes = frame["regime"].cast(pl.Enum(labels)).to_physical().fill_null(len(labels)).to_numpy()
+        regime_all = np.array(labels + [None], dtype=object)[codes]
+        if alpha_all is not None:  # fill missing labels from alpha
+            miss = codes == len(labels)
+            regime_all[miss] = _regime_from_alpha(alpha_all[miss])
+    elif alpha_all is not None:
+        regime_all = _regime_from_alpha(alpha_all)
     out = []
-    for a, b in zip(starts, ends, strict=True):
-        interval_us = _interval_of(ts_all[a:b], bar_interval)
-        new = _session_breaks(ts_all[a:b], arrays["_local_day"][a:b], interval_us, session_gap)
-        n = b - a
-        sstart = np.maximum.accumulate(np.where(new, np.arange(n), 0)).astype(np.int32)
-        send = np.r_[new[1:], True]
-        alpha = arrays["alpha"][a:b].astype(np.float64) if has_alpha else None
-        if has_regime:
-            regime = arrays["regime"][a:b].astype(object)
-            if alpha is not None:  # fill missing labels from alpha
-                miss = np.array([r is None for r in regime])
-                regime[miss] = _regime_from_alpha(alpha[miss])
-        else:
-            regime = _regime_from_alpha(alpha) if alpha is not None else None
+    for i, (a, b) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
         out.append(SymbolBars(
-            symbol=str(sym[a]), ts=ts_all[a:b], open=arrays["open"][a:b], close=arrays["close"][a:b],
+            symbol=str(names[i]), ts=ts_all[a:b], open=arrays["open"][a:b], close=arrays["close"][a:b],
             high=arrays["high"][a:b] if need_high_low else None, low=arrays["low"][a:b] if need_high_low else None,
-            alpha=alpha, regime=regime, session_start=sstart, session_end=send, interval_us=interval_us,
+            alpha=None if alpha_all is None else alpha_all[a:b],
+            regime=None if regime_all is None else regime_all[a:b],
+            session_start=sstart_all[a:b], session_end=send_all[a:b], interval_us=int(intervals[i]),
         ))
     return out
 
@@ -728,16 +776,19 @@ class _Plan:
         return inv
 
 
-def _positions(sb: SymbolBars, plan: _Plan) -> np.ndarray:
+def _positions(sb: SymbolBars, plan: _Plan, segments: Segments | None = None) -> np.ndarray:
     """int8 (N+1, S) buffer: row 0 = 0, row 1+t = wanted position after bar t (engine column order).
 
     Applies, after the family rule: the regime gate, the forced flat on the last bar of each
     session (non-overnight strategies) and on the last bar of the data (all strategies).
+    ``segments``: ``sb`` holds several symbols back to back (``_stacked``); each symbol's rows are
+    then what a run on that symbol alone gives.
     """
     n, s = sb.n, len(plan.specs)
     dbuf = np.zeros((n + 1, s), dtype=np.int8)
     d = dbuf[1:]
-    ctx = SignalContext(close=sb.close, session_start=sb.session_start, high=sb.high, low=sb.low)
+    ctx = SignalContext(close=sb.close, session_start=sb.session_start, high=sb.high, low=sb.low,
+                        segments=segments)
     gate_cache: dict[frozenset, np.ndarray] = {}
     for fam, overnight, cols in plan.groups:
         pos = family_positions(fam, [plan.specs[j] for j in cols], ctx, reset_each_session=not overnight)
@@ -757,8 +808,30 @@ def _positions(sb: SymbolBars, plan: _Plan) -> np.ndarray:
             d[ends] = 0
         else:
             d[np.ix_(ends, day)] = 0
-    d[n - 1] = 0
+    if segments is None:
+        d[n - 1] = 0
+    else:
+        d[segments.ends - 1] = 0  # the end of each symbol's data
     return dbuf
+
+
+def _stacked(symbols: list[SymbolBars]) -> tuple[SymbolBars, Segments]:
+    """The symbols' bars back to back as one SymbolBars (session_start as row indices of the
+    stack; each symbol starts a session) and their row ranges."""
+    sizes = np.array([sb.n for sb in symbols], dtype=np.int64)
+    offsets = np.r_[0, np.cumsum(sizes)[:-1]]
+    first = symbols[0]
+
+    def cat(name):
+        return None if getattr(first, name) is None else np.concatenate([getattr(sb, name) for sb in symbols])
+
+    stack = SymbolBars(
+        symbol="", ts=cat("ts"), open=cat("open"), close=cat("close"), high=cat("high"), low=cat("low"),
+        alpha=cat("alpha"), regime=cat("regime"),
+        session_start=np.concatenate([sb.session_start.astype(np.int64) + o for sb, o in zip(symbols, offsets,
+                                                                                            strict=True)]),
+        session_end=cat("session_end"))
+    return stack, Segments.from_ids(np.repeat(np.arange(len(symbols)), sizes))
 
 
 def _lambda_scale(sb: SymbolBars) -> np.ndarray:
@@ -935,14 +1008,50 @@ def engine_positions(bars: pl.DataFrame, strategies: pl.DataFrame, fill: str = "
     (n_bars, n_strategies) float64, the position decided on each bar's close (strategies in ``plan.specs``
     order; tail-index-sized ones scaled by lambda), exactly what ``run_sweep`` trades on. No look-ahead:
     row t uses bars up to t only."""
+    cost, plan, symbols, w, segments = engine_positions_stacked(bars, strategies, fill, fee_bps, slippage_bps,
+                                                                session_gap=session_gap, session_tz=session_tz,
+                                                                bar_interval=bar_interval)
+    if not symbols:
+        return cost, plan, []
+    return cost, plan, [(sb, w[a:b]) for sb, a, b in zip(symbols, segments.starts.tolist(), segments.ends.tolist(),
+                                                           strict=True)]
+
+
+def engine_positions_stacked(bars: pl.DataFrame, strategies: pl.DataFrame, fill: str = "next_open",
+                             fee_bps: float = 0.0, slippage_bps: float = 0.0, *,
+                             session_gap: timedelta | None = DEFAULT_SESSION_GAP, session_tz: str = DEFAULT_SESSION_TZ,
+                             bar_interval: timedelta | None = None, workers: int | None = None):
+    """``engine_positions`` with the symbols back to back: (cost, plan, [SymbolBars], positions float64
+    (sum of n_bars, n_strategies), Segments of the symbols' rows in that order); None, None for no bars.
+
+    The symbols run in a few stacked passes (a few signal calls per family, not one per family and
+    symbol: paper trading recomputes a session at every live window and was dominated by per-call
+    overhead), one part of the symbols per thread (``workers``, default the CPU count; numpy
+    releases the GIL in the kernels). Each symbol's rows equal a run on that symbol alone (tested).
+    """
     cost, plan, symbols = _setup(bars, strategies, fill, fee_bps, slippage_bps, session_gap, session_tz, bar_interval)
-    out = []
-    for sb in symbols:
-        w = _positions(sb, plan)[1:].astype(np.float64)
+    if not symbols:
+        return cost, plan, [], None, None
+
+    def run(part: list[SymbolBars]) -> np.ndarray:
+        stack, segments = _stacked(part)
+        w = _positions(stack, plan, segments)[1:].astype(np.float64)
         if plan.n_plain < len(plan.specs):
-            w[:, plan.n_plain:] *= _lambda_scale(sb)[:, None]
-        out.append((sb, w))
-    return cost, plan, out
+            w[:, plan.n_plain:] *= _lambda_scale(stack)[:, None]
+        return w
+
+    # parts of similar row counts; small inputs (a few symbols) stay in one part
+    rows = np.cumsum([sb.n for sb in symbols])
+    n_parts = max(1, min(workers or os.cpu_count() or 1, len(symbols), int(rows[-1]) // 20_000))
+    cuts = np.searchsorted(rows, rows[-1] * np.arange(1, n_parts) / n_parts, side="right").tolist()
+    parts = [symbols[a:b] for a, b in zip([0, *cuts], [*cuts, len(symbols)], strict=True) if b > a]
+    if len(parts) == 1:
+        w = run(parts[0])
+    else:
+        with ThreadPoolExecutor(max_workers=len(parts)) as pool:
+            w = np.concatenate(list(pool.map(run, parts)))
+    segments = Segments.from_ids(np.repeat(np.arange(len(symbols)), [sb.n for sb in symbols]))
+    return cost, plan, symbols, w, segments
 
 
 def run_sweep(bars: pl.DataFrame, strategies: pl.DataFrame, fill: str = "next_open", fee_bps: float = 0.0,

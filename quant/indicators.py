@@ -29,12 +29,14 @@ Comparisons of averages (:func:`sma_sign`) are exact on ties: prices on a decima
 grid (detected by :func:`tick_size`) are compared as int64 window sums in ticks,
 ``sum_fast * n_slow`` vs ``sum_slow * n_fast``; off-grid prices fall back to a relative
 tie band of ``TIE_RTOL`` x price. It returns an int8 sign (0 during warm-up), not float.
-``quant.strategies`` calls these kernels on one symbol at a time (``Segments.single``).
+``quant.strategies`` calls these kernels on one symbol at a time (``Segments.single``), or
+on all of paper trading's symbols back to back.
 
-The recursive filters run with ``scipy.signal.lfilter`` per segment (one C call per
-symbol and filter); rolling sums are differences of cumulative sums restarted per symbol
-and per block of rows (see :func:`rolling_sum`). Every kernel gives a symbol's values
-from that symbol's rows only, bit for bit, whatever else is in the frame.
+The recursive filters run with ``scipy.signal.lfilter``, one C call per filter and group
+of equal-length symbols (their rows as one 2-D array); rolling sums are differences of
+cumulative sums restarted per symbol and per block of rows (see :func:`rolling_sum`). Every
+kernel gives a symbol's values from that symbol's rows only, bit for bit, whatever else is in
+the frame.
 """
 
 from __future__ import annotations
@@ -149,13 +151,19 @@ def rolling_sum(x: np.ndarray, w: int, seg: Segments) -> np.ndarray:
     finite = np.isfinite(x)
     all_finite = bool(finite.all())
     values = x if all_finite else np.where(finite, x, 0.0)
-    for s, e in zip(seg.starts.tolist(), seg.ends.tolist(), strict=True):
-        for c0 in range(s + w - 1, e, _SUM_BLOCK):
-            c1 = min(e, c0 + _SUM_BLOCK)
-            cs = np.cumsum(values[c0 - w + 1 : c1])
-            dst = out[c0:c1]
-            dst[:] = cs[w - 1 :]
-            dst[1:] -= cs[: c1 - c0 - 1]
+    for group in _equal_length_groups(seg):  # symbols of one length as the rows of a 2-D array
+        length = int(seg.ends[group[0]] - seg.starts[group[0]])
+        if length < w:
+            continue
+        rows = seg.starts[group][:, None] + np.arange(length)[None, :]
+        xs, res = values[rows], np.full((group.shape[0], length), np.nan)
+        for c0 in range(w - 1, length, _SUM_BLOCK):
+            c1 = min(length, c0 + _SUM_BLOCK)
+            cs = np.cumsum(xs[:, c0 - w + 1 : c1], axis=1)
+            dst = res[:, c0:c1]
+            dst[:] = cs[:, w - 1 :]
+            dst[:, 1:] -= cs[:, : c1 - c0 - 1]
+        out[rows] = res
     if not all_finite:
         bad = np.flatnonzero(~finite)
         if bad.shape[0] * w <= n:  # few bad rows (e.g. each symbol's first return): mark their windows
@@ -202,39 +210,56 @@ def _mean_var_1d(x: np.ndarray, w: int, with_var: bool = True) -> tuple[np.ndarr
     variance exactly 0. Shapes (N,) -> (N,), (N,) (or None when ``with_var`` is False); NaN for
     t < w-1.
     """
-    n = x.shape[0]
-    mean = np.full(n, np.nan)
-    var = np.full(n, np.nan) if with_var else None
+    mean, var = _mean_var_rows(x[None, :], w, with_var)
+    return mean[0], None if var is None else var[0]
+
+
+def _mean_var_rows(x: np.ndarray, w: int, with_var: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """``_mean_var_1d`` of each row of ``x`` (G, N) at once (equal-length series), bit for bit the
+    same per row (the same elementwise steps; cumulative sums run along each row in order)."""
+    g, n = x.shape
+    mean = np.full((g, n), np.nan)
+    var = np.full((g, n), np.nan) if with_var else None
     if n < w:
         return mean, var
     blk = max(w, 64)
     nb = -(-n // blk)
-    xp = np.empty((nb + 1) * blk)
-    xp[:blk] = x[0]
-    xp[blk:blk + n] = x
-    xp[blk + n:] = x[-1]
-    seg = np.lib.stride_tricks.sliding_window_view(xp, 2 * blk)[::blk]  # (nb, 2*blk): block before + block
-    anchor = xp[blk::blk][:nb, None]  # first value of each output block
+    xp = np.empty((g, (nb + 1) * blk))
+    xp[:, :blk] = x[:, :1]
+    xp[:, blk:blk + n] = x
+    xp[:, blk + n:] = x[:, -1:]
+    seg = np.lib.stride_tricks.sliding_window_view(xp, 2 * blk, axis=1)[:, ::blk]  # (g, nb, 2*blk)
+    anchor = xp[:, blk::blk][:, :nb, None]  # first value of each output block
     y = seg - anchor
-    c1 = np.zeros((nb, 2 * blk + 1))
-    np.cumsum(y, axis=1, out=c1[:, 1:])
-    s1 = c1[:, blk + 1:] - c1[:, blk + 1 - w:2 * blk + 1 - w]
+    c1 = np.zeros((g, nb, 2 * blk + 1))
+    np.cumsum(y, axis=2, out=c1[:, :, 1:])
+    s1 = c1[:, :, blk + 1:] - c1[:, :, blk + 1 - w:2 * blk + 1 - w]
     m = s1 / w
-    mean[:] = (anchor + m).ravel()[:n]
-    mean[:w - 1] = np.nan
+    mean[:] = (anchor + m).reshape(g, -1)[:, :n]
+    mean[:, :w - 1] = np.nan
     if not with_var:
         return mean, None
-    c2 = np.zeros((nb, 2 * blk + 1))
-    np.cumsum(y * y, axis=1, out=c2[:, 1:])
-    s2 = c2[:, blk + 1:] - c2[:, blk + 1 - w:2 * blk + 1 - w]
-    var[:] = np.maximum(s2 / w - m * m, 0.0).ravel()[:n]
-    changes = np.zeros(n + 1, dtype=np.int64)  # changes[t+1] = number of x[i] != x[i-1] for i <= t
-    np.cumsum(x[1:] != x[:-1], out=changes[2:])
-    flat = np.zeros(n, dtype=bool)
-    flat[w - 1:] = changes[w:] == changes[1:n - w + 2]  # no change inside the window: exactly 0
+    c2 = np.zeros((g, nb, 2 * blk + 1))
+    np.cumsum(y * y, axis=2, out=c2[:, :, 1:])
+    s2 = c2[:, :, blk + 1:] - c2[:, :, blk + 1 - w:2 * blk + 1 - w]
+    var[:] = np.maximum(s2 / w - m * m, 0.0).reshape(g, -1)[:, :n]
+    changes = np.zeros((g, n + 1), dtype=np.int64)  # changes[t+1] = number of x[i] != x[i-1] for i <= t
+    np.cumsum(x[:, 1:] != x[:, :-1], axis=1, out=changes[:, 2:])
+    flat = np.zeros((g, n), dtype=bool)
+    flat[:, w - 1:] = changes[:, w:] == changes[:, 1:n - w + 2]  # no change inside the window: exactly 0
     var[flat] = 0.0
-    var[:w - 1] = np.nan
+    var[:, :w - 1] = np.nan
     return mean, var
+
+
+def _equal_length_groups(seg: Segments) -> list[np.ndarray]:
+    """Segment indices grouped by segment length (rows of one group stack into a 2-D array)."""
+    lengths = seg.ends - seg.starts
+    if not lengths.size:
+        return []
+    order = np.argsort(lengths, kind="stable")
+    cuts = np.flatnonzero(np.diff(lengths[order])) + 1
+    return np.split(order, cuts)
 
 
 def rolling_mean_var(
@@ -243,17 +268,19 @@ def rolling_mean_var(
     """Trailing mean and population variance (ddof=0) over the last ``w`` rows per symbol in
     one O(n) pass (the Bollinger z of the strategies): float64 (rows,) each, NaN where
     pos < w-1; variance None if not ``with_var``; a window of equal values has variance
-    exactly 0. See :func:`_mean_var_1d` for the accuracy."""
+    exactly 0. See :func:`_mean_var_1d` for the accuracy. Symbols with the same number of rows
+    run together as the rows of one 2-D pass (the same numbers as one at a time)."""
     n = x.shape[0]
     if seg.starts.shape[0] == 1 and int(seg.starts[0]) == 0 and int(seg.ends[0]) == n:
         return _mean_var_1d(x, w, with_var)
     mean = np.full(n, np.nan)
     var = np.full(n, np.nan) if with_var else None
-    for s, e in zip(seg.starts.tolist(), seg.ends.tolist(), strict=True):
-        m, v = _mean_var_1d(x[s:e], w, with_var)
-        mean[s:e] = m
+    for group in _equal_length_groups(seg):
+        idx = seg.starts[group][:, None] + np.arange(int(seg.ends[group[0]] - seg.starts[group[0]]))[None, :]
+        m, v = _mean_var_rows(x[idx], w, with_var)
+        mean[idx] = m
         if with_var:
-            var[s:e] = v
+            var[idx] = v
     return mean, var
 
 
@@ -267,18 +294,24 @@ def seeded_ewm(x: np.ndarray, n: int, alpha: float, seg: Segments, offset: int =
     Inputs before ``offset`` (position in the symbol) are ignored; the first output is at
     position ``offset + n - 1`` and equals the mean of ``x`` over positions
     ``offset .. offset + n - 1``; afterwards ``y_t = (1 - alpha) y_{t-1} + alpha x_t``.
-    ``x`` must be finite from ``offset`` on (NaN would propagate).
+    ``x`` must be finite from ``offset`` on (NaN would propagate). Symbols with the same number
+    of rows run as the rows of one 2-D filter call (the same numbers as one call per symbol).
     """
     out = np.full(x.shape[0], np.nan)
     b, a = [alpha], [1.0, alpha - 1.0]
-    for s, e in zip(seg.starts, seg.ends, strict=True):
-        seed_at = s + offset + n - 1
-        if seed_at >= e:
+    seed_at = offset + n - 1  # position inside the symbol
+    for group in _equal_length_groups(seg):
+        length = int(seg.ends[group[0]] - seg.starts[group[0]])
+        if seed_at >= length:
             continue
-        seed = x[s + offset : seed_at + 1].mean()
-        out[seed_at] = seed
-        if seed_at + 1 < e:
-            out[seed_at + 1 : e], _ = lfilter(b, a, x[seed_at + 1 : e], zi=[(1.0 - alpha) * seed])
+        rows = seg.starts[group][:, None] + np.arange(length)[None, :]
+        xs = x[rows]
+        seed = xs[:, offset:seed_at + 1].mean(axis=1)
+        ys = np.full(xs.shape, np.nan)
+        ys[:, seed_at] = seed
+        if seed_at + 1 < length:
+            ys[:, seed_at + 1:], _ = lfilter(b, a, xs[:, seed_at + 1:], axis=1, zi=(1.0 - alpha) * seed[:, None])
+        out[rows] = ys
     return out
 
 

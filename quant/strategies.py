@@ -45,7 +45,8 @@ decision is filled. Indicators run across session boundaries (they are price sta
 positions restart per session.
 
 Indicators come from :mod:`quant.indicators` (the implementation the features use; TA-Lib's
-conventions, checked against TA-Lib in the tests), run on each symbol as one segment: SMA; EMA
+conventions, checked against TA-Lib in the tests), run on each symbol as one segment (or on
+several symbols back to back, each its own segment, with the same values): SMA; EMA
 with alpha = 2/(n+1) seeded with the SMA of its first n values; RSI with Wilder averages seeded
 with the simple average of the first n changes (RSI = 0 when there was no change at all, as
 TA-Lib: a flat window reads as "oversold" for rsi_reversion); MACD with both EMAs starting at
@@ -407,11 +408,14 @@ class RunningExtrema:
         return out
 
 
-def _previous(x: np.ndarray) -> np.ndarray:
-    """x shifted one bar later (value at t is x[t-1]); NaN at t=0."""
+def _previous(x: np.ndarray, pos: np.ndarray | None = None) -> np.ndarray:
+    """x shifted one bar later (value at t is x[t-1]); NaN at t=0 (and at each symbol's first bar
+    when ``pos``, the bar index inside its symbol, is given)."""
     out = np.empty_like(x)
     out[0] = np.nan
     out[1:] = x[:-1]
+    if pos is not None:
+        out[pos == 0] = np.nan
     return out
 
 
@@ -421,10 +425,15 @@ def _previous(x: np.ndarray) -> np.ndarray:
 
 @dataclass
 class SignalContext:
-    """One symbol's price arrays (float64, shape (N,)) and an indicator cache.
+    """Price arrays (float64, shape (N,)) of one symbol, or of several back to back, and an
+    indicator cache.
 
     ``session_start`` (int32, shape (N,)) holds, for each bar, the index of the first bar of its
-    session; it drives the per-session reset of signal state.
+    session; it drives the per-session reset of signal state. ``segments``: None for one symbol;
+    else the symbols' row ranges (``indicators.Segments``, rows sorted by symbol then ts, each
+    symbol's first bar starting a session). Every value of a symbol then depends on its own rows
+    only and equals a one-symbol run on them (the paper book runs all its symbols in one pass:
+    a few calls per family instead of one per family and symbol).
     """
 
     close: np.ndarray
@@ -432,6 +441,7 @@ class SignalContext:
     high: np.ndarray | None = None
     low: np.ndarray | None = None
     cache: dict[tuple, object] = field(default_factory=dict)
+    segments: ind.Segments | None = None
 
     @property
     def n(self) -> int:
@@ -439,14 +449,37 @@ class SignalContext:
 
     @property
     def seg(self) -> ind.Segments:
-        """The whole series as one segment (indicators run across sessions)."""
+        """The symbols' segments (one segment for one symbol; indicators run across sessions)."""
+        if self.segments is not None:
+            return self.segments
         return self.get(("seg",), lambda: ind.Segments.single(self.n))
 
+    @property
+    def pos(self) -> np.ndarray:
+        """int64 (N,): each bar's position inside its symbol (0 = the symbol's first bar)."""
+        return self.seg.pos
+
     def sma_sign(self, fast: int, slow: int) -> np.ndarray:
-        """int8 (N,): exact sign(SMA(fast) - SMA(slow)) of close (``indicators.sma_sign``)."""
-        tick = self.get(("tick",), lambda: ind.tick_size(self.close))
-        sums = self.get(("tick_sums",), dict)
-        return ind.sma_sign(self.close, fast, slow, self.seg, tick=tick, sums=sums)
+        """int8 (N,): exact sign(SMA(fast) - SMA(slow)) of close (``indicators.sma_sign``), with the
+        tick grid detected per symbol."""
+        ticks = self.get(("ticks",), lambda: _tick_sizes(self.close, self.seg))
+        if len(set(ticks)) <= 1:
+            tick = ticks[0] if ticks else None
+            # one call is a per-symbol run when no symbol's int64 window sums could fall back to
+            # floats on their own (the overflow test uses the largest price of the call)
+            if tick is None or len(ticks) == 1 or self._int_safe(tick, fast, slow):
+                sums = self.get(("tick_sums",), dict)
+                return ind.sma_sign(self.close, fast, slow, self.seg, tick=tick, sums=sums)
+        out = np.zeros(self.n, dtype=np.int8)  # mixed grids: symbol by symbol (exact, rare)
+        for (s, e), tick in zip(zip(self.seg.starts.tolist(), self.seg.ends.tolist(), strict=True), ticks,
+                                strict=True):
+            out[s:e] = ind.sma_sign(self.close[s:e], fast, slow, ind.Segments.single(e - s), tick=tick)
+        return out
+
+    def _int_safe(self, tick: float, fast: int, slow: int) -> bool:
+        finite = np.isfinite(self.close)
+        big = float(np.abs(self.close[finite]).max()) if finite.any() else 0.0
+        return (big / tick + 1.0) * fast * slow < ind._INT_LIMIT  # indicators.sma_sign's own test
 
     def get(self, key: tuple, make):
         if key not in self.cache:
@@ -454,7 +487,30 @@ class SignalContext:
         return self.cache[key]
 
 
+def _tick_sizes(x: np.ndarray, seg: ind.Segments) -> list[float | None]:
+    """``indicators.tick_size`` of each segment of ``x`` (same test, all segments per pass)."""
+    if seg.starts.shape[0] == 1:
+        return [ind.tick_size(x)]
+    finite = np.isfinite(x)
+    v = np.abs(np.where(finite, x, 0.0))
+    out: list[float | None] = [None if finite[s:e].any() else 1.0
+                               for s, e in zip(seg.starts.tolist(), seg.ends.tolist(), strict=True)]
+    eps = 64 * np.finfo(float).eps
+    for k in range(ind._MAX_DECIMALS + 1):
+        todo = [i for i, t in enumerate(out) if t is None]
+        if not todo:
+            break
+        scaled = v * 10.0**k
+        ok = (np.abs(scaled - np.rint(scaled)) <= eps * np.maximum(scaled, 1.0)) | ~finite
+        seg_ok = np.logical_and.reduceat(ok, seg.starts)
+        for i in todo:
+            if seg_ok[i]:
+                out[i] = 10.0**-k
+    return out
+
+
 SMALL_LATCH = 1 << 15  # cells (N x W) up to which latch_scan takes the index form
+NARROW_LATCH = 4  # columns up to which latch_scan takes the index form column by column (3x the slabs' speed)
 
 
 def latch_scan(keep: np.ndarray, set_: np.ndarray, k: int = 64) -> np.ndarray:
@@ -471,9 +527,19 @@ def latch_scan(keep: np.ndarray, set_: np.ndarray, k: int = 64) -> np.ndarray:
     a sweep's blocks; on small ones (<= ``SMALL_LATCH`` cells: a few strategies of a family, as
     paper trading runs) the slab loop's fixed cost dominates and the index form below is ~20x
     faster: L[t] holds iff the last ``set_`` at or before t is not older than the last bar at or
-    before t whose ``keep`` is False (a set on that bar wins). Same booleans (tested).
+    before t whose ``keep`` is False (a set on that bar wins). Same booleans (tested). The index
+    form also serves a few very long columns (<= ``NARROW_LATCH``: paper trading's symbols back to
+    back), one column at a time, where the slabs are ~3x slower.
     """
     n, w = set_.shape
+    if w <= NARROW_LATCH and set_.size > SMALL_LATCH:  # few long columns (all symbols back to back)
+        idx = np.arange(n, dtype=np.int32 if n < 2**31 else np.int64)
+        keep = np.broadcast_to(keep, set_.shape)
+        for c in range(w):
+            last_set = np.maximum.accumulate(np.where(set_[:, c], idx, -1))
+            last_break = np.maximum.accumulate(np.where(keep[:, c], -1, idx))
+            set_[:, c] = (last_set >= 0) & (last_set >= last_break)
+        return set_
     if set_.size <= SMALL_LATCH:
         idx = np.arange(n)[:, None]
         last_set = np.maximum.accumulate(np.where(set_, idx, -1), axis=0)
@@ -502,21 +568,26 @@ def latch_scan(keep: np.ndarray, set_: np.ndarray, k: int = 64) -> np.ndarray:
     return set_
 
 
-def _crossing_states(up: np.ndarray, first_valid: np.ndarray,
-                     session_first: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+def _crossing_states(up: np.ndarray, first_valid: np.ndarray, session_first: np.ndarray | None,
+                     pos: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(long, short) bool (N, m) states of crossing rules from ``up`` (fast above slow at t).
 
     A crossing at t is up[t] != up[t-1] with both bars past warm-up (index ``first_valid``).
     The position follows the last crossing of the current session (none yet: flat); because
     crossings alternate, that is ``up`` itself once any crossing happened this session.
     ``session_first`` (bool (N,), first bar of each session); None carries the state across
-    sessions (hold_overnight).
+    sessions (hold_overnight). ``pos`` (int64 (N,)): bar index inside its symbol when several
+    symbols run back to back (``first_valid`` counts from each symbol's first bar).
     """
     n, m = up.shape
     has = np.empty((n, m), dtype=bool)
     has[0] = False
     np.not_equal(up[1:], up[:-1], out=has[1:])
-    has[np.minimum(first_valid, n - 1), np.arange(m)] = False  # warm-up -> valid is not a crossing
+    if pos is None:
+        has[np.minimum(first_valid, n - 1), np.arange(m)] = False  # warm-up -> valid is not a crossing
+    else:
+        has[pos[:, None] == first_valid[None, :]] = False
+        has[pos == 0] = False  # a symbol's first bar follows another symbol's last one
     keep = np.ones((n, 1), dtype=bool)
     if session_first is not None:
         keep[session_first, 0] = False
@@ -555,12 +626,14 @@ def _indicator(ctx: SignalContext, kind: str, w: int) -> np.ndarray:
         if kind == "bbz":
             return _zscore(ctx, w)
         if kind == "mom":
-            return _momentum(c, w)
+            return _momentum(c, w, ctx.pos)
         if ctx.high is None or ctx.low is None:
             raise StrategyError("donchian_breakout needs high and low columns in the bars")
-        if kind == "hh_prev":
-            return _previous(ctx.get(("hh_table",), lambda: RunningExtrema(ctx.high, "max")).window(w))
-        return _previous(ctx.get(("ll_table",), lambda: RunningExtrema(ctx.low, "min")).window(w))
+        table = (ctx.get(("hh_table",), lambda: RunningExtrema(ctx.high, "max")) if kind == "hh_prev"
+                 else ctx.get(("ll_table",), lambda: RunningExtrema(ctx.low, "min")))
+        out = table.window(w)
+        out[ctx.pos < w - 1] = np.nan  # a window reaching into the previous symbol
+        return _previous(out, ctx.pos)
 
     return ctx.get((kind, w), make)
 
@@ -640,10 +713,12 @@ def _zscore(ctx: SignalContext, w: int) -> np.ndarray:
     return z
 
 
-def _momentum(c: np.ndarray, lookback: int) -> np.ndarray:
+def _momentum(c: np.ndarray, lookback: int, pos: np.ndarray | None = None) -> np.ndarray:
     out = np.full(c.shape[0], np.nan)
     if lookback < c.shape[0]:
         out[lookback:] = c[lookback:] / c[:-lookback] - 1.0
+    if pos is not None:
+        out[pos < lookback] = np.nan  # the look-back would reach into the previous symbol
     return out
 
 
@@ -663,7 +738,9 @@ def family_positions(family: str, specs: list[StrategySpec], ctx: SignalContext,
     if family not in _FAMILY_PARAMS:
         raise StrategyError(f"unknown strategy family {family!r}")
     n = ctx.n
-    first_bar = (ctx.session_start == np.arange(n)) if reset_each_session else None
+    many = ctx.segments is not None
+    # several symbols back to back: the state also restarts at each symbol's first bar
+    first_bar = (ctx.session_start == np.arange(n)) if reset_each_session else (ctx.pos == 0 if many else None)
     keys = [_signal_key(s) for s in specs]
     distinct = list(dict.fromkeys(keys))
     at = {k: i for i, k in enumerate(distinct)}
@@ -672,7 +749,7 @@ def family_positions(family: str, specs: list[StrategySpec], ctx: SignalContext,
     ls = np.array([s.direction == "long_short" for s in specs], dtype=bool)
     if family in CROSS_FAMILIES:
         up, first = _cross_up(family, reps, ctx)
-        long_state, short_state = _crossing_states(up, first, first_bar)
+        long_state, short_state = _crossing_states(up, first, first_bar, ctx.pos if many else None)
         short_col = col
     else:
         long_state = _latch(*_hysteresis_masks(family, reps, ctx, "long"), first_bar)

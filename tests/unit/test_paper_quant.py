@@ -16,7 +16,15 @@ import numpy as np
 import polars as pl
 import pytest
 
-from quant.backtest import equity_curves, run_sweep, strategy_returns
+from quant.backtest import (  # _positions, _lambda_scale: the sweep's per-symbol path, the reference
+    _lambda_scale,
+    _positions,
+    engine_positions,
+    engine_positions_stacked,
+    equity_curves,
+    run_sweep,
+    strategy_returns,
+)
 from quant.paper import (
     BOOK_COLUMNS,
     DRAWDOWN_BREAKER,
@@ -359,21 +367,32 @@ def risk_history(symbols: list[str], seed: int = 3, t: int = 60) -> pl.DataFrame
                          "return": np.column_stack(cols).reshape(-1)})
 
 
-@pytest.mark.parametrize(("limits", "binding"), [
-    ({"var_limit": 0.003}, {"no_history", "correlation", "var"}),
-    ({"var_limit": 0.0015, "position_cap": 0.05, "gross_cap": 0.08}, {"position_cap", "gross_cap", "var"}),
-    ({"equity": 0.9, "peak": 1.0, "drawdown_breaker": 0.1}, {"drawdown_breaker"}),
+@pytest.mark.parametrize(("limits", "binding", "history"), [
+    ({"var_limit": 0.003}, {"no_history", "correlation", "var"}, "partial"),
+    ({"var_limit": 0.0015, "position_cap": 0.05, "gross_cap": 0.08}, {"position_cap", "gross_cap", "var"}, "partial"),
+    ({"equity": 0.9, "peak": 1.0, "drawdown_breaker": 0.1}, {"drawdown_breaker"}, "partial"),
+    # every symbol measured: the one-pass book (all decisions through the rules at once), also
+    # when the equity comes near the breaker without reaching it, and when it reaches it mid-way
+    ({"var_limit": 0.003}, {"correlation", "var"}, "full"),
+    ({"var_limit": 0.0015, "position_cap": 0.05, "gross_cap": 0.08}, {"position_cap", "gross_cap", "var"}, "full"),
+    ({"equity": 0.93, "peak": 1.0, "drawdown_breaker": 0.1}, {"correlation"}, "full"),
+    ({"equity": 0.9005, "peak": 1.0, "drawdown_breaker": 0.1, "var_limit": 0.003}, {"drawdown_breaker"}, "full"),
 ])
-def test_paper_book_equals_book_limits_at_every_decision(limits, binding):
+def test_paper_book_equals_book_limits_at_every_decision(limits, binding, history):
     bars = bars_of(5, n_symbols=5)
     trades = paper_trades(bars, STRATEGIES, fee_bps=1.0, slippage_bps=1.0, start=START)
     symbols = sorted(bars["symbol"].unique().to_list())
     hist = risk_history(symbols)
+    if history == "full":  # the last symbol gets a history too
+        extra = hist.filter(pl.col("symbol") == symbols[-2]).with_columns(pl.lit(symbols[-1]).alias("symbol"),
+                                                                          pl.col("return") * 0.5)
+        hist = pl.concat([hist, extra])
     fast = paper_book(bars, trades, STRATEGIES, hist, start=START, cost_rate=2e-4, **limits)
     slow = reference_book(bars, trades, STRATEGIES, hist, start=START, cost_rate=2e-4, **limits)
     assert fast.height > 100 and fast.equals(slow)
     rules = set("+".join(fast["limited_by"].to_list()).split("+")) - {""}
     assert binding <= rules, rules  # the rules the case sets up bind somewhere
+    assert ("drawdown_breaker" in rules) == ("drawdown_breaker" in binding)
     # by hand (pandas): the book's weights after each decision keep the cap and the one-day 95% VaR
     wide = hist.to_pandas().pivot(index="date", columns="symbol", values="return").reindex(columns=symbols).fillna(0.0)
     book = (fast.to_pandas().pivot_table(index=["ts", "mark"], columns="symbol", values="weight", aggfunc="last")
@@ -383,3 +402,23 @@ def test_paper_book_equals_book_limits_at_every_decision(limits, binding):
     var = -np.quantile(wide.to_numpy() @ weights.T, 0.05, axis=0)
     assert (var <= limits.get("var_limit", 0.02) + 1e-12).all()
     assert (np.abs(weights) <= limits.get("position_cap", 0.2) + 1e-12).all()
+
+
+def test_stacked_engine_positions_equal_one_symbol_runs():
+    """The engine's positions with all symbols back to back (and split over threads) equal a run on
+    each symbol alone, bit for bit: uneven histories, a symbol on a tick grid, one off it, holes,
+    overnight and regime-gated strategies."""
+    bars = bars_of(9, n_symbols=30, drop=5)
+    sym = pl.col("symbol")
+    bars = bars.filter(~((sym == "S1") & (pl.col("ts") < START))).with_columns(  # S1: no history
+        *[pl.when(sym == "S2").then(pl.col(c).round(2)).otherwise(pl.col(c)).alias(c)
+          for c in ("open", "close", "high", "low")])  # S2 on a cent grid
+    _, plan, symbols, w, seg = engine_positions_stacked(bars, STRATEGIES, fee_bps=1.0, workers=2)
+    assert len(symbols) == 30 and w.shape == (bars.height, len(IDS))
+    for i, sb in enumerate(symbols):
+        one = _positions(sb, plan)[1:].astype(np.float64)  # the nightly sweep's path: one symbol, no segments
+        one[:, plan.n_plain:] *= _lambda_scale(sb)[:, None]
+        assert np.array_equal(w[seg.starts[i]:seg.ends[i]], one), sb.symbol
+    i = [sb.symbol for sb in symbols].index("S2")
+    _, _, alone = engine_positions(bars.filter(sym == "S2"), STRATEGIES, fee_bps=1.0)
+    assert np.array_equal(alone[0][1], w[seg.starts[i]:seg.ends[i]])
