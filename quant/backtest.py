@@ -346,8 +346,8 @@ def prepare_bars(bars: pl.DataFrame, *, need_high_low: bool = False, need_physic
     has_alpha, has_regime = "alpha" in bars.columns, "regime" in bars.columns
     if has_alpha:
         cols.append(pl.col("alpha").cast(pl.Float64))
-    if has_regime:
-        cols.append(pl.col("regime").cast(pl.Utf8).str.to_lowercase())
+    if has_regime:  # lower-cased below, once per distinct label
+        cols.append(pl.col("regime").cast(pl.Utf8))
     frame = bars.select(cols)
 
     nulls = {c: n for c, n in zip(frame.columns, frame.null_count().row(0)) if n and c in required}
@@ -362,7 +362,9 @@ def prepare_bars(bars: pl.DataFrame, *, need_high_low: bool = False, need_physic
     bad_sym = [s for s in symbols if not is_valid_symbol(s)]
     if bad_sym:
         raise BacktestInputError(f"invalid symbol(s) in bars: {bad_sym[:5]}")
-    frame = frame.sort(["symbol", "ts"])
+    sym, ts = pl.col("symbol"), pl.col("ts")
+    if frame.select(((sym > sym.shift(-1)) | ((sym == sym.shift(-1)) & (ts > ts.shift(-1)))).any()).item():
+        frame = frame.sort(["symbol", "ts"])  # the warehouse's reads come sorted already
     dup = frame.select((pl.col("symbol") == pl.col("symbol").shift()) & (pl.col("ts") == pl.col("ts").shift()))
     n_dup = int(dup.to_series().sum() or 0)
     if n_dup:
@@ -393,7 +395,8 @@ def prepare_bars(bars: pl.DataFrame, *, need_high_low: bool = False, need_physic
         # labels through their codes: one object array of the few distinct names, not a string per row
         labels = [x for x in frame["regime"].unique().to_list() if x is not None]
         codes = frame["regime"].cast(pl.Enum(labels)).to_physical().fill_null(len(labels)).to_numpy()
-        regime_all = np.array(labels + [None], dtype=object)[codes]
+        lower = pl.Series(labels, dtype=pl.Utf8).str.to_lowercase().to_list()
+        regime_all = np.array(lower + [None], dtype=object)[codes]
         if alpha_all is not None:  # fill missing labels from alpha
             miss = codes == len(labels)
             regime_all[miss] = _regime_from_alpha(alpha_all[miss])

@@ -137,16 +137,25 @@ def _sleeve_marks(w: np.ndarray, session_end: np.ndarray, overnight: np.ndarray,
     Every symbol starts flat. Only ``rows`` (the new bars) are built: a live window needs one row
     per symbol, not the history's.
     """
-    def marks(t):  # (h, a) at bars t; garbage where t is -1 (masked by the caller)
-        h = np.where(symbol_start[t][:, None], 0.0, w[t - 1])
-        if fill == "close":
-            return h, w[t]
-        forced = (session_end[t][:, None] & ~overnight[None, :]) | symbol_end[t][:, None]
-        return h, np.where(forced, w[t], h)
+    def marks(t):  # (h, a) at bars t (t - 1 wraps at bar 0, whose h is set to 0); few temporaries
+        h = w[t - 1]
+        h[symbol_start[t]] = 0.0
+        a = w[t]
+        if fill != "close":
+            forced = (session_end[t][:, None] & ~overnight[None, :]) | symbol_end[t][:, None]
+            np.copyto(a, h, where=~forced)
+        return h, a
 
     h, a = marks(rows)
-    q = np.where(symbol_start[rows][:, None], 0.0, marks(np.maximum(rows - 1, 0))[1])
-    return (h, h, a) if fill == "close" else (q, h, a)
+    if fill == "close" or not rows.size:
+        return h, h, a
+    # q[t] = a[t-1]: the previous row's a where the rows run on, else computed (a symbol's first new bar)
+    q = np.empty_like(a)
+    q[1:] = a[:-1]
+    fresh = np.flatnonzero(np.r_[True, rows[1:] - 1 != rows[:-1]])
+    q[fresh] = marks(np.maximum(rows[fresh] - 1, 0))[1]
+    q[symbol_start[rows]] = 0.0
+    return q, h, a
 
 
 def paper_trades(bars: pl.DataFrame, strategies: pl.DataFrame, *, fill: str = "next_open", fee_bps: float = 0.0,

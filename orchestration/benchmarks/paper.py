@@ -6,9 +6,11 @@ minute bars plus the look-back sessions ``quant.paper.lookback_bars`` asks for (
 costs (next-open fills, 1 bp fee + 1 bp slippage). ``quick=True``: 3 strategies x 10 symbols.
 
 Timed (in this process, after a warm-up, not timed: bar synthesis and the symbols' daily return
-history): ``quant.paper.paper_trades`` over history + session, and the paper book
-(``quant.paper.paper_book``: ``quant.paper.book_limits``' rules at every decision, their VaR and
-correlation inputs built once per call). ``value`` = the median wall time in seconds of
+history): ``quant.paper.paper_trades`` over history + session (the engine's positions with all
+symbols back to back, ``quant.backtest.engine_positions_stacked``, in up to one thread per CPU),
+and the paper book (``quant.paper.paper_book``: ``quant.paper.book_limits``' rules at every
+decision, their VaR and correlation inputs built once per call; all decisions in one pass when
+every symbol has history and no decision meets the drawdown breaker). ``value`` = the median wall time in seconds of
 ``REPEATS`` runs for the whole day; ``share_of_budget`` = value / the 1 s micro-batch compute
 budget. ``window_s`` = the median of the same work for one minute (history + the session's last
 minute, the book at that minute's decisions): the incremental cost of a minute. The live
