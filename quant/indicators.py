@@ -155,15 +155,15 @@ def rolling_sum(x: np.ndarray, w: int, seg: Segments) -> np.ndarray:
         length = int(seg.ends[group[0]] - seg.starts[group[0]])
         if length < w:
             continue
-        rows = seg.starts[group][:, None] + np.arange(length)[None, :]
-        xs, res = values[rows], np.full((group.shape[0], length), np.nan)
+        rows = _group_rows(seg, group, length)
+        xs, res = _take_rows(values, rows, group.shape[0], length), np.full((group.shape[0], length), np.nan)
         for c0 in range(w - 1, length, _SUM_BLOCK):
             c1 = min(length, c0 + _SUM_BLOCK)
             cs = np.cumsum(xs[:, c0 - w + 1 : c1], axis=1)
             dst = res[:, c0:c1]
             dst[:] = cs[:, w - 1 :]
             dst[:, 1:] -= cs[:, : c1 - c0 - 1]
-        out[rows] = res
+        _put_rows(out, rows, res)
     if not all_finite:
         bad = np.flatnonzero(~finite)
         if bad.shape[0] * w <= n:  # few bad rows (e.g. each symbol's first return): mark their windows
@@ -218,10 +218,8 @@ def _mean_var_rows(x: np.ndarray, w: int, with_var: bool = True) -> tuple[np.nda
     """``_mean_var_1d`` of each row of ``x`` (G, N) at once (equal-length series), bit for bit the
     same per row (the same elementwise steps; cumulative sums run along each row in order)."""
     g, n = x.shape
-    mean = np.full((g, n), np.nan)
-    var = np.full((g, n), np.nan) if with_var else None
     if n < w:
-        return mean, var
+        return np.full((g, n), np.nan), np.full((g, n), np.nan) if with_var else None
     blk = max(w, 64)
     nb = -(-n // blk)
     xp = np.empty((g, (nb + 1) * blk))
@@ -230,19 +228,27 @@ def _mean_var_rows(x: np.ndarray, w: int, with_var: bool = True) -> tuple[np.nda
     xp[:, blk + n:] = x[:, -1:]
     seg = np.lib.stride_tricks.sliding_window_view(xp, 2 * blk, axis=1)[:, ::blk]  # (g, nb, 2*blk)
     anchor = xp[:, blk::blk][:, :nb, None]  # first value of each output block
+    # few large temporaries, reused in place (fresh pages cost more than the arithmetic here)
     y = seg - anchor
-    c1 = np.zeros((g, nb, 2 * blk + 1))
-    np.cumsum(y, axis=2, out=c1[:, :, 1:])
-    s1 = c1[:, :, blk + 1:] - c1[:, :, blk + 1 - w:2 * blk + 1 - w]
-    m = s1 / w
-    mean[:] = (anchor + m).reshape(g, -1)[:, :n]
+    c = np.zeros((g, nb, 2 * blk + 1))
+    np.cumsum(y, axis=2, out=c[:, :, 1:])
+    m = c[:, :, blk + 1:] - c[:, :, blk + 1 - w:2 * blk + 1 - w]
+    m /= w
+    mean = np.empty((g, nb * blk))
+    np.add(anchor, m, out=mean.reshape(g, nb, blk))
+    mean = mean[:, :n]
     mean[:, :w - 1] = np.nan
     if not with_var:
         return mean, None
-    c2 = np.zeros((g, nb, 2 * blk + 1))
-    np.cumsum(y * y, axis=2, out=c2[:, :, 1:])
-    s2 = c2[:, :, blk + 1:] - c2[:, :, blk + 1 - w:2 * blk + 1 - w]
-    var[:] = np.maximum(s2 / w - m * m, 0.0).reshape(g, -1)[:, :n]
+    np.multiply(y, y, out=y)
+    np.cumsum(y, axis=2, out=c[:, :, 1:])
+    s2 = np.subtract(c[:, :, blk + 1:], c[:, :, blk + 1 - w:2 * blk + 1 - w], out=y[:, :, :blk])
+    s2 /= w
+    np.multiply(m, m, out=m)
+    s2 -= m
+    var = np.empty((g, nb * blk))
+    np.maximum(s2, 0.0, out=var.reshape(g, nb, blk))
+    var = var[:, :n]
     changes = np.zeros((g, n + 1), dtype=np.int64)  # changes[t+1] = number of x[i] != x[i-1] for i <= t
     np.cumsum(x[:, 1:] != x[:, :-1], axis=1, out=changes[:, 2:])
     flat = np.zeros((g, n), dtype=bool)
@@ -250,6 +256,26 @@ def _mean_var_rows(x: np.ndarray, w: int, with_var: bool = True) -> tuple[np.nda
     var[flat] = 0.0
     var[:, :w - 1] = np.nan
     return mean, var
+
+
+def _group_rows(seg: Segments, group: np.ndarray, length: int) -> slice | np.ndarray:
+    """The rows of equal-length segments ``group``: one slice when they lie back to back (the
+    usual case: a 2-D view, no copy), else an int64 (G, length) index."""
+    starts = seg.starts[group]
+    if np.array_equal(starts, starts[0] + length * np.arange(group.shape[0])):
+        return slice(int(starts[0]), int(starts[0]) + length * group.shape[0])
+    return starts[:, None] + np.arange(length)[None, :]
+
+
+def _take_rows(x: np.ndarray, rows: slice | np.ndarray, g: int, length: int) -> np.ndarray:
+    return x[rows].reshape(g, length) if isinstance(rows, slice) else x[rows]
+
+
+def _put_rows(out: np.ndarray, rows: slice | np.ndarray, values: np.ndarray) -> None:
+    if isinstance(rows, slice):
+        out[rows].reshape(values.shape)[...] = values  # a view of the slice: no flattened copy
+    else:
+        out[rows] = values
 
 
 def _equal_length_groups(seg: Segments) -> list[np.ndarray]:
@@ -276,11 +302,12 @@ def rolling_mean_var(
     mean = np.full(n, np.nan)
     var = np.full(n, np.nan) if with_var else None
     for group in _equal_length_groups(seg):
-        idx = seg.starts[group][:, None] + np.arange(int(seg.ends[group[0]] - seg.starts[group[0]]))[None, :]
-        m, v = _mean_var_rows(x[idx], w, with_var)
-        mean[idx] = m
+        length = int(seg.ends[group[0]] - seg.starts[group[0]])
+        idx = _group_rows(seg, group, length)
+        m, v = _mean_var_rows(_take_rows(x, idx, group.shape[0], length), w, with_var)
+        _put_rows(mean, idx, m)
         if with_var:
-            var[idx] = v
+            _put_rows(var, idx, v)
     return mean, var
 
 
@@ -304,14 +331,14 @@ def seeded_ewm(x: np.ndarray, n: int, alpha: float, seg: Segments, offset: int =
         length = int(seg.ends[group[0]] - seg.starts[group[0]])
         if seed_at >= length:
             continue
-        rows = seg.starts[group][:, None] + np.arange(length)[None, :]
-        xs = x[rows]
+        rows = _group_rows(seg, group, length)
+        xs = _take_rows(x, rows, group.shape[0], length)
         seed = xs[:, offset:seed_at + 1].mean(axis=1)
         ys = np.full(xs.shape, np.nan)
         ys[:, seed_at] = seed
         if seed_at + 1 < length:
             ys[:, seed_at + 1:], _ = lfilter(b, a, xs[:, seed_at + 1:], axis=1, zi=(1.0 - alpha) * seed[:, None])
-        out[rows] = ys
+        _put_rows(out, rows, ys)
     return out
 
 
