@@ -70,7 +70,7 @@ def open_cursor(database: str, read_only: bool, config: dict | None = None) -> d
             alias = _alias(path)
             mode = " (READ_ONLY)" if read_only else ""
             host.execute(f"DETACH DATABASE IF EXISTS {alias}")  # left by a DETACH that failed
-            host.execute(f"ATTACH '{_quoted(path)}' AS {alias}{mode}")
+            host.execute(f"ATTACH ? AS {alias}{mode}", [path])
         _attached[path] = (alias, attached_ro if users else read_only, users + 1)
         try:
             cursor = host.cursor()
@@ -102,6 +102,3 @@ def _release(path: str) -> None:
     if _host is not None and _host_pid == os.getpid():
         _host.execute(f"DETACH {alias}")
 
-
-def _quoted(path: str) -> str:
-    return path.replace("'", "''")

@@ -331,6 +331,8 @@ SQL_FORMAT_ALLOWLIST: dict[tuple[str, str], str] = {
     ("orchestration/hot_state_cli.py", "columns"): "constant HOT_STATE_FIELDS",
     ("resources/archive.py", "'symbol, ' if layout.by_symbol else ''"): "constant",
     ("resources/archive.py", "MANIFEST"): "constant table name",
+    ("resources/duckdb_host.py", "alias"): "'wh_' + a SHA-1 hex digest of the path (the path itself is bound)",
+    ("resources/duckdb_host.py", "mode"): "constant ' (READ_ONLY)' or ''",
     ("resources/archive.py", "_FILE_COL"): "constant column name",
     ("resources/archive.py", "_list_literal(files)"): "escaped literal of paths the archive wrote",
     ("resources/archive.py", "_list_literal(sorted(owner))"): "escaped literal of paths the archive wrote",
@@ -363,7 +365,9 @@ SQL_FORMAT_ALLOWLIST: dict[tuple[str, str], str] = {
     ("resources/warehouse.py", "n"): "table names read back from information_schema, quoted",
     ("resources/warehouse.py", "name"): "column name matched against _IDENTIFIER",
     ("resources/warehouse.py", "table"): "checked_table()",
-    ("resources/warehouse.py", "wanted"): "'t.' + column names matched against _IDENTIFIER (read_intervals)",
+    ("resources/warehouse.py", "wanted"): "'t.' + column names matched against _IDENTIFIER (read_intervals, "
+                                          "read_with_lookback) or '*'",
+    ("resources/warehouse.py", "plain"): "column names matched against _IDENTIFIER (read_with_lookback) or '*'",
     ("resources/warehouse.py", "where"): "column names matched against _IDENTIFIER, ? placeholders",
 }
 _SQL_WORDS = re.compile(r"\b(SELECT|INSERT|DELETE|CREATE|ALTER|UPDATE|DROP|DESCRIBE|COPY|ATTACH|PRAGMA)\b")

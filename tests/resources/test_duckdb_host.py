@@ -84,3 +84,11 @@ def test_a_forked_child_uses_its_own_instance(tmp_path):
     assert child.exitcode == 0
     assert sorted(warehouse.query("SELECT metric FROM run_metrics")["metric"].to_list()) == [
         "from the child", "from the parent"]
+
+
+def test_a_path_with_quotes_is_bound_not_formatted(tmp_path):
+    odd = tmp_path / "it's a \"warehouse\"; DROP TABLE x.duckdb"
+    warehouse = WarehouseResource(database=str(odd))
+    warehouse.append("run_metrics", pl.DataFrame({"metric": ["ok"]}))
+    assert warehouse.query("SELECT metric FROM run_metrics")["metric"].to_list() == ["ok"]
+    assert odd.exists()
