@@ -310,6 +310,19 @@ def test_empty_and_short_symbols():
 # --- incremental == full recompute ------------------------------------------------------
 
 
+def _assert_features_equal(part: pl.DataFrame, expected: pl.DataFrame) -> None:
+    assert part.select("symbol", "ts").equals(expected.select("symbol", "ts"))
+    price = expected["close"].to_numpy()
+    for name in FLOAT_FEATURES:
+        a, b = part[name].to_numpy(), expected[name].to_numpy()
+        assert np.array_equal(np.isnan(a), np.isnan(b)), name
+        ok = ~np.isnan(b)
+        if name.startswith("macd"):
+            assert np.all(np.abs(a[ok] - b[ok]) <= 1e-9 * price[ok]), name
+        else:
+            np.testing.assert_allclose(a[ok], b[ok], rtol=1e-9, atol=1e-300, err_msg=name)
+
+
 def test_incremental_equals_full_recompute():
     lookback = warmup_bars()
     bars = synthetic_bars(2, lookback + 2500, seed=21, gap_fraction=0.1)
@@ -326,16 +339,7 @@ def test_incremental_equals_full_recompute():
     assert history.group_by("symbol").len()["len"].max() == lookback
     part = compute_features_incremental(history, new)
     expected = full.filter(pl.col("ts") >= start_ts)
-    assert part.select("symbol", "ts").equals(expected.select("symbol", "ts"))
-    price = expected["close"].to_numpy()
-    for name in FLOAT_FEATURES:
-        a, b = part[name].to_numpy(), expected[name].to_numpy()
-        assert np.array_equal(np.isnan(a), np.isnan(b)), name
-        ok = ~np.isnan(b)
-        if name.startswith("macd"):
-            assert np.all(np.abs(a[ok] - b[ok]) <= 1e-9 * price[ok]), name
-        else:
-            np.testing.assert_allclose(a[ok], b[ok], rtol=1e-9, atol=1e-300, err_msg=name)
+    _assert_features_equal(part, expected)
     for name in ("fractal_up_confirmed", "fractal_down_confirmed"):
         assert part[name].equals(expected[name])
     assert expected["vpin"].null_count() < expected.height // 2  # VPIN really exercised
@@ -364,19 +368,6 @@ def _last_rows_before(bars: pl.DataFrame, start_ts, rows: int) -> pl.DataFrame:
         before = g.filter(pl.col("ts") < start_ts)
         parts.append(pl.concat([before.tail(rows), g.filter(pl.col("ts") >= start_ts)]))
     return pl.concat(parts)
-
-
-def _assert_features_equal(part: pl.DataFrame, expected: pl.DataFrame) -> None:
-    assert part.select("symbol", "ts").equals(expected.select("symbol", "ts"))
-    price = expected["close"].to_numpy()
-    for name in FLOAT_FEATURES:
-        a, b = part[name].to_numpy(), expected[name].to_numpy()
-        assert np.array_equal(np.isnan(a), np.isnan(b)), name
-        ok = ~np.isnan(b)
-        if name.startswith("macd"):
-            assert np.all(np.abs(a[ok] - b[ok]) <= 1e-9 * price[ok]), name
-        else:
-            np.testing.assert_allclose(a[ok], b[ok], rtol=1e-9, atol=1e-300, err_msg=name)
 
 
 @pytest.mark.parametrize("source", ["simulator", "real"])
