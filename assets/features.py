@@ -10,7 +10,7 @@ from assets.metadata import QUANT, duckdb_table_metadata, frame_metadata, layer_
 from assets.partitions import daily_partitions
 from assets.quality import check_results, check_specs, store_outcomes, summary_table
 from quant.quality import ERROR, RuleOutcome, no_nan_after_warmup, within_range
-from quant.features import VPIN_INPUT_COLUMNS, compute_features, core_warmup_bars, vpin_warmup_bars
+from quant.features import VPIN_INPUT_COLUMNS, compute_features, core_warmup_bars, vpin_anchor_rows
 from assets.scope import Scope, layer_scope
 from resources.live_window import LiveWindow
 from resources.market_data import MarketDataResource
@@ -21,18 +21,17 @@ FEATURES_KEY = dg.AssetKey(["duckdb", "features"])
 CODE_VERSION = "1"
 # bars read before the partition, per symbol, so every window is warm at the partition's first bar
 # and the result equals a full recompute: VPIN's volume clock needs the longest look-back, of its
-# volume columns only (a live window reads 51k full bars + 431k volume rows instead of 431k full bars)
+# volume columns only, in whole UTC days (a live window of 100 symbols in 390-bar sessions reads
+# 56k full bars + 196k volume rows instead of 430k full bars)
 CORE_WARMUP_BARS = core_warmup_bars()
-VPIN_WARMUP_BARS = vpin_warmup_bars()
+VPIN_ANCHOR_ROWS = vpin_anchor_rows()
 
 
-def bars_with_warmup(warehouse: WarehouseResource, scope: Scope, lookback: int,
-                     columns: tuple[str, ...] | None = None) -> pl.DataFrame:
-    """Bars of ``scope`` plus the ``lookback`` bars before it per symbol (sorted by symbol, ts;
-    ``columns`` only, when given)."""
+def bars_with_warmup(warehouse: WarehouseResource, scope: Scope, lookback: int) -> pl.DataFrame:
+    """Bars of ``scope`` plus the ``lookback`` bars before it per symbol (sorted by symbol, ts)."""
     if not scope.symbols:
         return pl.DataFrame()
-    return warehouse.read_with_lookback("bars_1m", scope.start, scope.end, scope.symbols, lookback, columns=columns)
+    return warehouse.read_with_lookback("bars_1m", scope.start, scope.end, scope.symbols, lookback)
 
 
 CORE_INDICATORS = ["sma_20", "ema_12", "ema_26", "rsi_14", "macd", "macd_signal", "macd_hist", "bb_upper",
@@ -60,16 +59,17 @@ FEATURE_CHECKS = ["no_nan_after_warmup", "rsi_14_in_range"]
         "Per symbol and minute: SMA/EMA/RSI/MACD/Bollinger/ATR (TA-Lib conventions), realised volatility, "
         "1/5/15-minute returns, tick imbalance, order-flow ratio, Kyle's lambda, VPIN, Amihud illiquidity, "
         "Hurst exponent and confirmed Williams fractals. Computed from bars_1m with a warm-up look-back of "
-        f"{CORE_WARMUP_BARS} bars per symbol ({VPIN_WARMUP_BARS} of the volume columns for VPIN), so a day (or a live "
-        "window) equals a full recompute; nothing at minute t uses data after the close of t."
+        f"{CORE_WARMUP_BARS} bars per symbol (for VPIN, the volume columns from 00:00 UTC of the day before the one "
+        f"holding the bar {VPIN_ANCHOR_ROWS} bars back), so a day (or a live window) equals a full recompute; nothing "
+        "at minute t uses data after the close of t."
     ),
 )
 def features(context: dg.AssetExecutionContext, market_data: MarketDataResource, warehouse: WarehouseResource,
              live_window: LiveWindow) -> dg.MaterializeResult:
     scope = layer_scope(context, market_data, live_window, warehouse).through_newest_bar(warehouse)
     bars = bars_with_warmup(warehouse, scope, lookback=CORE_WARMUP_BARS)
-    vpin_bars = bars_with_warmup(warehouse, scope, lookback=VPIN_WARMUP_BARS, columns=VPIN_INPUT_COLUMNS) \
-        if bars.height else bars
+    vpin_bars = warehouse.read_from_day_before("bars_1m", scope.start, scope.end, scope.symbols, VPIN_ANCHOR_ROWS,
+                                               columns=VPIN_INPUT_COLUMNS) if bars.height else bars
     computed = compute_features(bars, vpin_bars=vpin_bars) if bars.height else bars
     in_range_expr = (pl.col("ts") >= scope.start) & (pl.col("ts") < scope.end)
     in_range = computed.filter(in_range_expr) if computed.height else computed

@@ -88,6 +88,7 @@ __all__ = [
     "compute_features_incremental",
     "core_warmup_bars",
     "prepare_bars",
+    "vpin_anchor_rows",
     "vpin_warmup_bars",
     "warmup_bars",
 ]
@@ -209,6 +210,19 @@ def vpin_warmup_bars(**params) -> int:
     ``vpin_max_age_bars + 2 x 1440`` (4,320 with the defaults; see the module docstring)."""
     p = FeatureParams.from_kwargs(params)
     return int(p.vpin_max_age_bars + 2 * BARS_PER_UTC_DAY_MAX)
+
+
+def vpin_anchor_rows(**params) -> int:
+    """VPIN's exact look-back as a rule on the data (fewer rows than :func:`vpin_warmup_bars` when
+    sessions are shorter than a UTC day): the value at a symbol's row i averages buckets completed
+    fewer than ``vpin_max_age_bars`` rows before it; a bucket depends on its UTC day's rows from
+    00:00 and on the total volume of the symbol's previous day with rows. So for values from row i
+    on, the rows from 00:00 UTC of the last day with rows before the day holding row
+    ``i - vpin_anchor_rows()`` suffice (a symbol with fewer rows: all of them). Returns that row
+    offset: ``vpin_max_age_bars - 1`` (1,439 with the defaults). About 1,950 rows for 390-bar
+    sessions instead of 4,320."""
+    p = FeatureParams.from_kwargs(params)
+    return int(p.vpin_max_age_bars - 1)
 
 
 def warmup_bars(**params) -> int:
@@ -395,8 +409,9 @@ def compute_features(bars: pl.DataFrame, vpin_bars: pl.DataFrame | None = None, 
 
     ``vpin_bars``: optional longer history of the same symbols with only ``VPIN_INPUT_COLUMNS``
     (must contain every row of ``bars``); VPIN is computed over it instead of over ``bars``. This
-    lets a caller read :func:`vpin_warmup_bars` of look-back for three columns and
-    :func:`core_warmup_bars` for the rest, and still equal a full recompute on [start, end).
+    lets a caller read VPIN's look-back (:func:`vpin_anchor_rows`, at most :func:`vpin_warmup_bars`
+    rows) for three columns and :func:`core_warmup_bars` for the rest, and still equal a full
+    recompute on [start, end).
     ``params``: overrides of :class:`FeatureParams` (e.g. ``scaling_stride_minutes=None``
     to evaluate Hurst at every bar, ``threads=1`` to stay on one core). Shape:
     (n_bars, n_input_columns + 24), sorted by (symbol, ts). Raises FeatureInputError on

@@ -324,6 +324,32 @@ class WarehouseResource(DuckDBResource):
             [lookback_rows, list(symbols), start, start, list(symbols), start, end],
         )
 
+    def read_from_day_before(self, table: str, start: datetime, end: datetime, symbols: Sequence[str],
+                             anchor_rows: int, columns: Sequence[str] | None = None) -> pl.DataFrame:
+        """Rows of ``table`` in ``[start, end)`` plus, per symbol, every row from 00:00 UTC of its last day
+        with rows before the UTC day that holds its ``anchor_rows``-th row before ``start`` (fewer rows
+        before ``start``: all of them); ``columns`` only, when given. Sorted by symbol, ts. The read
+        VPIN needs (``quant.features.vpin_anchor_rows``): whole days and the day before them."""
+        table = checked_table(table)
+        if anchor_rows < 1:
+            raise WarehouseError(f"anchor_rows must be at least 1, got {anchor_rows}")
+        names = ["*"] if columns is None else _checked_columns(columns)
+        wanted, plain = ", ".join("t." + c for c in names), ", ".join(names)
+        # per symbol the UTC day of its anchor_rows-th newest row before start (a top-n aggregate, as
+        # read_with_lookback), then 00:00 of its newest day with rows before that day
+        return self.query_table(
+            table,
+            f"WITH anchor AS (SELECT symbol, date_trunc('day', list_min(max(ts, ?))) AS day0 FROM {table} "
+            f"WHERE list_contains(?, symbol) AND ts < ? GROUP BY symbol), "
+            f"cut AS (SELECT a.symbol, coalesce(date_trunc('day', max(p.ts)), min(a.day0)) AS first_ts "
+            f"FROM anchor a LEFT JOIN {table} p ON p.symbol = a.symbol AND p.ts < a.day0 GROUP BY a.symbol) "
+            f"SELECT {wanted} FROM {table} t SEMI JOIN cut ON t.symbol = cut.symbol AND t.ts >= cut.first_ts "
+            f"WHERE t.ts < ? "
+            f"UNION ALL SELECT {plain} FROM {table} WHERE list_contains(?, symbol) AND ts >= ? AND ts < ? "
+            f"ORDER BY symbol, ts",
+            [anchor_rows, list(symbols), start, start, list(symbols), start, end],
+        )
+
     def count_rows(self) -> dict[str, int]:
         """Row count of every table in the warehouse."""
         with self.read_connection() as conn:

@@ -215,3 +215,31 @@ def test_a_live_window_run_opens_duckdb_once_and_releases_the_lock(warehouse: Wa
     seen.clear()
     assert run(LiveWindow()) is (not fail)
     assert seen["lock_free_during_run"] is True and len(opened) > 3
+
+
+def test_read_from_day_before_equals_the_by_hand_rows_on_real_bars(warehouse: WarehouseResource, real_data_dir):
+    """VPIN's look-back read (whole UTC days from the day before the anchor row's day) against a loop over
+    symbols, on real minute bars: SPY with extended hours, sparse DBB/FXY/INDA with gaps, plus a symbol
+    with fewer rows than the anchor (all of its rows) and one with no row before the start."""
+    from tests.lookback_oracle import rows_from_day_before
+
+    frames = [pl.read_parquet(real_data_dir / name) for name in (
+        "bars_1m_SPY_2024_ext_hours_polygonstyle.parquet", "bars_1m_watstreet_DBB_FXY_INDA_2023-2025.parquet")]
+    real = pl.concat([f.with_columns(pl.col("ts").cast(BAR_SCHEMA["ts"])) for f in frames], how="diagonal_relaxed")
+    real = real.with_columns(*(pl.lit(None, dtype=t).alias(c) for c, t in BAR_SCHEMA.items() if c not in real.columns))
+    starts = [real["ts"].sort()[int(real.height * q)] for q in (0.35, 0.8)]
+    few = _bars("FEW", 50, start=starts[1] - timedelta(minutes=60))
+    late = _bars("LATE", 20, start=starts[1] + timedelta(minutes=5))
+    bars = pl.concat([real.select(list(BAR_SCHEMA)), few, late]).sort("symbol", "ts")
+    warehouse.replace_window("bars_1m", bars, start=bars["ts"].min(), end=bars["ts"].max() + timedelta(minutes=1))
+    symbols = bars["symbol"].unique().sort().to_list()
+    for start in starts:
+        end = start + timedelta(hours=3)
+        got = warehouse.read_from_day_before("bars_1m", start, end, symbols, 1439, columns=["symbol", "ts", "volume"])
+        expected = rows_from_day_before(bars.filter(pl.col("ts") < end), start, 1439).select("symbol", "ts", "volume")
+        assert got.equals(expected)
+        assert got.height < warehouse.read_with_lookback("bars_1m", start, end, symbols, 4320).height
+    assert got.filter(pl.col("symbol") == "FEW").height == 50  # fewer rows than the anchor: all of them
+    assert got.filter(pl.col("symbol") == "LATE").height == late.height  # nothing before the start
+    with pytest.raises(WarehouseError, match="anchor_rows"):
+        warehouse.read_from_day_before("bars_1m", starts[0], starts[0], symbols, 0)

@@ -19,10 +19,12 @@ from quant.features import (
     VPIN_INPUT_COLUMNS,
     compute_features_incremental,
     core_warmup_bars,
+    vpin_anchor_rows,
     vpin_warmup_bars,
     warmup_bars,
 )
 from quant.physics import compute_physics
+from tests.lookback_oracle import rows_from_day_before
 
 CORE = ["symbol", "ts", "open", "high", "low", "close", "volume"]
 FLOAT_FEATURES = [c for c in FEATURE_COLUMNS if not c.endswith("_confirmed")]
@@ -392,6 +394,39 @@ def test_short_lookback_with_long_vpin_columns_equals_full_recompute(source, rea
     # VPIN over the short look-back alone differs: the long columns are what make it right
     alone = compute_features(core).filter(pl.col("ts") >= start_ts)
     assert not np.allclose(alone["vpin"].to_numpy(), full["vpin"].to_numpy(), equal_nan=True)
+
+
+def _sessions_only(bars: pl.DataFrame) -> pl.DataFrame:
+    """Weekday 14:30-21:00 UTC bars (390 a session, overnight and weekend gaps), as an exchange trades."""
+    minute = pl.col("ts").dt.hour().cast(pl.Int32) * 60 + pl.col("ts").dt.minute().cast(pl.Int32)
+    return bars.filter((pl.col("ts").dt.weekday() <= 5) & (minute >= 14 * 60 + 30) & (minute < 21 * 60))
+
+
+@pytest.mark.parametrize("calendar", ["sessions", "24/7"])
+def test_vpin_from_the_day_before_its_anchor_day_equals_full_recompute(calendar):
+    """What the features asset reads for VPIN (vpin_anchor_rows): whole UTC days from the day before the
+    one holding the row 1,439 bars back. Fewer rows than vpin_warmup_bars() in sessions, same values."""
+    bars = synthetic_bars(3, 12 * 1440, seed=24, gap_fraction=0.05)
+    bars = _sessions_only(bars) if calendar == "sessions" else bars
+    days = bars["ts"].dt.date().unique().sort()
+    start_ts = bars.filter(pl.col("ts").dt.date() == days[-2])["ts"].sort()[100]  # mid-morning of a late day
+    full = compute_features(bars).filter(pl.col("ts") >= start_ts)
+    core = _last_rows_before(bars, start_ts, core_warmup_bars())
+    vpin_rows = rows_from_day_before(bars, start_ts, vpin_anchor_rows()).select(VPIN_INPUT_COLUMNS)
+    part = compute_features(core, vpin_bars=vpin_rows).filter(pl.col("ts") >= start_ts)
+    _assert_features_equal(part, full)
+    assert full["vpin"].drop_nulls().len() > full.height // 3  # VPIN really exercised
+    before = vpin_rows.filter(pl.col("ts") < start_ts).group_by("symbol").len()["len"]
+    if calendar == "sessions":  # ~5 sessions of 390 bars instead of 4,320 bars
+        assert before.max() < 0.6 * vpin_warmup_bars()
+    else:
+        assert before.max() <= vpin_warmup_bars()
+        # without the day before the anchor day the first day forms no buckets: the rule is tight
+        day0_only = pl.concat([
+            g.filter(pl.col("ts").dt.date() >= g.filter(pl.col("ts") < start_ts)["ts"].dt.date().unique().sort()[1])
+            for _, g in vpin_rows.group_by("symbol", maintain_order=True)])
+        short = compute_features(core, vpin_bars=day0_only).filter(pl.col("ts") >= start_ts)
+        assert not np.allclose(short["vpin"].to_numpy(), full["vpin"].to_numpy(), equal_nan=True)
 
 
 def test_vpin_bars_in_any_order_or_reaching_later_give_the_same_values():
