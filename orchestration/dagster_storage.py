@@ -75,6 +75,7 @@ class EngineCachingSqliteEventLogStorage(SqliteEventLogStorage):
 
     def __init__(self, base_dir: str, inst_data: ConfigurableClassData | None = None):
         self._engines: OrderedDict[str, Engine] = OrderedDict()
+        self._tables_seen: set[str] = set()
         super().__init__(base_dir, inst_data=inst_data)
         _LIVE_STORAGES.add(self)
 
@@ -106,6 +107,16 @@ class EngineCachingSqliteEventLogStorage(SqliteEventLogStorage):
             with self._engine(shard).connect() as conn, conn.begin():
                 yield conn
 
+    def has_table(self, table_name: str) -> bool:
+        """Dagster asks before every asset check event (~70 times a live window), each time through a
+        new engine and connection; a table, once there, stays until ``wipe``, so a yes is remembered."""
+        if table_name in self._tables_seen:
+            return True
+        present = super().has_table(table_name)
+        if present:
+            self._tables_seen.add(table_name)
+        return present
+
     def watch(self, run_id: str, cursor: str | None, callback) -> None:  # noqa: D102
         if not self._obs:
             from watchdog.observers import Observer
@@ -123,6 +134,7 @@ class EngineCachingSqliteEventLogStorage(SqliteEventLogStorage):
     def wipe(self) -> None:  # noqa: D102
         self._close_engines()  # the files are deleted: no connection may stay open on them
         super().wipe()
+        self._tables_seen.clear()
 
     def dispose(self) -> None:  # noqa: D102
         super().dispose()
