@@ -449,13 +449,14 @@ class WarehouseResource(DuckDBResource):
             conn.execute("BEGIN TRANSACTION")
             try:
                 conn.register("incoming_frame", arrow)
-                exists = conn.execute(
-                    "SELECT count(*) FROM information_schema.tables WHERE table_catalog = current_database() AND table_name = ?", [table]
-                ).fetchone()[0]
-                if not exists:
+                # one catalog lookup: a table has at least one column, so none means no table
+                have = {r[0] for r in conn.execute(
+                    "SELECT column_name FROM information_schema.columns WHERE table_catalog = current_database() "
+                    "AND table_name = ?", [table]).fetchall()}
+                if not have:
                     conn.execute(f"CREATE TABLE {table} AS SELECT * FROM incoming_frame LIMIT 0")
-                else:
-                    self._add_new_columns(conn, table)
+                elif not have.issuperset(arrow.schema.names):
+                    self._add_new_columns(conn, table, have)
                 if delete_sql is not None:
                     conn.execute(delete_sql, params)
                 if frame.height:
@@ -469,10 +470,8 @@ class WarehouseResource(DuckDBResource):
         return frame.height
 
     @staticmethod
-    def _add_new_columns(conn: duckdb.DuckDBPyConnection, table: str) -> None:
+    def _add_new_columns(conn: duckdb.DuckDBPyConnection, table: str, have: set[str]) -> None:
         """Additive schema evolution: columns a newer version writes are added (nullable) to the table."""
-        have = {r[0] for r in conn.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_catalog = current_database() AND table_name = ?", [table]).fetchall()}
         for name, kind in conn.execute("SELECT column_name, column_type FROM (DESCRIBE incoming_frame)").fetchall():
             if name not in have:
                 if not _IDENTIFIER.match(name):
