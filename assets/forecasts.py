@@ -15,7 +15,7 @@ from assets.scope import layer_scope
 from assets.plots import forecast_fan_png
 from quant.quality import ON_REAL_SPY
 from quant.forecast_eval import COVERAGE_OK, bar_length, evaluate_forecasts
-from quant.forecast_schedule import issue_points, split_series, stacked_histories
+from quant.forecast_schedule import issue_points, may_issue, split_series, stacked_histories
 from resources.alerts import AlertingResource
 from resources.live_window import LiveWindow
 from resources.market_data import MarketDataResource
@@ -65,8 +65,10 @@ EVAL_DESCRIPTION = (f"Scores the issues whose targets have been realised: covera
 def forecasts(context: dg.AssetExecutionContext, market_data: MarketDataResource, warehouse: WarehouseResource,
               forecaster: ForecasterResource, alerting: AlertingResource, live_window: LiveWindow) -> dg.MaterializeResult:
     scope = layer_scope(context, market_data, live_window, warehouse).through_newest_bar(warehouse)
-    # the closes each issue reads: context_length bars before the range are enough
-    bars = bars_with_warmup(warehouse, scope, lookback=forecaster.context_length)
+    # the closes each issue reads: context_length bars before the range are enough; a live minute that
+    # holds no issue minute reads none
+    bars = bars_with_warmup(warehouse, scope, lookback=forecaster.context_length) \
+        if may_issue(scope.start, scope.end, forecaster.issue_every_minutes) else pl.DataFrame()
     issues = issue_points(bars, forecaster.issue_every_minutes, scope.start, scope.end) if bars.height else pl.DataFrame()
     run = forecast_issues(context, forecaster.forecaster(), bars, issues, context_length=forecaster.context_length,
                           horizon=forecaster.horizon)

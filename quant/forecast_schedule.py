@@ -7,6 +7,9 @@ A forecast is issued at the close of a bar whose start minute is a multiple of
 
 from __future__ import annotations
 
+import math
+from datetime import datetime, timedelta
+
 import numpy as np
 import polars as pl
 
@@ -27,6 +30,24 @@ def issue_points(bars: pl.DataFrame, every_minutes: int = 15, start=None, end=No
     if end is not None:
         frame = frame.filter(pl.col("ts") < end)
     return frame.rename({"ts": "issue_ts"}).sort("symbol", "issue_ts")
+
+
+def may_issue(start: datetime, end: datetime, every_minutes: int = 15) -> bool:
+    """Whether a bar starting in ``[start, end)`` (whole UTC minutes, as one-minute bars start) could be an
+    issue point of :func:`issue_points`: False lets a caller skip reading the history (a live minute
+    with no issue)."""
+    first = start.replace(second=0, microsecond=0)
+    if first < start:
+        first += timedelta(minutes=1)
+    if every_minutes <= 0:
+        return first < end
+    starts_before_end = math.ceil((end - first) / timedelta(minutes=1))
+    # issue minutes are never more than every_minutes apart (across midnight too): that many minutes suffice
+    for k in range(min(every_minutes, max(starts_before_end, 0))):
+        minute = first + timedelta(minutes=k)
+        if (minute.hour * 60 + minute.minute) % every_minutes == 0:
+            return True
+    return False
 
 
 def stacked_histories(bars: pl.DataFrame, issues: pl.DataFrame, context_length: int) -> pl.DataFrame:

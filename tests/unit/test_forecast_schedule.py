@@ -34,3 +34,25 @@ def test_each_history_ends_at_its_issue_and_has_the_context_length():
         expected = bars.filter(pl.col("ts") <= issue_ts).tail(20)
         assert one["close"].to_list() == expected["close"].to_list()
     assert split_series(stacked.drop("symbol").rename({"series": "symbol"}))["symbol"].unique().to_list() == ["AAA"]
+
+
+def test_may_issue_agrees_with_issue_points_on_every_minute():
+    """may_issue(start, end) is True exactly when issue_points finds an issue among bars at every minute of
+    [start, end): windows of 1-40 minutes at every offset across a midnight, and odd periods."""
+    from datetime import UTC, datetime, timedelta
+
+    from quant.forecast_schedule import may_issue
+
+    t0 = datetime(2024, 3, 15, 23, 0, tzinfo=UTC)
+    minutes = [t0 + timedelta(minutes=k) for k in range(200)]
+    bars = pl.DataFrame({"symbol": ["A"] * len(minutes), "ts": minutes}).with_columns(pl.col("ts").cast(pl.Datetime("us", "UTC")))
+    seen = {True: 0, False: 0}
+    for every in (0, 1, 7, 15, 60):
+        for offset in range(0, 120, 3):
+            for length in (1, 2, 5, 14, 15, 16, 40):
+                start = t0 + timedelta(minutes=offset, seconds=20 if offset % 2 else 0)
+                end = start + timedelta(minutes=length)
+                expected = issue_points(bars, every, start, end).height > 0
+                assert may_issue(start, end, every) == expected, (every, start, end)
+                seen[expected] += 1
+    assert seen[True] and seen[False]
