@@ -260,7 +260,6 @@ def _run_child(request: dict) -> None:
         from dagster._serdes import deserialize_value
         from dagster._utils.interrupts import capture_interrupts
 
-        _warm_up_duckdb()
         with capture_interrupts():
             with DagsterInstance.from_ref(deserialize_value(request["instance_ref"], InstanceRef)) as instance:
                 code = _execute_run_command_body(request["run_id"], instance, lambda _event: None,
@@ -271,17 +270,6 @@ def _run_child(request: dict) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
-
-
-def _warm_up_duckdb() -> None:
-    """The run's DuckDB instance is built in a thread while Dagster sets the run up, not in its first step
-    (an instance cannot cross a fork: each run builds its own)."""
-    from orchestration.definitions import defs
-    from resources.duckdb_host import warm_up
-
-    warehouse = defs.resources["warehouse"]
-    threading.Thread(target=warm_up, args=(warehouse.database, dict(warehouse.connection_config)),
-                     name="duckdb-warm-up", daemon=True).start()
 
 
 def _answer(payload: dict) -> None:

@@ -52,13 +52,6 @@ def _instance(config: dict, database: str) -> duckdb.DuckDBPyConnection:
     return _host
 
 
-def warm_up(database: str, config: dict | None = None) -> None:
-    """Build this process's instance now (DuckDB's function catalog, ~30-45 ms; the build releases the
-    GIL), e.g. in a thread while a run starts, so its first operation on ``database`` only attaches it."""
-    with _guard:
-        _instance(dict(config or {}), str(Path(database).resolve()))
-
-
 def open_cursor(database: str, read_only: bool, config: dict | None = None) -> duckdb.DuckDBPyConnection:
     """A connection whose default catalog is ``database`` (attached now unless this process already has
     it attached), with the session time zone pinned to UTC. Pair every call with :func:`close_cursor`.

@@ -92,31 +92,3 @@ def test_a_path_with_quotes_is_bound_not_formatted(tmp_path):
     warehouse.append("run_metrics", pl.DataFrame({"metric": ["ok"]}))
     assert warehouse.query("SELECT metric FROM run_metrics")["metric"].to_list() == ["ok"]
     assert odd.exists()
-
-
-def _child_warms_up_then_appends(database: str, results) -> None:
-    import threading
-
-    import resources.duckdb_host as host
-
-    warming = threading.Thread(target=host.warm_up, args=(database,))
-    warming.start()
-    warming.join()
-    built, attached = host._host, dict(host._attached)
-    free = _other_process_opens(Path(database))
-    WarehouseResource(database=database).append("run_metrics", pl.DataFrame({"metric": ["after warm-up"]}))
-    results.put((built is not None, attached, free, host._host is built))
-
-
-def test_warm_up_builds_the_instance_the_first_operation_uses_and_locks_nothing(tmp_path):
-    """What a warm-worker run does in a thread while Dagster sets up (orchestration/warm_runs.py)."""
-    ctx = multiprocessing.get_context("fork")
-    results = ctx.Queue()
-    child = ctx.Process(target=_child_warms_up_then_appends, args=(str(tmp_path / "w.duckdb"), results))
-    child.start()
-    built, attached, free, same = results.get(timeout=120)
-    child.join(120)
-    assert child.exitcode == 0
-    assert built and attached == {} and free and same
-    assert WarehouseResource(database=str(tmp_path / "w.duckdb")).query(
-        "SELECT metric FROM run_metrics")["metric"].to_list() == ["after warm-up"]
