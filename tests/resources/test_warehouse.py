@@ -243,3 +243,39 @@ def test_read_from_day_before_equals_the_by_hand_rows_on_real_bars(warehouse: Wa
     assert got.filter(pl.col("symbol") == "LATE").height == late.height  # nothing before the start
     with pytest.raises(WarehouseError, match="anchor_rows"):
         warehouse.read_from_day_before("bars_1m", starts[0], starts[0], symbols, 0)
+
+
+def _last_rows_before_by_hand(bars: pl.DataFrame, start, end, n: int) -> pl.DataFrame:
+    parts = []
+    for _, rows in bars.sort("symbol", "ts").group_by("symbol", maintain_order=True):
+        parts.append(pl.concat([rows.filter(pl.col("ts") < start).tail(n),
+                                rows.filter((pl.col("ts") >= start) & (pl.col("ts") < end))]))
+    return pl.concat(parts)
+
+
+def test_look_back_reads_reach_past_the_recent_span_when_a_symbol_needs_it(warehouse: WarehouseResource):
+    """The look-back reads search a recent span first; a sparse symbol (one bar a day), one back from a
+    three-week pause and one whose day before the anchor day lies weeks back are read over all their
+    history, exactly as a loop over the rows says."""
+    from tests.lookback_oracle import rows_from_day_before
+
+    start = datetime(2024, 6, 3, 14, 30, tzinfo=timezone.utc)
+    dense = _bars("DENSE", 3000, start=start - timedelta(minutes=2990))
+    sparse = pl.concat([_bars("SPARSE", 1, start=start - timedelta(days=d, minutes=7)) for d in range(1, 700)])
+    paused = pl.concat([_bars("PAUSED", 400, start=start - timedelta(days=30)),
+                        _bars("PAUSED", 200, start=start - timedelta(minutes=200))])
+    # its anchor row (1,439 back) opens a day whose previous day with rows is three weeks earlier
+    gap = pl.concat([_bars("GAPDAY", 300, start=start - timedelta(days=25)),
+                     _bars("GAPDAY", 1500, start=start.replace(hour=0, minute=0) - timedelta(days=1))])
+    bars = pl.concat([dense, sparse, paused, gap]).sort("symbol", "ts")
+    warehouse.replace_window("bars_1m", bars, start=bars["ts"].min(), end=bars["ts"].max() + timedelta(minutes=1))
+    symbols = ["DENSE", "GAPDAY", "PAUSED", "SPARSE"]
+    end = start + timedelta(minutes=10)
+    for n in (1, 559, 1439):
+        got = warehouse.read_with_lookback("bars_1m", start, end, symbols, n, columns=["symbol", "ts", "volume"])
+        assert got.equals(_last_rows_before_by_hand(bars, start, end, n).select("symbol", "ts", "volume")), n
+    assert got.filter(pl.col("symbol") == "SPARSE").height == 699  # 699 days back: all of them
+    got = warehouse.read_from_day_before("bars_1m", start, end, symbols, 1439, columns=["symbol", "ts", "volume"])
+    expected = rows_from_day_before(bars.filter(pl.col("ts") < end), start, 1439).select("symbol", "ts", "volume")
+    assert got.equals(expected)
+    assert got.filter(pl.col("symbol") == "GAPDAY")["ts"].min() == start - timedelta(days=25)
