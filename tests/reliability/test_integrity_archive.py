@@ -110,4 +110,5 @@ def test_cli_archive_and_restore_are_recorded_in_the_dagster_instance(warehouse,
     # three days moved to cold, then one restored: sessions as materialisations of their partitions, the other
     # calendar days (a weekend) as observations
     assert sorted(partitions + outside) == sorted([*moved, first])
-    assert partitions == sorted(daily_partition_keys([*moved, first]))
+    # the restored day is a second materialisation of its partition when it is a session (e.g. run on a Friday)
+    assert partitions == sorted([*daily_partition_keys(moved), *daily_partition_keys([first])])
