@@ -116,10 +116,12 @@ def test_kill_9_early_and_mid_run_then_next_run_finishes_equal_to_clean(tmp_path
         first = _wait(_has_event(killed, "main", dg.DagsterEventType.RUN_START), 300, "the run start", proc)
         proc.kill()
         proc.wait()
-        # mid-run: seconds into the day's run (the layers take longer than that), steps holding the pool slot
+        # mid-run: once the day's run has written its first layer, its next step holding the pool slot (a fixed
+        # delay is not mid-run: a one-symbol day can finish within seconds)
         proc = _start(killed)
         _wait(_has_event(killed, "main", dg.DagsterEventType.RUN_START, exclude={first}), 300, "the next run start", proc)
-        time.sleep(4.0)
+        _wait(_has_event(killed, "main", dg.DagsterEventType.ASSET_MATERIALIZATION, exclude={first}), 300,
+              "the next run's first layer", proc)
         assert proc.poll() is None, "the run finished before the mid-run kill"
         proc.kill()
         proc.wait()
