@@ -258,17 +258,14 @@ class WarehouseResource(DuckDBResource):
         """``query`` over ``table``, or an empty frame while the table does not exist (one connection)."""
         table = checked_table(table)
         with self.read_connection() as conn:
-            if not conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_catalog = current_database() AND table_name = ?",
-                                [table]).fetchall()[0][0]:
+            if not self._has_table(conn, table):
                 return pl.DataFrame()
             return pl.from_arrow(conn.sql(sql, params=list(params or [])).to_arrow_table())  # type: ignore[return-value]
 
     def table_exists(self, table: str) -> bool:
         table = checked_table(table)
-        found = self.query(
-            "SELECT count(*) AS n FROM information_schema.tables WHERE table_catalog = current_database() AND table_name = ?", [table]
-        )
-        return bool(found["n"][0])
+        with self.read_connection() as conn:
+            return self._has_table(conn, table)
 
     def read_window(
         self,
@@ -295,8 +292,7 @@ class WarehouseResource(DuckDBResource):
             return pl.DataFrame()
         wanted = ", ".join(f"t.{c}" for c in columns)
         with self.read_connection() as conn:
-            if not conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_catalog = current_database() AND table_name = ?",
-                                [table]).fetchall()[0][0]:
+            if not self._has_table(conn, table):
                 return pl.DataFrame()
             conn.register("wanted_intervals", intervals.select("symbol", "lo", "hi").to_arrow())
             try:
@@ -457,8 +453,7 @@ class WarehouseResource(DuckDBResource):
         table = checked_table(table)
         clauses, params = self._window_clauses(start, end, symbols)
         with self.get_connection() as conn:
-            if conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_catalog = current_database() AND table_name = ?",
-                            [table]).fetchall()[0][0]:
+            if self._has_table(conn, table):
                 conn.execute(f"DELETE FROM {table} WHERE " + " AND ".join(clauses), params)
 
     def write_window(self, table: str, frame: pl.DataFrame, *, start: datetime, end: datetime,

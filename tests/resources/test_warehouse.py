@@ -245,19 +245,11 @@ def test_read_from_day_before_equals_the_by_hand_rows_on_real_bars(warehouse: Wa
         warehouse.read_from_day_before("bars_1m", starts[0], starts[0], symbols, 0)
 
 
-def _last_rows_before_by_hand(bars: pl.DataFrame, start, end, n: int) -> pl.DataFrame:
-    parts = []
-    for _, rows in bars.sort("symbol", "ts").group_by("symbol", maintain_order=True):
-        parts.append(pl.concat([rows.filter(pl.col("ts") < start).tail(n),
-                                rows.filter((pl.col("ts") >= start) & (pl.col("ts") < end))]))
-    return pl.concat(parts)
-
-
 def test_look_back_reads_reach_past_the_recent_span_when_a_symbol_needs_it(warehouse: WarehouseResource):
     """The look-back reads search a recent span first; a sparse symbol (one bar a day), one back from a
     three-week pause and one whose day before the anchor day lies weeks back are read over all their
     history, exactly as a loop over the rows says."""
-    from tests.lookback_oracle import rows_from_day_before
+    from tests.lookback_oracle import last_rows_before, rows_from_day_before
 
     start = datetime(2024, 6, 3, 14, 30, tzinfo=timezone.utc)
     dense = _bars("DENSE", 3000, start=start - timedelta(minutes=2990))
@@ -273,7 +265,7 @@ def test_look_back_reads_reach_past_the_recent_span_when_a_symbol_needs_it(wareh
     end = start + timedelta(minutes=10)
     for n in (1, 559, 1439):
         got = warehouse.read_with_lookback("bars_1m", start, end, symbols, n, columns=["symbol", "ts", "volume"])
-        assert got.equals(_last_rows_before_by_hand(bars, start, end, n).select("symbol", "ts", "volume")), n
+        assert got.equals(last_rows_before(bars, start, n, end).select("symbol", "ts", "volume")), n
     assert got.filter(pl.col("symbol") == "SPARSE").height == 699  # 699 days back: all of them
     got = warehouse.read_from_day_before("bars_1m", start, end, symbols, 1439, columns=["symbol", "ts", "volume"])
     expected = rows_from_day_before(bars.filter(pl.col("ts") < end), start, 1439).select("symbol", "ts", "volume")

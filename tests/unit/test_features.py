@@ -24,7 +24,7 @@ from quant.features import (
     warmup_bars,
 )
 from quant.physics import compute_physics
-from tests.lookback_oracle import rows_from_day_before
+from tests.lookback_oracle import last_rows_before, rows_from_day_before
 
 CORE = ["symbol", "ts", "open", "high", "low", "close", "volume"]
 FLOAT_FEATURES = [c for c in FEATURE_COLUMNS if not c.endswith("_confirmed")]
@@ -363,15 +363,6 @@ def test_incremental_equals_full_recompute():
     assert not np.allclose(short["vpin"].to_numpy(), expected["vpin"].to_numpy(), equal_nan=True)
 
 
-def _last_rows_before(bars: pl.DataFrame, start_ts, rows: int) -> pl.DataFrame:
-    """Per symbol the last ``rows`` bars before ``start_ts`` and every bar from it on (by hand)."""
-    parts = []
-    for _, g in bars.sort("symbol", "ts").group_by("symbol", maintain_order=True):
-        before = g.filter(pl.col("ts") < start_ts)
-        parts.append(pl.concat([before.tail(rows), g.filter(pl.col("ts") >= start_ts)]))
-    return pl.concat(parts)
-
-
 @pytest.mark.parametrize("source", ["simulator", "real"])
 def test_short_lookback_with_long_vpin_columns_equals_full_recompute(source, real_bars):
     """What the features asset reads: core_warmup_bars() full bars + vpin_warmup_bars() of volume columns."""
@@ -383,8 +374,8 @@ def test_short_lookback_with_long_vpin_columns_equals_full_recompute(source, rea
         bars = real_bars
         start_ts = bars["ts"].sort()[int(bars.height * 0.8)]
     full = compute_features(bars).filter(pl.col("ts") >= start_ts)
-    core = _last_rows_before(bars, start_ts, core_warmup_bars())
-    long = _last_rows_before(bars, start_ts, vpin_warmup_bars()).select(
+    core = last_rows_before(bars, start_ts, core_warmup_bars())
+    long = last_rows_before(bars, start_ts, vpin_warmup_bars()).select(
         [c for c in VPIN_INPUT_COLUMNS if c in bars.columns])
     part = compute_features(core, vpin_bars=long).filter(pl.col("ts") >= start_ts)
     _assert_features_equal(part, full)
@@ -411,7 +402,7 @@ def test_vpin_from_the_day_before_its_anchor_day_equals_full_recompute(calendar)
     days = bars["ts"].dt.date().unique().sort()
     start_ts = bars.filter(pl.col("ts").dt.date() == days[-2])["ts"].sort()[100]  # mid-morning of a late day
     full = compute_features(bars).filter(pl.col("ts") >= start_ts)
-    core = _last_rows_before(bars, start_ts, core_warmup_bars())
+    core = last_rows_before(bars, start_ts, core_warmup_bars())
     vpin_rows = rows_from_day_before(bars, start_ts, vpin_anchor_rows()).select(VPIN_INPUT_COLUMNS)
     part = compute_features(core, vpin_bars=vpin_rows).filter(pl.col("ts") >= start_ts)
     _assert_features_equal(part, full)
@@ -435,11 +426,11 @@ def test_vpin_bars_in_any_order_or_reaching_later_give_the_same_values():
     bars = synthetic_bars(3, vpin_warmup_bars() + 1500, seed=23, gap_fraction=0.1)
     start_ts = bars.filter(pl.col("symbol") == "S000")["ts"][vpin_warmup_bars() + 200]
     cut = bars.filter(pl.col("ts") < start_ts + pd.Timedelta(minutes=60))
-    core = _last_rows_before(cut, start_ts, core_warmup_bars())
-    long = _last_rows_before(cut, start_ts, vpin_warmup_bars()).select(VPIN_INPUT_COLUMNS)
+    core = last_rows_before(cut, start_ts, core_warmup_bars())
+    long = last_rows_before(cut, start_ts, vpin_warmup_bars()).select(VPIN_INPUT_COLUMNS)
     aligned = compute_features(core, vpin_bars=long)["vpin"]
     shuffled = compute_features(core, vpin_bars=long.sample(fraction=1.0, shuffle=True, seed=1))["vpin"]
-    later = _last_rows_before(bars, start_ts, vpin_warmup_bars()).select(VPIN_INPUT_COLUMNS)
+    later = last_rows_before(bars, start_ts, vpin_warmup_bars()).select(VPIN_INPUT_COLUMNS)
     assert later.height > long.height
     reaching_later = compute_features(core, vpin_bars=later)["vpin"]
     assert aligned.drop_nulls().len() > 0
