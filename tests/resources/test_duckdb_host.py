@@ -92,3 +92,36 @@ def test_a_path_with_quotes_is_bound_not_formatted(tmp_path):
     warehouse.append("run_metrics", pl.DataFrame({"metric": ["ok"]}))
     assert warehouse.query("SELECT metric FROM run_metrics")["metric"].to_list() == ["ok"]
     assert odd.exists()
+
+
+def _child_reports_its_instance(database: str, out) -> None:
+    from resources import duckdb_host
+
+    warehouse = WarehouseResource(database=database)
+    warehouse.append("run_metrics", pl.DataFrame({"metric": ["from the child"]}))
+    settings = dict(duckdb_host._host.execute("SELECT name, value FROM duckdb_settings()").fetchall())
+    fresh = dict(duckdb.connect(":memory:", config={"temp_directory": str(Path(database).resolve()) + ".tmp"})
+                 .execute("SELECT name, value FROM duckdb_settings()").fetchall())
+    out.put({"adopted": duckdb_host._spare is None, "differs": {k: (v, fresh.get(k)) for k, v in settings.items()
+                                                                if fresh.get(k) != v}})
+
+
+def test_a_forked_child_adopts_the_spare_with_the_settings_of_a_fresh_instance(tmp_path, monkeypatch):
+    from resources import duckdb_host
+
+    monkeypatch.setattr(duckdb_host, "_spare", None)
+    duckdb_host.build_spare_instance()
+    spare = duckdb_host._spare
+    assert spare.execute("SELECT current_setting('async_threads'), current_setting('threads')").fetchone() == (0, 1)
+    database = str(tmp_path / "it's here.duckdb")  # the temp directory is set by statement: quoted
+    context = multiprocessing.get_context("fork")
+    out = context.Queue()
+    child = context.Process(target=_child_reports_its_instance, args=(database, out))
+    child.start()
+    report = out.get(timeout=120)
+    child.join(120)
+    assert child.exitcode == 0
+    assert report == {"adopted": True, "differs": {}}
+    assert duckdb_host._spare is spare  # the parent never uses its spare
+    assert WarehouseResource(database=database).query("SELECT metric FROM run_metrics")["metric"].to_list() == [
+        "from the child"]
