@@ -21,7 +21,6 @@ from assets.errors import source_errors_as_failures
 from assets.partitions import partition_day
 from resources.live_window import LiveWindow, WindowConfigError
 from resources.market_data import MarketDataResource, day_bounds
-from resources.staging import window_symbols
 from resources.warehouse import WarehouseResource
 
 
@@ -96,5 +95,5 @@ def layer_scope(context: dg.AssetExecutionContext, market_data: MarketDataResour
         raise dg.Failure(str(exc)) from None
     if not (start <= w_start and w_end <= end):
         raise dg.Failure(f"window [{live_window.start}, {live_window.end}) is not inside partition {context.partition_key}")
-    return Scope(context.partition_key, day, w_start, w_end, window_symbols(warehouse, w_start),
+    return Scope(context.partition_key, day, w_start, w_end, live_window.staged_symbols(warehouse),
                  window=(w_start, w_end), revision=live_window.revision)

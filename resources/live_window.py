@@ -18,7 +18,8 @@ from pydantic import Field, PrivateAttr
 
 from resources.file_lock import acquire
 from resources.paths import data_dir
-from resources.warehouse import hold_connections, release_held_connections
+from resources.staging import window_symbols
+from resources.warehouse import WarehouseResource, hold_connections, release_held_connections
 
 
 class WindowConfigError(ValueError):
@@ -52,6 +53,7 @@ class LiveWindow(dg.ConfigurableResource):
     lock_timeout_s: float = Field(default=600.0, description="Longest wait for another window run.")
 
     _fd: int | None = PrivateAttr(default=None)
+    _symbols: list[str] | None = PrivateAttr(default=None)
 
     @property
     def is_window(self) -> bool:
@@ -59,6 +61,14 @@ class LiveWindow(dg.ConfigurableResource):
 
     def bounds(self) -> tuple[datetime, datetime]:
         return parse_window(self.start, self.end)
+
+    def staged_symbols(self, warehouse: WarehouseResource) -> list[str]:
+        """The valid symbols staged in this window, read by the run's first layer; every later layer of
+        the run covers the same ones (one query per run; entries staged after it are the window's next
+        revision, which the sensor starts)."""
+        if self._symbols is None:
+            self._symbols = window_symbols(warehouse, self.bounds()[0])
+        return list(self._symbols)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         if self.is_window:
@@ -70,6 +80,7 @@ class LiveWindow(dg.ConfigurableResource):
             hold_connections()  # the window's warehouse operations share one connection, opened after this lock
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        self._symbols = None
         if self._fd is not None:
             release_held_connections()
             os.close(self._fd)  # closing releases the flock
