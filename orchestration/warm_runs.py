@@ -22,6 +22,7 @@ imports once and forks a child per run; the child runs Dagster's own run-worker 
 from __future__ import annotations
 
 import gc
+import importlib
 import json
 import os
 import signal
@@ -30,6 +31,7 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,7 @@ TAG_PID = "feynman/run_worker_pid"
 TAG_PID_STARTED = "feynman/run_worker_started"
 _CODE_DIRS = ("assets", "orchestration", "quant", "resources", "sensors")
 _READY_TIMEOUT_S = 180.0
+_RUN_GC_THRESHOLD = 10_000  # youngest-generation threshold in a run process (Python's default: 700)
 
 
 class WarmWorkerError(RuntimeError):
@@ -246,6 +249,20 @@ def _preload() -> None:
 
     prepare()
     build_spare_instance()  # each child adopts it instead of building a DuckDB instance of its own
+    for module in _RUN_IMPORTS:
+        importlib.import_module(module)
+
+
+# imported on first use otherwise, i.e. in every child again: the run worker's body and the instance's
+# storage (~170 ms a run before its first step), LanceDB and ONNX Runtime (~70 ms of every window's
+# embeddings step). LanceDB resets its async runtime in a forked child; the server never calls it.
+_RUN_IMPORTS = (
+    "dagster._cli.api", "dagster._core.storage.base_storage", "dagster._core.storage.legacy_storage",
+    "dagster._core.storage.root", "dagster._core.storage.local_compute_log_manager", "dagster._core.scheduler",
+    "dagster._core.run_coordinator", "dagster._core.instance.factory", "dagster._core.storage.migration",
+    "dagster._core.storage.migration.utils", "orchestration.dagster_storage", "upath.core", "upath.registry",
+    "upath.implementations.local", "lancedb", "onnxruntime",
+)
 
 
 def _run_child(request: dict) -> None:
@@ -253,6 +270,9 @@ def _run_child(request: dict) -> None:
     code = 1
     try:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # subprocess.wait (dbt) needs its children back
+        # a run allocates ~100k container objects that outlive a few hundred allocations (events, contexts):
+        # at Python's default 700 a collection runs every few hundred and walks each of them about twice
+        gc.set_threshold(_RUN_GC_THRESHOLD, 10, 10)
         os.setsid()
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
@@ -292,6 +312,9 @@ def serve() -> None:
     if threading.active_count() > 1:
         print(f"warm run worker: {threading.active_count()} threads before fork", file=sys.stderr, flush=True)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
+    # LanceDB warns at every fork that an operation in flight could deadlock the child: this process
+    # never starts one (it only imported LanceDB), so the warning would only fill the log
+    warnings.filterwarnings("ignore", message="lancedb fork support is experimental", category=RuntimeWarning)
     # the definitions, GX and model code loaded above stay for every child's life: a collection of the
     # oldest generation in a child would walk (and copy-on-write) all ~540k of them, 0.4-0.6 s
     gc.collect()
