@@ -47,6 +47,16 @@ TAG_PID_STARTED = "feynman/run_worker_started"
 _CODE_DIRS = ("assets", "orchestration", "quant", "resources", "sensors")
 _READY_TIMEOUT_S = 180.0
 _RUN_GC_THRESHOLD = 10_000  # youngest-generation threshold in a run process (Python's default: 700)
+# imported on first use otherwise, i.e. in every child again: the run worker's body and the instance's
+# storage (~170 ms a run before its first step), LanceDB and ONNX Runtime (~70 ms of every window's
+# embeddings step). LanceDB resets its async runtime in a forked child; the server never calls it.
+_RUN_IMPORTS = (
+    "dagster._cli.api", "dagster._core.storage.base_storage", "dagster._core.storage.legacy_storage",
+    "dagster._core.storage.root", "dagster._core.storage.local_compute_log_manager", "dagster._core.scheduler",
+    "dagster._core.run_coordinator", "dagster._core.instance.factory", "dagster._core.storage.migration",
+    "dagster._core.storage.migration.utils", "orchestration.dagster_storage", "upath.core", "upath.registry",
+    "upath.implementations.local", "lancedb", "onnxruntime",
+)
 
 
 class WarmWorkerError(RuntimeError):
@@ -251,18 +261,6 @@ def _preload() -> None:
     build_spare_instance()  # each child adopts it instead of building a DuckDB instance of its own
     for module in _RUN_IMPORTS:
         importlib.import_module(module)
-
-
-# imported on first use otherwise, i.e. in every child again: the run worker's body and the instance's
-# storage (~170 ms a run before its first step), LanceDB and ONNX Runtime (~70 ms of every window's
-# embeddings step). LanceDB resets its async runtime in a forked child; the server never calls it.
-_RUN_IMPORTS = (
-    "dagster._cli.api", "dagster._core.storage.base_storage", "dagster._core.storage.legacy_storage",
-    "dagster._core.storage.root", "dagster._core.storage.local_compute_log_manager", "dagster._core.scheduler",
-    "dagster._core.run_coordinator", "dagster._core.instance.factory", "dagster._core.storage.migration",
-    "dagster._core.storage.migration.utils", "orchestration.dagster_storage", "upath.core", "upath.registry",
-    "upath.implementations.local", "lancedb", "onnxruntime",
-)
 
 
 def _run_child(request: dict) -> None:

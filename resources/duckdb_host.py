@@ -52,8 +52,7 @@ def _adopt_spare(settings: dict) -> duckdb.DuckDBPyConnection | None:
     _spare = None
     for name in _SPARE_CONFIG:
         spare.execute(f"RESET {name}")
-    temp_directory = str(settings["temp_directory"]).replace("'", "''")
-    spare.execute(f"SET temp_directory = '{temp_directory}'")  # SET takes no bound parameters
+    spare.execute("SET temp_directory = ?", [str(settings["temp_directory"])])
     return spare
 
 
