@@ -103,8 +103,8 @@ class _ForkServer:
         self._log = open(log_path, "ab")  # noqa: SIM115 - the server writes here for its lifetime
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "orchestration.warm_runs"], cwd=PROJECT_ROOT, env={**MALLOC_ENV, **os.environ},
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=self._log, start_new_session=True, text=True, bufsize=1)
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, start_new_session=True, text=True,
+            bufsize=1)
         self._expect("ready", _READY_TIMEOUT_S)
 
     def _expect(self, what: str, timeout_s: float) -> dict:

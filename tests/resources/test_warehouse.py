@@ -68,6 +68,16 @@ def test_table_names_are_allow_listed():
     assert checked_table("bars_1m") == "bars_1m"
 
 
+def test_a_table_or_a_view_exists_and_an_absent_name_does_not(warehouse: WarehouseResource):
+    assert not warehouse.table_exists("bars_1d")
+    warehouse.execute_write("CREATE VIEW bars_1d AS SELECT 1 AS one")  # a dbt model may be a view
+    assert warehouse.table_exists("bars_1d")
+    assert warehouse.query_table("bars_1d", "SELECT one FROM bars_1d")["one"].to_list() == [1]
+    assert not warehouse.table_exists("paper_equity")
+    warehouse.append("paper_equity", pl.DataFrame({"equity": [1.0]}))
+    assert warehouse.table_exists("paper_equity")
+
+
 def test_symbols_are_bound_not_formatted(warehouse: WarehouseResource):
     evil = "AAA'); DROP TABLE bars_1m; --"
     warehouse.replace_window("bars_1m", _bars("AAA", 3), start=T0, end=T0 + timedelta(days=1))
